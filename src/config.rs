@@ -1,0 +1,571 @@
+//! Configuration: built-in defaults, then `/etc/pop3server/pop3server.toml`
+//! (or `--config PATH`), then command-line flags, validated into one
+//! `Config`. Every error names the file or flag, the key and the reason.
+
+use std::ffi::OsString;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use clap::Parser;
+use serde::Deserialize;
+
+use crate::limits;
+use crate::maildrop::UidlFormat;
+
+pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
+pub const DEFAULT_LOCK_DIR: &str = "/run/pop3server";
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTls {
+    None,
+    StartTls,
+    Implicit,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Auto,
+    Syslog,
+    Journald,
+    Stderr,
+}
+
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub backend_host: String,
+    pub backend_port: u16,
+    pub backend_tls: BackendTls,
+    pub folder: String,
+    pub uidl_format: UidlFormat,
+    pub mark_seen: bool,
+    pub read_only: bool,
+    pub lock_dir: PathBuf,
+    pub idle_timeout: Duration,
+    pub backend_connect_timeout: Duration,
+    pub backend_timeout: Duration,
+    pub login_failure_delay: Duration,
+    pub max_login_failures: u32,
+    pub listen: Vec<SocketAddr>,
+    pub max_children: usize,
+    pub log: LogTarget,
+    pub debug: bool,
+    pub implementation: Option<String>,
+    /// Forced per-connection mode on stdin/stdout (`--inetd`).
+    pub inetd: bool,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub struct ConfigError {
+    /// The file, or "command line".
+    pub source: String,
+    pub key: String,
+    pub reason: String,
+}
+
+impl fmt::Display for ConfigError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.key.is_empty() {
+            write!(f, "{}: {}", self.source, self.reason)
+        } else {
+            write!(f, "{}: {}: {}", self.source, self.key, self.reason)
+        }
+    }
+}
+
+impl std::error::Error for ConfigError {}
+
+/// The configuration file: every key optional, unknown keys refused.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    backend_host: Option<String>,
+    backend_port: Option<u16>,
+    backend_tls: Option<String>,
+    folders: Option<Vec<String>>,
+    uidl_format: Option<String>,
+    mark_seen: Option<bool>,
+    read_only: Option<bool>,
+    lock_dir: Option<PathBuf>,
+    idle_timeout: Option<u64>,
+    backend_connect_timeout: Option<u64>,
+    backend_timeout: Option<u64>,
+    login_failure_delay: Option<u64>,
+    max_login_failures: Option<u32>,
+    listen: Option<OneOrMany>,
+    max_children: Option<usize>,
+    log: Option<String>,
+    debug: Option<bool>,
+    implementation: Option<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(untagged)]
+enum OneOrMany {
+    One(String),
+    Many(Vec<String>),
+}
+
+/// Command-line flags; each overrides the file key of the same name.
+#[derive(Debug, Parser)]
+#[command(
+    name = "pop3server",
+    version,
+    about = "POP3 server that serves each session live from an IMAP backend",
+    long_about = "POP3 server that serves each session live from an IMAP backend.\n\n\
+        One process serves one connection: started by inetd (the connection is \
+        stdin/stdout), by a systemd Accept=yes socket (fd 3), or by its own \
+        listener (--listen). Settings come from the configuration file; every \
+        flag below overrides the key of the same name (dashes for underscores).",
+    args_override_self = true
+)]
+pub struct Flags {
+    /// Configuration file [default: /etc/pop3server/pop3server.toml; a missing default file is not an error]
+    #[arg(long, value_name = "PATH")]
+    pub config: Option<PathBuf>,
+    /// IMAP server host name or address [default: 127.0.0.1]
+    #[arg(
+        long,
+        visible_alias = "backend_address",
+        alias = "backend_host",
+        value_name = "HOST"
+    )]
+    pub backend_host: Option<String>,
+    /// IMAP server port [default: 143, 993 with implicit TLS]
+    #[arg(long, alias = "backend_port", value_name = "PORT")]
+    pub backend_port: Option<u16>,
+    /// TLS to the backend: none, starttls, implicit [default: none]
+    #[arg(long, value_name = "MODE")]
+    pub backend_tls: Option<String>,
+    /// Backend protocol, as in older versions: IMAP (= --backend-tls none) or IMAPS (= implicit)
+    #[arg(short = 'b', value_name = "IMAP|IMAPS")]
+    pub backend_protocol: Option<String>,
+    /// IMAP folder that forms the maildrop [default: INBOX]
+    #[arg(long, value_name = "FOLDER", value_delimiter = ',')]
+    pub folders: Option<Vec<String>>,
+    /// UIDL format: "dovecot" (%08Xu%08Xv) or a template of %u, %v, %Xu, %08Xv... [default: dovecot]
+    #[arg(long, value_name = "FORMAT")]
+    pub uidl_format: Option<String>,
+    /// RETR sets \Seen on the backend [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub mark_seen: Option<bool>,
+    /// EXAMINE instead of SELECT; DELE is refused [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub read_only: Option<bool>,
+    /// Directory of the per-user lock files [default: /run/pop3server]
+    #[arg(long, value_name = "DIR")]
+    pub lock_dir: Option<PathBuf>,
+    /// Seconds before an idle client is disconnected [default: 600]
+    #[arg(long, value_name = "SECS")]
+    pub idle_timeout: Option<u64>,
+    /// Seconds to wait for the backend connection [default: 10]
+    #[arg(long, value_name = "SECS")]
+    pub backend_connect_timeout: Option<u64>,
+    /// Seconds one backend command may take [default: 60]
+    #[arg(long, value_name = "SECS")]
+    pub backend_timeout: Option<u64>,
+    /// Seconds to wait before answering a failed login [default: 2]
+    #[arg(long, value_name = "SECS")]
+    pub login_failure_delay: Option<u64>,
+    /// Failed logins after which the connection is closed [default: 3]
+    #[arg(long, value_name = "N")]
+    pub max_login_failures: Option<u32>,
+    /// Run the standalone listener on ADDR:PORT (repeatable)
+    #[arg(long, value_name = "ADDR:PORT")]
+    pub listen: Vec<String>,
+    /// Listen address, as in older versions (with -p)
+    #[arg(short = 'l', value_name = "ADDR")]
+    pub listen_address: Option<String>,
+    /// Listen port, as in older versions (with -l; address defaults to 0.0.0.0)
+    #[arg(short = 'p', value_name = "PORT")]
+    pub listen_port: Option<u16>,
+    /// Concurrent sessions of the standalone listener [default: 256]
+    #[arg(long, value_name = "N")]
+    pub max_children: Option<usize>,
+    /// Where logs go: auto, syslog, journald, stderr [default: auto]
+    #[arg(long, value_name = "TARGET")]
+    pub log: Option<String>,
+    /// Text for the IMPLEMENTATION capability [default: none sent]
+    #[arg(long, value_name = "TEXT")]
+    pub implementation: Option<String>,
+    /// Serve one connection on stdin/stdout (what inetd does)
+    #[arg(long)]
+    pub inetd: bool,
+    /// Debug logging (never includes passwords)
+    #[arg(short = 'd', long)]
+    pub debug: bool,
+}
+
+impl Config {
+    /// Parses flags, reads the file they name (or the default one), merges.
+    pub fn from_args<I, T>(args: I) -> Result<Config, ConfigSetupError>
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<OsString> + Clone,
+    {
+        let flags = Flags::try_parse_from(args).map_err(ConfigSetupError::Usage)?;
+        let (file, source) = match &flags.config {
+            Some(path) => (read_file(path, true)?, path.display().to_string()),
+            None => (
+                read_file(&PathBuf::from(DEFAULT_CONFIG_PATH), false)?,
+                DEFAULT_CONFIG_PATH.to_string(),
+            ),
+        };
+        Config::merge(file, &source, flags).map_err(ConfigSetupError::Invalid)
+    }
+
+    pub fn merge(file: FileConfig, source: &str, flags: Flags) -> Result<Config, ConfigError> {
+        let file_err = |key: &str, reason: String| ConfigError {
+            source: source.into(),
+            key: key.into(),
+            reason,
+        };
+        let flag_err = |key: &str, reason: String| ConfigError {
+            source: "command line".into(),
+            key: key.into(),
+            reason,
+        };
+
+        let backend_tls = match (
+            &flags.backend_tls,
+            &flags.backend_protocol,
+            &file.backend_tls,
+        ) {
+            (Some(v), _, _) => parse_tls(v).map_err(|r| flag_err("--backend-tls", r))?,
+            (None, Some(b), _) => match b.to_ascii_uppercase().as_str() {
+                "IMAP" => BackendTls::None,
+                "IMAPS" => BackendTls::Implicit,
+                _ => return Err(flag_err("-b", format!("{b:?} is not IMAP or IMAPS"))),
+            },
+            (None, None, Some(v)) => parse_tls(v).map_err(|r| file_err("backend_tls", r))?,
+            (None, None, None) => BackendTls::None,
+        };
+        if backend_tls != BackendTls::None {
+            let reason = "TLS to the backend is not available in this version; use \"none\" on a trusted network".to_string();
+            return Err(
+                if flags.backend_tls.is_some() || flags.backend_protocol.is_some() {
+                    flag_err("--backend-tls", reason)
+                } else {
+                    file_err("backend_tls", reason)
+                },
+            );
+        }
+        let default_port = if backend_tls == BackendTls::Implicit {
+            993
+        } else {
+            143
+        };
+
+        let folders = flags
+            .folders
+            .or(file.folders)
+            .unwrap_or_else(|| vec!["INBOX".into()]);
+        let folder = match folders.as_slice() {
+            [one] if !one.is_empty() => one.clone(),
+            _ => {
+                return Err(file_err(
+                    "folders",
+                    "exactly one folder is supported, e.g. [\"INBOX\"]".into(),
+                ));
+            }
+        };
+
+        let uidl_format = match (&flags.uidl_format, &file.uidl_format) {
+            (Some(f), _) => UidlFormat::parse(f).map_err(|r| flag_err("--uidl-format", r))?,
+            (None, Some(f)) => UidlFormat::parse(f).map_err(|r| file_err("uidl_format", r))?,
+            (None, None) => UidlFormat::dovecot(),
+        };
+
+        let log = match (&flags.log, &file.log) {
+            (Some(l), _) => parse_log(l).map_err(|r| flag_err("--log", r))?,
+            (None, Some(l)) => parse_log(l).map_err(|r| file_err("log", r))?,
+            (None, None) => LogTarget::Auto,
+        };
+
+        let mut listen_specs: Vec<(String, bool)> =
+            flags.listen.iter().map(|l| (l.clone(), true)).collect();
+        if let Some(port) = flags.listen_port {
+            let addr = flags
+                .listen_address
+                .clone()
+                .unwrap_or_else(|| "0.0.0.0".into());
+            let spec = if addr.contains(':') {
+                format!("[{addr}]:{port}")
+            } else {
+                format!("{addr}:{port}")
+            };
+            listen_specs.push((spec, true));
+        } else if flags.listen_address.is_some() {
+            return Err(flag_err("-l", "needs -p PORT as well".into()));
+        }
+        if listen_specs.is_empty() {
+            match file.listen {
+                Some(OneOrMany::One(l)) => listen_specs.push((l, false)),
+                Some(OneOrMany::Many(ls)) => {
+                    listen_specs.extend(ls.into_iter().map(|l| (l, false)))
+                }
+                None => {}
+            }
+        }
+        let mut listen = Vec::new();
+        for (spec, from_flag) in listen_specs {
+            let addr = spec.parse::<SocketAddr>().map_err(|e| {
+                let reason = format!("{spec:?} is not ADDRESS:PORT ({e})");
+                if from_flag {
+                    flag_err("--listen", reason)
+                } else {
+                    file_err("listen", reason)
+                }
+            })?;
+            listen.push(addr);
+        }
+
+        let secs = |flag: Option<u64>,
+                    file_v: Option<u64>,
+                    key: &str,
+                    default: Duration,
+                    min: u64| {
+            match (flag, file_v) {
+                (Some(v), _) if v < min => Err(flag_err(
+                    &format!("--{}", key.replace('_', "-")),
+                    format!("must be at least {min}"),
+                )),
+                (Some(v), _) => Ok(Duration::from_secs(v)),
+                (None, Some(v)) if v < min => Err(file_err(key, format!("must be at least {min}"))),
+                (None, Some(v)) => Ok(Duration::from_secs(v)),
+                (None, None) => Ok(default),
+            }
+        };
+        let idle_timeout = secs(
+            flags.idle_timeout,
+            file.idle_timeout,
+            "idle_timeout",
+            limits::DEFAULT_IDLE_TIMEOUT,
+            1,
+        )?;
+        let backend_connect_timeout = secs(
+            flags.backend_connect_timeout,
+            file.backend_connect_timeout,
+            "backend_connect_timeout",
+            limits::DEFAULT_BACKEND_CONNECT_TIMEOUT,
+            1,
+        )?;
+        let backend_timeout = secs(
+            flags.backend_timeout,
+            file.backend_timeout,
+            "backend_timeout",
+            limits::DEFAULT_BACKEND_TIMEOUT,
+            1,
+        )?;
+        let login_failure_delay = secs(
+            flags.login_failure_delay,
+            file.login_failure_delay,
+            "login_failure_delay",
+            limits::DEFAULT_LOGIN_FAILURE_DELAY,
+            0,
+        )?;
+
+        let max_login_failures = flags
+            .max_login_failures
+            .or(file.max_login_failures)
+            .unwrap_or(limits::DEFAULT_MAX_LOGIN_FAILURES);
+        if max_login_failures == 0 {
+            return Err(file_err("max_login_failures", "must be at least 1".into()));
+        }
+        let max_children = flags
+            .max_children
+            .or(file.max_children)
+            .unwrap_or(limits::DEFAULT_MAX_CHILDREN);
+        if max_children == 0 {
+            return Err(file_err("max_children", "must be at least 1".into()));
+        }
+        let backend_host = flags
+            .backend_host
+            .or(file.backend_host)
+            .unwrap_or_else(|| "127.0.0.1".into());
+        if backend_host.is_empty() {
+            return Err(file_err("backend_host", "must not be empty".into()));
+        }
+        let implementation = flags.implementation.or(file.implementation);
+        if implementation
+            .as_deref()
+            .is_some_and(|i| i.bytes().any(|b| b.is_ascii_control()))
+        {
+            return Err(file_err(
+                "implementation",
+                "must not contain control characters".into(),
+            ));
+        }
+
+        Ok(Config {
+            backend_port: flags
+                .backend_port
+                .or(file.backend_port)
+                .unwrap_or(default_port),
+            backend_host,
+            backend_tls,
+            folder,
+            uidl_format,
+            mark_seen: flags.mark_seen.or(file.mark_seen).unwrap_or(true),
+            read_only: flags.read_only.or(file.read_only).unwrap_or(false),
+            lock_dir: flags
+                .lock_dir
+                .or(file.lock_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR)),
+            idle_timeout,
+            backend_connect_timeout,
+            backend_timeout,
+            login_failure_delay,
+            max_login_failures,
+            listen,
+            max_children,
+            log,
+            debug: flags.debug || file.debug.unwrap_or(false),
+            implementation,
+            inetd: flags.inetd,
+        })
+    }
+}
+
+/// Why the configuration could not be set up.
+#[derive(Debug)]
+pub enum ConfigSetupError {
+    /// Bad flags, or `--help`/`--version` (clap formats both).
+    Usage(clap::Error),
+    Invalid(ConfigError),
+}
+
+fn read_file(path: &PathBuf, explicit: bool) -> Result<FileConfig, ConfigSetupError> {
+    let source = path.display().to_string();
+    let text = match std::fs::read_to_string(path) {
+        Ok(t) => t,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
+            return Ok(FileConfig::default());
+        }
+        Err(e) => {
+            return Err(ConfigSetupError::Invalid(ConfigError {
+                source,
+                key: String::new(),
+                reason: format!("cannot read: {e}"),
+            }));
+        }
+    };
+    parse_file(&text, &source).map_err(ConfigSetupError::Invalid)
+}
+
+pub fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
+    toml::from_str(text).map_err(|e| ConfigError {
+        source: source.into(),
+        key: String::new(),
+        reason: e
+            .to_string()
+            .lines()
+            .filter(|l| !l.trim().is_empty())
+            .collect::<Vec<_>>()
+            .join(" "),
+    })
+}
+
+fn parse_tls(v: &str) -> Result<BackendTls, String> {
+    match v {
+        "none" => Ok(BackendTls::None),
+        "starttls" => Ok(BackendTls::StartTls),
+        "implicit" => Ok(BackendTls::Implicit),
+        _ => Err(format!("{v:?} is not one of none, starttls, implicit")),
+    }
+}
+
+fn parse_log(v: &str) -> Result<LogTarget, String> {
+    match v {
+        "auto" => Ok(LogTarget::Auto),
+        "syslog" => Ok(LogTarget::Syslog),
+        "journald" => Ok(LogTarget::Journald),
+        "stderr" => Ok(LogTarget::Stderr),
+        _ => Err(format!(
+            "{v:?} is not one of auto, syslog, journald, stderr"
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn config(file: &str, args: &[&str]) -> Result<Config, ConfigError> {
+        let flags =
+            Flags::try_parse_from(std::iter::once("pop3server").chain(args.iter().copied()))
+                .map_err(|e| ConfigError {
+                    source: "clap".into(),
+                    key: String::new(),
+                    reason: e.to_string(),
+                })?;
+        Config::merge(parse_file(file, "test.toml")?, "test.toml", flags)
+    }
+
+    #[test]
+    fn defaults() {
+        let c = config("", &[]).expect("defaults are valid");
+        assert_eq!(
+            (c.backend_host.as_str(), c.backend_port),
+            ("127.0.0.1", 143)
+        );
+        assert_eq!(c.folder, "INBOX");
+        assert_eq!(c.idle_timeout, Duration::from_secs(600));
+        assert_eq!(c.lock_dir, PathBuf::from("/run/pop3server"));
+        assert!(c.mark_seen && c.listen.is_empty() && !c.inetd);
+    }
+
+    #[test]
+    fn the_seed_command_line_works_verbatim() {
+        let c = config(
+            "",
+            &[
+                "-b",
+                "IMAP",
+                "--backend_address=127.0.0.1",
+                "--backend_port=143",
+                "-p",
+                "10110",
+            ],
+        )
+        .expect("seed flags");
+        assert_eq!(c.backend_tls, BackendTls::None);
+        assert_eq!(c.listen, vec!["0.0.0.0:10110".parse().expect("addr")]);
+        let c = config("", &["-l", "127.0.0.1", "-p", "10110", "-d"]).expect("seed flags");
+        assert_eq!(c.listen, vec!["127.0.0.1:10110".parse().expect("addr")]);
+        assert!(c.debug);
+    }
+
+    #[test]
+    fn flags_override_the_file() {
+        let c = config(
+            "backend_host = \"imap.example\"\nidle_timeout = 30\n",
+            &["--idle-timeout", "60"],
+        )
+        .expect("ok");
+        assert_eq!(c.backend_host, "imap.example");
+        assert_eq!(c.idle_timeout, Duration::from_secs(60));
+    }
+
+    #[test]
+    fn unknown_keys_and_bad_values_name_file_key_and_reason() {
+        let e = config("bogus = 1\n", &[]).expect_err("unknown key");
+        assert!(
+            e.to_string().starts_with("test.toml: ") && e.to_string().contains("bogus"),
+            "{e}"
+        );
+        let e = config("uidl_format = \"%q\"\n", &[]).expect_err("bad template");
+        assert_eq!(
+            (e.source.as_str(), e.key.as_str()),
+            ("test.toml", "uidl_format")
+        );
+        let e = config("idle_timeout = \"x\"\n", &[]).expect_err("bad type");
+        assert!(e.to_string().contains("idle_timeout"), "{e}");
+        let e = config("", &["--listen", "nonsense"]).expect_err("bad listen");
+        assert_eq!(e.key, "--listen");
+        let e = config("log = \"loud\"\n", &[]).expect_err("bad log");
+        assert_eq!(e.key, "log");
+        assert!(config("folders = [\"A\", \"B\"]\n", &[]).is_err());
+    }
+}

@@ -1,0 +1,564 @@
+//! Reading and parsing the IMAP responses this client provokes (RFC 3501
+//! section 7): status responses with codes, CAPABILITY, EXISTS, FETCH with
+//! UID, RFC822.SIZE and BODY[] pieces, SEARCH. Anything else untagged is
+//! parsed far enough to be skipped. Sizes are bounded by `crate::limits`.
+
+use super::ImapError;
+use super::conn::Conn;
+use crate::limits::{FETCH_CHUNK, MAX_IMAP_LINE, MAX_IMAP_LITERAL, MAX_IMAP_RESPONSE};
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Status {
+    Ok,
+    No,
+    Bad,
+    Bye,
+    Preauth,
+}
+
+/// A response code (`[UIDVALIDITY 1]`): its name upper-cased, and its
+/// arguments as text.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Code {
+    pub name: String,
+    pub args: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StatusInfo {
+    pub status: Status,
+    pub code: Option<Code>,
+    pub text: String,
+}
+
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct FetchData {
+    pub uid: Option<u32>,
+    pub size: Option<u64>,
+    /// `BODY[]` (or a piece of it): `None` if absent, empty for NIL.
+    pub body: Option<Vec<u8>>,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Response {
+    Continuation,
+    Tagged(String, StatusInfo),
+    Status(StatusInfo),
+    Capability(Vec<String>),
+    Exists(u32),
+    Fetch(FetchData),
+    Search(Vec<u32>),
+    /// Untagged data we do not use (FLAGS, RECENT, EXPUNGE, LIST, ...).
+    Other,
+}
+
+/// One response as read off the wire: its text with each literal's `{n}`
+/// marker left in place, and the literals' bytes in order.
+struct Raw {
+    text: Vec<u8>,
+    literals: Vec<Vec<u8>>,
+}
+
+fn read_raw(conn: &mut Conn) -> Result<Raw, ImapError> {
+    let mut text = Vec::new();
+    let mut literals = Vec::new();
+    let mut total = 0usize;
+    loop {
+        let line = conn.read_line(MAX_IMAP_LINE)?;
+        total += line.len();
+        text.extend_from_slice(&line);
+        match literal_size(&line) {
+            Some(n) => {
+                let limit = MAX_IMAP_LITERAL.max(FETCH_CHUNK as usize);
+                if n > limit || total + n > MAX_IMAP_RESPONSE {
+                    return Err(ImapError::Protocol(format!(
+                        "literal of {n} bytes is over the limit"
+                    )));
+                }
+                total += n;
+                literals.push(conn.read_exact(n)?);
+            }
+            None => return Ok(Raw { text, literals }),
+        }
+        if total > MAX_IMAP_RESPONSE {
+            return Err(ImapError::Protocol("response too large".into()));
+        }
+    }
+}
+
+/// `{123}` or `{123+}` at the end of a line announces a literal.
+fn literal_size(line: &[u8]) -> Option<usize> {
+    let body = line.strip_suffix(b"}")?;
+    let open = body.iter().rposition(|&b| b == b'{')?;
+    let digits = body[open + 1..]
+        .strip_suffix(b"+")
+        .unwrap_or(&body[open + 1..]);
+    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
+        return None;
+    }
+    std::str::from_utf8(digits).ok()?.parse().ok()
+}
+
+pub fn read_response(conn: &mut Conn) -> Result<Response, ImapError> {
+    let raw = read_raw(conn)?;
+    let mut p = Parser {
+        text: &raw.text,
+        pos: 0,
+        literals: raw.literals.into_iter(),
+    };
+    p.response().map_err(|why| {
+        ImapError::Protocol(format!(
+            "{why} in {:?}",
+            String::from_utf8_lossy(&raw.text[..raw.text.len().min(200)])
+        ))
+    })
+}
+
+struct Parser<'a> {
+    text: &'a [u8],
+    pos: usize,
+    literals: std::vec::IntoIter<Vec<u8>>,
+}
+
+type PResult<T> = Result<T, &'static str>;
+
+impl Parser<'_> {
+    fn peek(&self) -> Option<u8> {
+        self.text.get(self.pos).copied()
+    }
+
+    fn at_end(&self) -> bool {
+        self.pos >= self.text.len()
+    }
+
+    fn sp(&mut self) -> PResult<()> {
+        if self.peek() == Some(b' ') {
+            self.pos += 1;
+            Ok(())
+        } else {
+            Err("expected a space")
+        }
+    }
+
+    /// An atom; `[...]` sections (as in `BODY[HEADER.FIELDS (A B)]`) are
+    /// part of it, spaces and all.
+    fn atom(&mut self) -> PResult<&[u8]> {
+        let start = self.pos;
+        let mut depth = 0usize;
+        while let Some(b) = self.peek() {
+            match b {
+                b'[' => depth += 1,
+                b']' if depth > 0 => depth -= 1,
+                b' ' | b'(' | b')' | b'{' | b'"' if depth == 0 => break,
+                _ => {}
+            }
+            self.pos += 1;
+        }
+        if self.pos == start {
+            return Err("expected an atom");
+        }
+        Ok(&self.text[start..self.pos])
+    }
+
+    fn number(&mut self) -> PResult<u64> {
+        let start = self.pos;
+        while self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            self.pos += 1;
+        }
+        let digits = &self.text[start..self.pos];
+        if digits.is_empty() || digits.len() > 20 {
+            return Err("expected a number");
+        }
+        digits
+            .iter()
+            .try_fold(0u64, |acc, &d| {
+                acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+            })
+            .ok_or("number overflows")
+    }
+
+    fn number32(&mut self) -> PResult<u32> {
+        u32::try_from(self.number()?).map_err(|_| "number over 32 bits")
+    }
+
+    /// A quoted string or a literal; `None` for NIL.
+    fn nstring(&mut self) -> PResult<Option<Vec<u8>>> {
+        match self.peek() {
+            Some(b'"') => {
+                self.pos += 1;
+                let mut out = Vec::new();
+                loop {
+                    match self.peek() {
+                        None => return Err("unterminated quoted string"),
+                        Some(b'"') => {
+                            self.pos += 1;
+                            return Ok(Some(out));
+                        }
+                        Some(b'\\') => {
+                            self.pos += 1;
+                            out.push(self.peek().ok_or("unterminated quoted string")?);
+                            self.pos += 1;
+                        }
+                        Some(b) => {
+                            out.push(b);
+                            self.pos += 1;
+                        }
+                    }
+                }
+            }
+            Some(b'{') => {
+                while self.peek().is_some_and(|b| b != b'}') {
+                    self.pos += 1;
+                }
+                self.pos += 1;
+                self.literals
+                    .next()
+                    .map(Some)
+                    .ok_or("literal marker without literal")
+            }
+            _ => {
+                let atom = self.atom()?;
+                if atom.eq_ignore_ascii_case(b"NIL") {
+                    Ok(None)
+                } else {
+                    Err("expected a string")
+                }
+            }
+        }
+    }
+
+    /// Skips one value of any kind.
+    fn skip_value(&mut self) -> PResult<()> {
+        match self.peek() {
+            Some(b'(') => {
+                self.pos += 1;
+                while self.peek() != Some(b')') {
+                    if self.at_end() {
+                        return Err("unterminated list");
+                    }
+                    if self.peek() == Some(b' ') {
+                        self.pos += 1;
+                        continue;
+                    }
+                    self.skip_value()?;
+                }
+                self.pos += 1;
+                Ok(())
+            }
+            Some(b'"') | Some(b'{') => self.nstring().map(|_| ()),
+            _ => self.atom().map(|_| ()),
+        }
+    }
+
+    fn rest(&mut self) -> String {
+        let s = String::from_utf8_lossy(&self.text[self.pos..]).into_owned();
+        self.pos = self.text.len();
+        s
+    }
+
+    /// `[CODE args] text`, both parts optional.
+    fn resp_text(&mut self, status: Status) -> PResult<StatusInfo> {
+        if self.peek() == Some(b' ') {
+            self.pos += 1;
+        }
+        let mut code = None;
+        if self.peek() == Some(b'[') {
+            let close = self.text[self.pos..]
+                .iter()
+                .position(|&b| b == b']')
+                .ok_or("unterminated response code")?;
+            let inner =
+                String::from_utf8_lossy(&self.text[self.pos + 1..self.pos + close]).into_owned();
+            self.pos += close + 1;
+            let (name, args) = inner.split_once(' ').unwrap_or((&inner, ""));
+            code = Some(Code {
+                name: name.to_ascii_uppercase(),
+                args: args.to_string(),
+            });
+            if self.peek() == Some(b' ') {
+                self.pos += 1;
+            }
+        }
+        Ok(StatusInfo {
+            status,
+            code,
+            text: self.rest(),
+        })
+    }
+
+    fn response(&mut self) -> PResult<Response> {
+        match self.peek() {
+            Some(b'+') => Ok(Response::Continuation),
+            Some(b'*') => {
+                self.pos += 1;
+                self.sp()?;
+                self.untagged()
+            }
+            _ => {
+                let tag = String::from_utf8_lossy(self.atom()?).into_owned();
+                self.sp()?;
+                let status = status_of(self.atom()?).ok_or("unknown status in tagged response")?;
+                Ok(Response::Tagged(tag, self.resp_text(status)?))
+            }
+        }
+    }
+
+    fn untagged(&mut self) -> PResult<Response> {
+        if self.peek().is_some_and(|b| b.is_ascii_digit()) {
+            let n = self.number32()?;
+            self.sp()?;
+            let what = self.atom()?.to_ascii_uppercase();
+            return match what.as_slice() {
+                b"EXISTS" => Ok(Response::Exists(n)),
+                b"FETCH" => {
+                    self.sp()?;
+                    self.fetch().map(Response::Fetch)
+                }
+                _ => Ok(Response::Other),
+            };
+        }
+        let name = self.atom()?.to_ascii_uppercase();
+        if let Some(status) = status_of(&name) {
+            return Ok(Response::Status(self.resp_text(status)?));
+        }
+        match name.as_slice() {
+            b"CAPABILITY" => Ok(Response::Capability(capability_list(&self.rest()))),
+            b"SEARCH" => {
+                let mut uids = Vec::new();
+                while self.peek() == Some(b' ') {
+                    self.pos += 1;
+                    if self.at_end() {
+                        break;
+                    }
+                    uids.push(self.number32()?);
+                }
+                Ok(Response::Search(uids))
+            }
+            _ => Ok(Response::Other),
+        }
+    }
+
+    fn fetch(&mut self) -> PResult<FetchData> {
+        if self.peek() != Some(b'(') {
+            return Err("expected ( after FETCH");
+        }
+        self.pos += 1;
+        let mut data = FetchData::default();
+        loop {
+            match self.peek() {
+                Some(b')') => {
+                    self.pos += 1;
+                    return Ok(data);
+                }
+                Some(b' ') => self.pos += 1,
+                None => return Err("unterminated FETCH"),
+                _ => {
+                    let key = self.atom()?.to_ascii_uppercase();
+                    self.sp()?;
+                    match key.as_slice() {
+                        b"UID" => data.uid = Some(self.number32()?),
+                        b"RFC822.SIZE" => data.size = Some(self.number()?),
+                        k if k.starts_with(b"BODY[]") => {
+                            data.body = Some(self.nstring()?.unwrap_or_default())
+                        }
+                        _ => self.skip_value()?,
+                    }
+                }
+            }
+        }
+    }
+}
+
+fn status_of(word: &[u8]) -> Option<Status> {
+    match word.to_ascii_uppercase().as_slice() {
+        b"OK" => Some(Status::Ok),
+        b"NO" => Some(Status::No),
+        b"BAD" => Some(Status::Bad),
+        b"BYE" => Some(Status::Bye),
+        b"PREAUTH" => Some(Status::Preauth),
+        _ => None,
+    }
+}
+
+pub fn capability_list(text: &str) -> Vec<String> {
+    text.split_ascii_whitespace()
+        .map(str::to_ascii_uppercase)
+        .collect()
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::imap::conn::Transport;
+    use std::io::{self, Cursor, Read, Write};
+    use std::time::Duration;
+
+    /// A scripted peer: reads come from `input`, writes are recorded.
+    pub struct Script {
+        pub input: Cursor<Vec<u8>>,
+        pub output: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+    }
+
+    impl Read for Script {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            self.input.read(buf)
+        }
+    }
+    impl Write for Script {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            self.output
+                .lock()
+                .map_err(|_| io::Error::other("poisoned"))?
+                .extend_from_slice(buf);
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+    impl Transport for Script {
+        fn set_timeouts(&mut self, _: Duration) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn parse_all(input: &[u8]) -> Vec<Result<Response, String>> {
+        let script = Script {
+            input: Cursor::new(input.to_vec()),
+            output: Default::default(),
+        };
+        let mut conn = Conn::new(Box::new(script), Duration::from_secs(5));
+        let mut out = Vec::new();
+        for _ in 0..100 {
+            match read_response(&mut conn) {
+                Err(ImapError::Closed) => break,
+                r => out.push(r.map_err(|e| e.to_string())),
+            }
+        }
+        out
+    }
+
+    #[test]
+    fn status_responses_with_codes() {
+        let r = parse_all(b"* OK [UIDVALIDITY 3857529045] UIDs valid\r\nA1 NO [AUTHENTICATIONFAILED] Authentication failed.\r\n* BYE\r\n");
+        assert_eq!(
+            r[0],
+            Ok(Response::Status(StatusInfo {
+                status: Status::Ok,
+                code: Some(Code {
+                    name: "UIDVALIDITY".into(),
+                    args: "3857529045".into()
+                }),
+                text: "UIDs valid".into()
+            }))
+        );
+        match &r[1] {
+            Ok(Response::Tagged(tag, info)) => {
+                assert_eq!(tag, "A1");
+                assert_eq!(info.status, Status::No);
+                assert_eq!(
+                    info.code.as_ref().map(|c| c.name.as_str()),
+                    Some("AUTHENTICATIONFAILED")
+                );
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(matches!(
+            &r[2],
+            Ok(Response::Status(StatusInfo {
+                status: Status::Bye,
+                ..
+            }))
+        ));
+    }
+
+    #[test]
+    fn fetch_with_literal_body_and_extra_items() {
+        let r = parse_all(
+            b"* 3 FETCH (UID 17 FLAGS (\\Seen $X) BODY[]<0> {7}\r\na\r\n\"{1})\r\n* 4 FETCH (RFC822.SIZE 1234 UID 18)\r\n",
+        );
+        assert_eq!(
+            r[0],
+            Ok(Response::Fetch(FetchData {
+                uid: Some(17),
+                size: None,
+                body: Some(b"a\r\n\"{1}".to_vec())
+            }))
+        );
+        assert_eq!(
+            r[1],
+            Ok(Response::Fetch(FetchData {
+                uid: Some(18),
+                size: Some(1234),
+                body: None
+            }))
+        );
+    }
+
+    #[test]
+    fn fetch_with_quoted_and_nil_body() {
+        let r =
+            parse_all(b"* 1 FETCH (UID 1 BODY[]<300> \"\")\r\n* 1 FETCH (UID 1 BODY[]<0> NIL)\r\n");
+        assert_eq!(
+            r[0],
+            Ok(Response::Fetch(FetchData {
+                uid: Some(1),
+                size: None,
+                body: Some(Vec::new())
+            }))
+        );
+        assert_eq!(
+            r[1],
+            Ok(Response::Fetch(FetchData {
+                uid: Some(1),
+                size: None,
+                body: Some(Vec::new())
+            }))
+        );
+    }
+
+    #[test]
+    fn capability_exists_search_and_others() {
+        let r = parse_all(b"* CAPABILITY IMAP4rev1 UIDPLUS AUTH=PLAIN\r\n* 5 EXISTS\r\n* SEARCH 2 9\r\n* SEARCH\r\n* FLAGS (\\Seen)\r\n+ go ahead\r\n");
+        assert_eq!(
+            r[0],
+            Ok(Response::Capability(vec![
+                "IMAP4REV1".into(),
+                "UIDPLUS".into(),
+                "AUTH=PLAIN".into()
+            ]))
+        );
+        assert_eq!(r[1], Ok(Response::Exists(5)));
+        assert_eq!(r[2], Ok(Response::Search(vec![2, 9])));
+        assert_eq!(r[3], Ok(Response::Search(vec![])));
+        assert_eq!(r[4], Ok(Response::Other));
+        assert_eq!(r[5], Ok(Response::Continuation));
+    }
+
+    #[test]
+    fn garbage_is_a_protocol_error_not_a_panic() {
+        for junk in [
+            &b"\x00\xff garbage\r\n"[..],
+            b"* 1 FETCH UID 1\r\n",
+            b"* 1 FETCH (UID x)\r\n",
+            b"* 1 FETCH (UID 1 BODY[] \"unterminated)\r\n",
+            b"* 99999999999 EXISTS\r\n",
+            b"A1 MAYBE\r\n",
+            b"* OK [UIDVALIDITY 1\r\n",
+        ] {
+            let r = parse_all(junk);
+            assert!(
+                r.iter().any(Result::is_err),
+                "{:?} gave {:?}",
+                String::from_utf8_lossy(junk),
+                r
+            );
+        }
+    }
+
+    #[test]
+    fn oversized_literal_is_refused_before_reading_it() {
+        let r = parse_all(b"* 1 FETCH (BODY[] {999999999}\r\n");
+        assert!(matches!(&r[0], Err(e) if e.contains("over the limit")));
+    }
+}

@@ -1,0 +1,27 @@
+//! pop3server: a POP3 server (RFC 1939, RFC 2449) that holds no mail. Each
+//! POP3 session is translated, live, into one IMAP session on a backend.
+//!
+//! Map of the crate:
+//! - [`pop3`]: POP3 command parsing, replies, body encoding and the session
+//!   state machine, all without I/O.
+//! - [`maildrop`]: the session's snapshot: message numbers, UIDs, sizes,
+//!   deletion marks, UIDL strings.
+//! - [`imap`]: the backend client, the only code that speaks IMAP.
+//! - [`lock`]: the per-user `flock`.
+//! - [`config`]: the configuration file and flags, validated.
+//! - [`logging`]: syslog, journald or stderr.
+//! - [`transport`]: how the client connection reaches the process (inetd,
+//!   systemd, the standalone listener).
+//! - [`driver`]: the thin I/O loop that runs one session.
+//! - [`limits`]: every limit and default timeout, with reasons.
+
+pub mod config;
+pub mod driver;
+pub mod imap;
+pub mod limits;
+pub mod lock;
+pub mod logging;
+pub mod maildrop;
+pub mod pop3;
+pub mod secret;
+pub mod transport;

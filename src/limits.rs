@@ -1,0 +1,57 @@
+//! Every limit and default timeout of the server, each with the reason for its
+//! value. Settings that an operator may change start from the defaults here;
+//! nothing else in the crate hard-codes a size or a duration.
+
+use std::time::Duration;
+
+/// RFC 2449 section 4: a command line is at most 255 octets including CRLF.
+pub const MAX_COMMAND_LINE: usize = 255;
+
+/// Bytes read from the client per `read` call: large enough that a pipelined
+/// burst of commands arrives in one call, small enough to stay off the heap's
+/// radar.
+pub const CLIENT_READ_CHUNK: usize = 4096;
+
+/// RFC 1939 section 3 asks for an inactivity timer of at least 10 minutes.
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(600);
+
+/// How long to wait for the TCP (and later TLS) connection to the backend.
+pub const DEFAULT_BACKEND_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How long one IMAP command may take from sending it to its tagged reply.
+/// A fetch is done in pieces of `FETCH_CHUNK` so that this bounds each piece,
+/// not a whole large message.
+pub const DEFAULT_BACKEND_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Failed logins are answered after this delay to slow down guessing; the
+/// backend's own delay comes on top.
+pub const DEFAULT_LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(2);
+
+/// After this many failed logins on one connection it is closed: a client
+/// with the right password never needs more, a guesser must reconnect.
+pub const DEFAULT_MAX_LOGIN_FAILURES: u32 = 3;
+
+/// Concurrent sessions of the standalone listener.
+pub const DEFAULT_MAX_CHILDREN: usize = 256;
+
+/// A message is fetched from the backend in pieces of this size
+/// (`BODY.PEEK[]<offset.length>`): the memory of a RETR stays bounded by it
+/// whatever the message size, and each piece is one backend command with its
+/// own timeout.
+pub const FETCH_CHUNK: u32 = 256 * 1024;
+
+/// Longest IMAP response line (without literals) we accept. The longest line
+/// we provoke is a `* SEARCH` result listing deleted UIDs; 1 MiB holds
+/// about 100,000 of them.
+pub const MAX_IMAP_LINE: usize = 1024 * 1024;
+
+/// Largest IMAP literal we accept outside of a message piece (a literal we did
+/// not ask for, e.g. a mailbox name): anything bigger is a broken backend.
+pub const MAX_IMAP_LITERAL: usize = 64 * 1024;
+
+/// Largest total size of one IMAP response (lines plus literals). A message
+/// piece is at most `FETCH_CHUNK`; the rest is slack for the response syntax.
+pub const MAX_IMAP_RESPONSE: usize = FETCH_CHUNK as usize + 2 * MAX_IMAP_LINE;
+
+/// RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21..=0x7E.
+pub const MAX_UIDL_LEN: usize = 70;

@@ -1,0 +1,100 @@
+//! The maildrop lock: a non-blocking `flock` on
+//! `<lock_dir>/<md5 of backend and user>`, held until the guard (normally the
+//! process) ends, so a killed session never leaves a stale lock. The user's
+//! name never becomes part of a path.
+
+use std::fs::{self, File, OpenOptions, TryLockError};
+use std::io;
+use std::path::{Path, PathBuf};
+
+use md5::{Digest, Md5};
+
+#[derive(Debug)]
+pub struct LockGuard {
+    _file: File,
+    path: PathBuf,
+}
+
+impl LockGuard {
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+#[derive(Debug)]
+pub enum LockError {
+    /// Another process holds the lock.
+    InUse,
+    /// The lock file could not be created or locked.
+    Io { path: PathBuf, error: io::Error },
+}
+
+/// The lock file name for this backend and user: a digest, so no user string
+/// reaches the file system. User names are case-folded (ASCII), as most
+/// backends treat `Alice` and `alice` as one mailbox.
+pub fn lock_name(backend_host: &str, backend_port: u16, user: &[u8]) -> String {
+    let mut h = Md5::new();
+    h.update(backend_host.to_ascii_lowercase().as_bytes());
+    h.update([0]);
+    h.update(backend_port.to_string().as_bytes());
+    h.update([0]);
+    h.update(user.to_ascii_lowercase());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+pub fn try_lock(lock_dir: &Path, name: &str) -> Result<LockGuard, LockError> {
+    let path = lock_dir.join(name);
+    let io_err = |error| LockError::Io {
+        path: path.clone(),
+        error,
+    };
+    if !lock_dir.exists() {
+        fs::create_dir_all(lock_dir).map_err(io_err)?;
+    }
+    let file = OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .map_err(io_err)?;
+    match file.try_lock() {
+        Ok(()) => Ok(LockGuard { _file: file, path }),
+        Err(TryLockError::WouldBlock) => Err(LockError::InUse),
+        Err(TryLockError::Error(error)) => Err(LockError::Io { path, error }),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn temp_dir(name: &str) -> PathBuf {
+        let dir = std::env::temp_dir().join(format!(
+            "pop3server-lock-test-{name}-{}",
+            std::process::id()
+        ));
+        let _ = fs::remove_dir_all(&dir);
+        dir
+    }
+
+    #[test]
+    fn second_lock_is_in_use_until_the_first_is_dropped() {
+        let dir = temp_dir("inuse");
+        let name = lock_name("imap.example", 143, b"alice");
+        let first = try_lock(&dir, &name).expect("first lock");
+        assert!(matches!(try_lock(&dir, &name), Err(LockError::InUse)));
+        drop(first);
+        assert!(try_lock(&dir, &name).is_ok());
+        let _ = fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn names_are_digests_that_ignore_case_of_user_but_not_backend_port() {
+        let a = lock_name("h", 143, b"Alice");
+        assert_eq!(a, lock_name("H", 143, b"alice"));
+        assert_ne!(a, lock_name("h", 993, b"alice"));
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
+        assert!(!lock_name("h", 1, b"../../etc/passwd").contains('/'));
+    }
+}

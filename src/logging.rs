@@ -1,0 +1,166 @@
+//! Where log lines go: syslog (facility mail) under inetd, where stderr is
+//! the client's socket; stderr with sd-daemon `<N>` priority prefixes under
+//! systemd (journald reads the levels); plain stderr in the foreground.
+//! Client-supplied text is made printable before it is logged.
+
+use std::io::Write;
+use std::sync::Mutex;
+
+use log::{Level, LevelFilter, Log, Metadata, Record};
+
+use crate::config::LogTarget;
+
+/// `auto` made concrete: journald when systemd gave us a journal stream,
+/// syslog for a per-connection process, stderr otherwise.
+pub fn resolve(target: LogTarget, per_connection: bool) -> LogTarget {
+    match target {
+        LogTarget::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogTarget::Journald,
+        LogTarget::Auto if per_connection => LogTarget::Syslog,
+        LogTarget::Auto => LogTarget::Stderr,
+        other => other,
+    }
+}
+
+pub fn name(target: LogTarget) -> &'static str {
+    match target {
+        LogTarget::Auto => "auto",
+        LogTarget::Syslog => "syslog",
+        LogTarget::Journald => "journald",
+        LogTarget::Stderr => "stderr",
+    }
+}
+
+enum Sink {
+    Stderr {
+        priority_prefix: bool,
+    },
+    Syslog(Mutex<syslog::Logger<syslog::LoggerBackend, syslog::Formatter3164>>),
+    /// No syslog socket under inetd: logging nowhere beats writing to the client.
+    Discard,
+}
+
+struct Logger {
+    sink: Sink,
+    level: LevelFilter,
+}
+
+/// Installs the logger; `target` must be resolved (not `Auto`).
+pub fn init(target: LogTarget, debug: bool) {
+    let sink = match target {
+        LogTarget::Stderr | LogTarget::Auto => Sink::Stderr {
+            priority_prefix: false,
+        },
+        LogTarget::Journald => Sink::Stderr {
+            priority_prefix: true,
+        },
+        LogTarget::Syslog => {
+            let formatter = syslog::Formatter3164 {
+                facility: syslog::Facility::LOG_MAIL,
+                hostname: None,
+                process: "pop3server".into(),
+                pid: std::process::id(),
+            };
+            match syslog::unix(formatter) {
+                Ok(logger) => Sink::Syslog(Mutex::new(logger)),
+                Err(_) => Sink::Discard,
+            }
+        }
+    };
+    let level = if debug {
+        LevelFilter::Debug
+    } else {
+        LevelFilter::Info
+    };
+    if log::set_boxed_logger(Box::new(Logger { sink, level })).is_ok() {
+        log::set_max_level(level);
+    }
+}
+
+impl Log for Logger {
+    fn enabled(&self, metadata: &Metadata) -> bool {
+        metadata.level() <= self.level
+    }
+
+    fn log(&self, record: &Record) {
+        if !self.enabled(record.metadata()) {
+            return;
+        }
+        let text = printable(record.args().to_string().as_bytes());
+        match &self.sink {
+            Sink::Stderr { priority_prefix } => {
+                let line = if *priority_prefix {
+                    format!("<{}>{text}\n", priority(record.level()))
+                } else {
+                    format!(
+                        "pop3server[{}]: {}: {text}\n",
+                        std::process::id(),
+                        record.level()
+                    )
+                };
+                let _ = std::io::stderr().lock().write_all(line.as_bytes());
+            }
+            Sink::Syslog(logger) => {
+                if let Ok(mut l) = logger.lock() {
+                    let _ = match record.level() {
+                        Level::Error => l.err(text),
+                        Level::Warn => l.warning(text),
+                        Level::Info => l.info(text),
+                        Level::Debug | Level::Trace => l.debug(text),
+                    };
+                }
+            }
+            Sink::Discard => {}
+        }
+    }
+
+    fn flush(&self) {}
+}
+
+/// sd-daemon(3) priorities.
+fn priority(level: Level) -> u8 {
+    match level {
+        Level::Error => 3,
+        Level::Warn => 4,
+        Level::Info => 6,
+        Level::Debug | Level::Trace => 7,
+    }
+}
+
+/// Bytes from a client or backend as one printable line: control bytes and
+/// invalid UTF-8 escaped, so no one can forge log lines.
+pub fn printable(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len());
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() {
+                out.extend(c.escape_default());
+            } else {
+                out.push(c);
+            }
+        }
+        for b in chunk.invalid() {
+            out.push_str(&format!("\\x{b:02x}"));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn printable_escapes_line_breaks_and_bad_bytes() {
+        assert_eq!(printable(b"al\r\nice"), "al\\r\\nice");
+        assert_eq!(printable(b"p\xc3\xa4ss\xff"), "p\u{e4}ss\\xff");
+    }
+
+    #[test]
+    fn auto_picks_syslog_for_per_connection_processes() {
+        if std::env::var_os("JOURNAL_STREAM").is_none() {
+            assert_eq!(resolve(LogTarget::Auto, true), LogTarget::Syslog);
+            assert_eq!(resolve(LogTarget::Auto, false), LogTarget::Stderr);
+        }
+        assert_eq!(resolve(LogTarget::Stderr, true), LogTarget::Stderr);
+    }
+}

@@ -1,0 +1,128 @@
+//! Entry point: arguments and configuration, logging set-up, choice of mode
+//! (one connection on stdin/stdout or fd 3, or the standalone listener), exit
+//! codes. No protocol logic lives here.
+
+use std::ffi::OsString;
+use std::io::Write;
+use std::net::TcpListener;
+use std::process::ExitCode;
+
+use pop3server::config::{Config, ConfigSetupError};
+use pop3server::driver::{self, End};
+use pop3server::logging;
+use pop3server::transport::{self, Systemd, listener::Listener};
+
+enum Mode {
+    /// One connection on stdin/stdout.
+    Inetd,
+    /// One connection on fd 3 from systemd.
+    SystemdConnection(std::net::TcpStream),
+    /// Accept connections ourselves.
+    Listen(Vec<TcpListener>),
+}
+
+fn main() -> ExitCode {
+    match run() {
+        Ok(code) => code,
+        Err(message) => {
+            eprintln!("pop3server: {message}");
+            ExitCode::from(2)
+        }
+    }
+}
+
+fn run() -> Result<ExitCode, String> {
+    let args: Vec<OsString> = std::env::args_os().collect();
+    let config = match Config::from_args(&args) {
+        Ok(c) => c,
+        Err(ConfigSetupError::Usage(e)) => {
+            let _ = e.print();
+            return Ok(if e.use_stderr() {
+                ExitCode::from(2)
+            } else {
+                ExitCode::SUCCESS
+            });
+        }
+        Err(ConfigSetupError::Invalid(e)) => return Err(config_error(&e.to_string())),
+    };
+
+    let systemd = if config.inetd {
+        None
+    } else {
+        transport::from_systemd()
+    };
+    let mode = match systemd {
+        Some(Systemd::Connection(stream)) => Mode::SystemdConnection(stream),
+        Some(Systemd::Listener(listener)) => Mode::Listen(vec![listener]),
+        None if config.inetd => Mode::Inetd,
+        None if !config.listen.is_empty() => {
+            let mut listeners = Vec::new();
+            for addr in &config.listen {
+                listeners.push(
+                    TcpListener::bind(addr).map_err(|e| format!("cannot listen on {addr}: {e}"))?,
+                );
+            }
+            Mode::Listen(listeners)
+        }
+        None if transport::stdin_is_socket() => Mode::Inetd,
+        None => {
+            return Err("no connection to serve: stdin is not a socket. Run from inetd or a systemd socket, \
+                 or give --listen ADDRESS:PORT (see --help)"
+                .into());
+        }
+    };
+
+    let per_connection = !matches!(mode, Mode::Listen(_));
+    let log_target = logging::resolve(config.log, per_connection);
+    logging::init(log_target, config.debug);
+
+    match mode {
+        Mode::Inetd => {
+            let client = transport::from_stdio(config.idle_timeout)
+                .map_err(|e| format!("cannot use stdin/stdout: {e}"))?;
+            Ok(exit_code(driver::serve(&config, client)))
+        }
+        Mode::SystemdConnection(stream) => {
+            let client = transport::from_socket(stream, config.idle_timeout)
+                .map_err(|e| format!("cannot use fd 3: {e}"))?;
+            Ok(exit_code(driver::serve(&config, client)))
+        }
+        Mode::Listen(listeners) => {
+            for l in &listeners {
+                if let Ok(addr) = l.local_addr() {
+                    log::info!("listening on {addr}");
+                }
+            }
+            // Each child is this program in inetd mode, with the same
+            // settings and its log going where ours goes.
+            let mut child_args: Vec<OsString> = args.iter().skip(1).cloned().collect();
+            child_args.push("--inetd".into());
+            child_args.push("--log".into());
+            child_args.push(logging::name(log_target).into());
+            Listener::new(config.max_children, child_args)
+                .run(listeners)
+                .map_err(|e| format!("listener failed: {e}"))?;
+            Ok(ExitCode::SUCCESS)
+        }
+    }
+}
+
+/// Under inetd stderr and stdout are the client's socket: a configuration
+/// error goes to syslog and the client gets a POP3 error, not a usage text.
+fn config_error(message: &str) -> String {
+    if transport::stdin_is_socket() && std::env::var_os("JOURNAL_STREAM").is_none() {
+        logging::init(pop3server::config::LogTarget::Syslog, false);
+        log::error!("configuration error: {message}");
+        let _ = std::io::stdout()
+            .write_all(b"-ERR [SYS/TEMP] Server configuration error, see the server log\r\n");
+        std::process::exit(2);
+    }
+    message.to_string()
+}
+
+fn exit_code(end: End) -> ExitCode {
+    match end {
+        End::BackendError => ExitCode::from(1),
+        _ => ExitCode::SUCCESS,
+    }
+}

@@ -1,0 +1,150 @@
+//! Splitting the client's byte stream into command lines, without I/O.
+//!
+//! A line longer than the limit is reported once as `TooLong` and the rest of
+//! it, up to the next line end, is dropped: an over-long line never becomes a
+//! second command, and the session stays in step with the client.
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum Line {
+    Complete(Vec<u8>),
+    TooLong,
+}
+
+pub struct LineReader {
+    buf: Vec<u8>,
+    /// Maximum line length including the CRLF.
+    max: usize,
+    discarding: bool,
+}
+
+impl LineReader {
+    pub fn new(max: usize) -> Self {
+        LineReader {
+            buf: Vec::new(),
+            max,
+            discarding: false,
+        }
+    }
+
+    /// Changes the limit for the lines not yet returned (SASL responses may be
+    /// longer than commands).
+    pub fn set_max(&mut self, max: usize) {
+        self.max = max;
+    }
+
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.buf.extend_from_slice(bytes);
+    }
+
+    /// Drops everything received but not yet returned (after STLS, bytes sent
+    /// before the handshake must not be read as commands).
+    pub fn clear(&mut self) {
+        self.buf.clear();
+        self.discarding = false;
+    }
+
+    pub fn has_pending(&self) -> bool {
+        !self.buf.is_empty()
+    }
+
+    /// The next line, without its line end (CRLF, or a bare LF from lax
+    /// clients), or `None` if more input is needed.
+    pub fn next_line(&mut self) -> Option<Line> {
+        loop {
+            match self.buf.iter().position(|&b| b == b'\n') {
+                Some(lf) => {
+                    let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
+                    if self.discarding {
+                        self.discarding = false;
+                        continue;
+                    }
+                    line.pop();
+                    if line.last() == Some(&b'\r') {
+                        line.pop();
+                    }
+                    if line.len() + 2 > self.max {
+                        return Some(Line::TooLong);
+                    }
+                    return Some(Line::Complete(line));
+                }
+                None => {
+                    if self.discarding {
+                        self.buf.clear();
+                        return None;
+                    }
+                    // A CR may still be followed by its LF: count it as the line end.
+                    let len = self.buf.len() - usize::from(self.buf.last() == Some(&b'\r'));
+                    if len + 2 > self.max {
+                        self.buf.clear();
+                        self.discarding = true;
+                        return Some(Line::TooLong);
+                    }
+                    return None;
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn complete(s: &[u8]) -> Option<Line> {
+        Some(Line::Complete(s.to_vec()))
+    }
+
+    #[test]
+    fn pipelined_commands_come_out_in_order() {
+        let mut r = LineReader::new(255);
+        r.push(b"STAT\r\nLIST 1\r\nNOOP\r\nQU");
+        assert_eq!(r.next_line(), complete(b"STAT"));
+        assert_eq!(r.next_line(), complete(b"LIST 1"));
+        assert_eq!(r.next_line(), complete(b"NOOP"));
+        assert_eq!(r.next_line(), None);
+        r.push(b"IT\r\n");
+        assert_eq!(r.next_line(), complete(b"QUIT"));
+    }
+
+    #[test]
+    fn over_long_line_is_reported_once_and_skipped_up_to_its_end() {
+        let mut r = LineReader::new(255);
+        r.push(&[b'A'; 300]);
+        assert_eq!(r.next_line(), Some(Line::TooLong));
+        r.push(&[b'B'; 300]);
+        assert_eq!(r.next_line(), None);
+        r.push(b"BB\r\nNOOP\r\n");
+        assert_eq!(r.next_line(), complete(b"NOOP"));
+    }
+
+    #[test]
+    fn over_long_line_in_one_piece_is_skipped() {
+        let mut r = LineReader::new(255);
+        let mut data = vec![b'x'; 400];
+        data.extend_from_slice(b"\r\nSTAT\r\n");
+        r.push(&data);
+        assert_eq!(r.next_line(), Some(Line::TooLong));
+        assert_eq!(r.next_line(), complete(b"STAT"));
+    }
+
+    #[test]
+    fn limit_counts_the_crlf() {
+        let mut r = LineReader::new(255);
+        let mut ok = vec![b'a'; 253];
+        ok.extend_from_slice(b"\r\n");
+        r.push(&ok);
+        assert!(matches!(r.next_line(), Some(Line::Complete(l)) if l.len() == 253));
+        let mut long = vec![b'a'; 254];
+        long.extend_from_slice(b"\r\n");
+        r.push(&long);
+        assert_eq!(r.next_line(), Some(Line::TooLong));
+    }
+
+    #[test]
+    fn bare_lf_ends_a_line() {
+        let mut r = LineReader::new(255);
+        r.push(b"NOOP\nSTAT\r\n");
+        assert_eq!(r.next_line(), complete(b"NOOP"));
+        assert_eq!(r.next_line(), complete(b"STAT"));
+    }
+}

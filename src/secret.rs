@@ -1,0 +1,45 @@
+//! `Secret` holds a password or token: its `Debug` never shows the bytes, and
+//! the bytes are overwritten when it is dropped, so a credential cannot reach a
+//! log line or outlive its use by accident.
+
+use std::fmt;
+
+pub struct Secret(Vec<u8>);
+
+impl Secret {
+    pub fn new(bytes: Vec<u8>) -> Self {
+        Secret(bytes)
+    }
+
+    /// The raw bytes, for the one place that must send them (the backend).
+    pub fn expose(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("Secret(<redacted>)")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        for b in self.0.iter_mut() {
+            // Volatile so the wipe is not optimised away as a dead store.
+            unsafe { std::ptr::write_volatile(b, 0) };
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn debug_does_not_show_the_secret() {
+        let s = Secret::new(b"hunter2".to_vec());
+        assert_eq!(format!("{s:?}"), "Secret(<redacted>)");
+        assert_eq!(s.expose(), b"hunter2");
+    }
+}

@@ -1,0 +1,109 @@
+//! The standalone listener: accepts connections and runs each in a child
+//! process of this same program in inetd mode (the socket as its
+//! stdin/stdout), at most `max_children` at once, reaping them as they end.
+
+use std::ffi::OsString;
+use std::io::{self, Write};
+use std::net::{TcpListener, TcpStream};
+use std::os::fd::OwnedFd;
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::thread;
+use std::time::Duration;
+
+/// How often finished children are collected while no connection arrives.
+const REAP_INTERVAL: Duration = Duration::from_millis(500);
+
+pub struct Listener {
+    children: Arc<Mutex<Vec<Child>>>,
+    max_children: usize,
+    child_args: Vec<OsString>,
+}
+
+impl Listener {
+    /// `child_args` are the arguments each child gets (it is run in inetd mode).
+    pub fn new(max_children: usize, child_args: Vec<OsString>) -> Self {
+        Listener {
+            children: Arc::new(Mutex::new(Vec::new())),
+            max_children,
+            child_args,
+        }
+    }
+
+    /// Serves the sockets until accepting fails on all of them.
+    pub fn run(self, listeners: Vec<TcpListener>) -> io::Result<()> {
+        let exe = std::env::current_exe()?;
+        let this = Arc::new(self);
+        {
+            let children = Arc::clone(&this.children);
+            thread::spawn(move || {
+                loop {
+                    thread::sleep(REAP_INTERVAL);
+                    reap(&children);
+                }
+            });
+        }
+        let mut threads = Vec::new();
+        for listener in listeners {
+            let this = Arc::clone(&this);
+            let exe = exe.clone();
+            threads.push(thread::spawn(move || -> io::Result<()> {
+                loop {
+                    let (stream, peer) = match listener.accept() {
+                        Ok(c) => c,
+                        Err(e)
+                            if e.kind() == io::ErrorKind::Interrupted
+                                || e.kind() == io::ErrorKind::ConnectionAborted =>
+                        {
+                            continue;
+                        }
+                        Err(e) => return Err(e),
+                    };
+                    if let Err(e) = this.start_child(&exe, stream) {
+                        log::error!("cannot start a session process for {peer}: {e}");
+                    }
+                }
+            }));
+        }
+        let mut last = Ok(());
+        for t in threads {
+            match t.join() {
+                Ok(Err(e)) => last = Err(e),
+                Err(_) => last = Err(io::Error::other("listener thread panicked")),
+                Ok(Ok(())) => {}
+            }
+        }
+        last
+    }
+
+    fn start_child(&self, exe: &std::path::Path, mut stream: TcpStream) -> io::Result<()> {
+        let mut children = self
+            .children
+            .lock()
+            .map_err(|_| io::Error::other("children list poisoned"))?;
+        children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+        if children.len() >= self.max_children {
+            log::warn!(
+                "refusing a connection: {} sessions running (max_children)",
+                children.len()
+            );
+            let _ = stream.write_all(b"-ERR [SYS/TEMP] Too many connections, try again later\r\n");
+            return Ok(());
+        }
+        let output = stream.try_clone()?;
+        let child = Command::new(exe)
+            .args(&self.child_args)
+            .stdin(Stdio::from(OwnedFd::from(stream)))
+            .stdout(Stdio::from(OwnedFd::from(output)))
+            .stderr(Stdio::inherit())
+            .spawn()?;
+        children.push(child);
+        Ok(())
+    }
+}
+
+fn reap(children: &Mutex<Vec<Child>>) {
+    if let Ok(mut children) = children.lock() {
+        children.retain_mut(|c| !matches!(c.try_wait(), Ok(Some(_))));
+    }
+}

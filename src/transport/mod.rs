@@ -1,0 +1,113 @@
+//! How the client connection reaches this process: stdin/stdout from inetd
+//! (or from our own listener), fd 3 from a systemd `Accept=yes` socket, or
+//! accepted by the standalone listener in `listener`. Produces a
+//! `ClientConn`; knows nothing of POP3.
+
+pub mod listener;
+
+use std::fs::File;
+use std::io::{self, Read, Write};
+use std::net::{SocketAddr, TcpListener, TcpStream};
+use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::time::Duration;
+
+/// The first socket systemd passes (sd_listen_fds(3)).
+const SD_LISTEN_FDS_START: i32 = 3;
+
+pub struct ClientConn {
+    pub reader: Box<dyn Read + Send>,
+    pub writer: Box<dyn Write + Send>,
+    /// Unknown when the "socket" is a pipe or socketpair.
+    pub peer: Option<SocketAddr>,
+}
+
+/// Wraps a connected socket; reads and writes time out after `idle`.
+pub fn from_socket(stream: TcpStream, idle: Duration) -> io::Result<ClientConn> {
+    stream.set_read_timeout(Some(idle))?;
+    stream.set_write_timeout(Some(idle))?;
+    let peer = stream.peer_addr().ok();
+    let writer = stream.try_clone()?;
+    Ok(ClientConn {
+        reader: Box::new(stream),
+        writer: Box::new(writer),
+        peer,
+    })
+}
+
+/// The connection inetd gave us on stdin/stdout. For tests over pipes this
+/// also works, without the idle timeout, which needs a socket.
+pub fn from_stdio(idle: Duration) -> io::Result<ClientConn> {
+    let input = io::stdin().as_fd().try_clone_to_owned()?;
+    let output = io::stdout().as_fd().try_clone_to_owned()?;
+    let input = TcpStream::from(input);
+    if input.set_read_timeout(Some(idle)).is_err() {
+        // Not a socket: a pipe from a test harness.
+        return Ok(ClientConn {
+            reader: Box::new(File::from(OwnedFd::from(input))),
+            writer: Box::new(File::from(output)),
+            peer: None,
+        });
+    }
+    let output = TcpStream::from(output);
+    // A failure here means stdout is not the same kind of socket; the idle
+    // timeout on reads still applies.
+    let _ = output.set_write_timeout(Some(idle));
+    let peer = input.peer_addr().ok().or_else(remote_addr_from_env);
+    Ok(ClientConn {
+        reader: Box::new(input),
+        writer: Box::new(output),
+        peer,
+    })
+}
+
+/// Whether stdin is a socket (inetd) rather than a terminal or a file.
+pub fn stdin_is_socket() -> bool {
+    io::stdin()
+        .as_fd()
+        .try_clone_to_owned()
+        .map(|fd| TcpStream::from(fd).set_read_timeout(None).is_ok())
+        .unwrap_or(false)
+}
+
+/// What systemd passed us, if anything: a connection (`Accept=yes`) or a
+/// listening socket (`Accept=no`).
+pub enum Systemd {
+    Connection(TcpStream),
+    Listener(TcpListener),
+}
+
+/// Takes fd 3 if `LISTEN_PID` is this process and `LISTEN_FDS` >= 1, and
+/// clears the variables so that no child process takes it too.
+pub fn from_systemd() -> Option<Systemd> {
+    let pid_matches = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
+    let fds = std::env::var("LISTEN_FDS").ok()?.parse::<i32>().ok()?;
+    // SAFETY: removing variables before any thread is started.
+    unsafe {
+        std::env::remove_var("LISTEN_PID");
+        std::env::remove_var("LISTEN_FDS");
+        std::env::remove_var("LISTEN_FDNAMES");
+    }
+    if !pid_matches || fds < 1 {
+        return None;
+    }
+    // SAFETY: sd_listen_fds(3): systemd hands this process fd 3 open and
+    // owned by nobody else; it is taken exactly once, here.
+    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+    let stream = TcpStream::from(fd);
+    match stream.peer_addr() {
+        Err(e) if e.kind() == io::ErrorKind::NotConnected => {
+            Some(Systemd::Listener(TcpListener::from(OwnedFd::from(stream))))
+        }
+        _ => Some(Systemd::Connection(stream)),
+    }
+}
+
+/// systemd sets REMOTE_ADDR and REMOTE_PORT for `Accept=yes` services.
+fn remote_addr_from_env() -> Option<SocketAddr> {
+    let ip = std::env::var("REMOTE_ADDR").ok()?;
+    let port = std::env::var("REMOTE_PORT")
+        .ok()
+        .and_then(|p| p.parse().ok())
+        .unwrap_or(0);
+    Some(SocketAddr::new(ip.parse().ok()?, port))
+}
