@@ -37,6 +37,10 @@ pub struct Config {
     pub backend_host: String,
     pub backend_port: u16,
     pub backend_tls: BackendTls,
+    pub backend_ca_file: Option<PathBuf>,
+    pub backend_tls_verify: bool,
+    /// Send IMAP ID with the client's address (RFC 2971).
+    pub backend_send_id: bool,
     pub folder: String,
     pub uidl_format: UidlFormat,
     pub mark_seen: bool,
@@ -52,8 +56,18 @@ pub struct Config {
     pub log: LogTarget,
     pub debug: bool,
     pub implementation: Option<String>,
+    /// Certificate chain and key (PEM) for STLS and implicit TLS.
+    pub tls: Option<TlsFiles>,
+    pub implicit_tls: bool,
+    pub allow_plaintext_auth: bool,
     /// Forced per-connection mode on stdin/stdout (`--inetd`).
     pub inetd: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -83,6 +97,9 @@ pub struct FileConfig {
     backend_host: Option<String>,
     backend_port: Option<u16>,
     backend_tls: Option<String>,
+    backend_ca_file: Option<PathBuf>,
+    backend_tls_verify: Option<bool>,
+    backend_send_id: Option<bool>,
     folders: Option<Vec<String>>,
     uidl_format: Option<String>,
     mark_seen: Option<bool>,
@@ -98,6 +115,10 @@ pub struct FileConfig {
     log: Option<String>,
     debug: Option<bool>,
     implementation: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
+    implicit_tls: Option<bool>,
+    allow_plaintext_auth: Option<bool>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -135,9 +156,18 @@ pub struct Flags {
     /// IMAP server port [default: 143, 993 with implicit TLS]
     #[arg(long, alias = "backend_port", value_name = "PORT")]
     pub backend_port: Option<u16>,
-    /// TLS to the backend: none, starttls, implicit [default: none]
+    /// TLS to the backend: none, starttls, implicit [default: starttls]
     #[arg(long, value_name = "MODE")]
     pub backend_tls: Option<String>,
+    /// PEM file of CA certificates to verify the backend with, instead of the system store
+    #[arg(long, value_name = "PATH")]
+    pub backend_ca_file: Option<PathBuf>,
+    /// Verify the backend's certificate and host name; false is insecure and logged every session [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub backend_tls_verify: Option<bool>,
+    /// Send IMAP ID with x-originating-ip/-port of the POP3 client (the backend must trust us) [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub backend_send_id: Option<bool>,
     /// Backend protocol, as in older versions: IMAP (= --backend-tls none) or IMAPS (= implicit)
     #[arg(short = 'b', value_name = "IMAP|IMAPS")]
     pub backend_protocol: Option<String>,
@@ -189,6 +219,18 @@ pub struct Flags {
     /// Text for the IMPLEMENTATION capability [default: none sent]
     #[arg(long, value_name = "TEXT")]
     pub implementation: Option<String>,
+    /// PEM certificate chain for STLS and implicit TLS [default: none, no STLS]
+    #[arg(long, value_name = "PATH")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert
+    #[arg(long, value_name = "PATH")]
+    pub tls_key: Option<PathBuf>,
+    /// Start TLS before the greeting (POP3S, port 995) [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub implicit_tls: Option<bool>,
+    /// Allow USER/PASS and AUTH without TLS from non-loopback clients [default: false]
+    #[arg(long, value_name = "BOOL")]
+    pub allow_plaintext_auth: Option<bool>,
     /// Serve one connection on stdin/stdout (what inetd does)
     #[arg(long)]
     pub inetd: bool,
@@ -239,18 +281,8 @@ impl Config {
                 _ => return Err(flag_err("-b", format!("{b:?} is not IMAP or IMAPS"))),
             },
             (None, None, Some(v)) => parse_tls(v).map_err(|r| file_err("backend_tls", r))?,
-            (None, None, None) => BackendTls::None,
+            (None, None, None) => BackendTls::StartTls,
         };
-        if backend_tls != BackendTls::None {
-            let reason = "TLS to the backend is not available in this version; use \"none\" on a trusted network".to_string();
-            return Err(
-                if flags.backend_tls.is_some() || flags.backend_protocol.is_some() {
-                    flag_err("--backend-tls", reason)
-                } else {
-                    file_err("backend_tls", reason)
-                },
-            );
-        }
         let default_port = if backend_tls == BackendTls::Implicit {
             993
         } else {
@@ -398,7 +430,49 @@ impl Config {
             ));
         }
 
+        let tls = match (
+            flags.tls_cert.or(file.tls_cert),
+            flags.tls_key.or(file.tls_key),
+        ) {
+            (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
+            (None, None) => None,
+            (Some(_), None) => {
+                return Err(file_err(
+                    "tls_key",
+                    "tls_cert is set, tls_key must be too".into(),
+                ));
+            }
+            (None, Some(_)) => {
+                return Err(file_err(
+                    "tls_cert",
+                    "tls_key is set, tls_cert must be too".into(),
+                ));
+            }
+        };
+        let implicit_tls = flags.implicit_tls.or(file.implicit_tls).unwrap_or(false);
+        if implicit_tls && tls.is_none() {
+            return Err(file_err(
+                "implicit_tls",
+                "needs tls_cert and tls_key".into(),
+            ));
+        }
+
         Ok(Config {
+            backend_ca_file: flags.backend_ca_file.or(file.backend_ca_file),
+            backend_tls_verify: flags
+                .backend_tls_verify
+                .or(file.backend_tls_verify)
+                .unwrap_or(true),
+            backend_send_id: flags
+                .backend_send_id
+                .or(file.backend_send_id)
+                .unwrap_or(false),
+            tls,
+            implicit_tls,
+            allow_plaintext_auth: flags
+                .allow_plaintext_auth
+                .or(file.allow_plaintext_auth)
+                .unwrap_or(false),
             backend_port: flags
                 .backend_port
                 .or(file.backend_port)
@@ -514,6 +588,12 @@ mod tests {
         assert_eq!(c.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.lock_dir, PathBuf::from("/run/pop3server"));
         assert!(c.mark_seen && c.listen.is_empty() && !c.inetd);
+        assert_eq!(c.backend_tls, BackendTls::StartTls);
+        assert!(
+            c.backend_tls_verify && !c.allow_plaintext_auth && !c.implicit_tls && c.tls.is_none()
+        );
+        let c = config("", &["-b", "IMAPS"]).expect("IMAPS");
+        assert_eq!((c.backend_tls, c.backend_port), (BackendTls::Implicit, 993));
     }
 
     #[test]
@@ -567,5 +647,17 @@ mod tests {
         let e = config("log = \"loud\"\n", &[]).expect_err("bad log");
         assert_eq!(e.key, "log");
         assert!(config("folders = [\"A\", \"B\"]\n", &[]).is_err());
+        assert_eq!(
+            config("tls_cert = \"/c.pem\"\n", &[])
+                .expect_err("no key")
+                .key,
+            "tls_key"
+        );
+        assert_eq!(
+            config("implicit_tls = true\n", &[])
+                .expect_err("no cert")
+                .key,
+            "implicit_tls"
+        );
     }
 }

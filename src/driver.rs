@@ -1,15 +1,19 @@
 //! The thin I/O loop of one session: reads client bytes, feeds lines to the
-//! `Session`, writes its replies, carries out its backend requests through
-//! the IMAP client and the lock, and logs one summary line at the end.
+//! `Session`, writes its replies, runs TLS handshakes and the session's
+//! backend requests through the IMAP client and the lock, and logs one
+//! summary line at the end.
 
-use std::io::{self, BufWriter, Write};
+use std::io::{self, Read, Write};
+use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Instant;
 
-use log::{debug, info, warn};
+use log::{debug, error, info, warn};
+use rustls::ServerConfig;
 
-use crate::config::Config;
-use crate::imap::{Client, Endpoint, Expunged, ImapError, Login};
-use crate::limits::{CLIENT_READ_CHUNK, FETCH_CHUNK, MAX_COMMAND_LINE};
+use crate::config::{BackendTls, Config};
+use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
+use crate::limits::{CLIENT_READ_CHUNK, FETCH_CHUNK, MAX_SASL_LINE};
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
 use crate::maildrop::Maildrop;
@@ -17,10 +21,11 @@ use crate::pop3::body::BodyEncoder;
 use crate::pop3::lines::{Line, LineReader};
 use crate::pop3::reply::Reply;
 use crate::pop3::session::{
-    FetchKind, FetchOutcome, OpenOutcome, Request, Response, Session, SessionConfig, Step,
+    Connection, Credentials, FetchKind, FetchOutcome, OpenOutcome, Request, Response, Session,
+    SessionConfig, Step,
 };
-use crate::secret::Secret;
-use crate::transport::ClientConn;
+use crate::tls;
+use crate::transport::{ClientConn, ClientStream};
 
 /// How a session ended, for the summary line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,6 +36,7 @@ pub enum End {
     /// Closed by us after a final `-ERR` (lock held, too many failures...).
     Refused,
     BackendError,
+    TlsFailed,
 }
 
 impl End {
@@ -41,6 +47,7 @@ impl End {
             End::Disconnect => "disconnect",
             End::Refused => "refused",
             End::BackendError => "backend-error",
+            End::TlsFailed => "tls-failed",
         }
     }
 }
@@ -48,24 +55,10 @@ impl End {
 /// The client went away (or stopped reading) while we wrote.
 struct ClientGone(io::Error);
 
-/// Counts bytes written to the client for the summary line.
-struct CountingWriter {
-    inner: Box<dyn Write + Send>,
-    count: u64,
-}
+/// Output is flushed to the client at this size even mid-reply.
+const OUTPUT_FLUSH_AT: usize = 64 * 1024;
 
-impl Write for CountingWriter {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        let n = self.inner.write(buf)?;
-        self.count += n as u64;
-        Ok(n)
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        self.inner.flush()
-    }
-}
-
-pub fn session_config(config: &Config) -> SessionConfig {
+pub fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
     SessionConfig {
         uidl_format: config.uidl_format.clone(),
         login_failure_delay: config.login_failure_delay,
@@ -73,13 +66,20 @@ pub fn session_config(config: &Config) -> SessionConfig {
         read_only: config.read_only,
         mark_seen: config.mark_seen,
         implementation: config.implementation.clone(),
+        allow_plaintext_auth: config.allow_plaintext_auth,
+        stls_available,
     }
 }
 
 struct Driver<'a> {
     config: &'a Config,
     session: Session,
-    out: BufWriter<CountingWriter>,
+    client: ClientStream,
+    peer: Option<SocketAddr>,
+    lines: LineReader,
+    out: Vec<u8>,
+    sent: u64,
+    tls_config: Option<Arc<ServerConfig>>,
     backend: Option<Client>,
     /// Held for the rest of the process once the maildrop is opened.
     lock: Option<LockGuard>,
@@ -87,46 +87,63 @@ struct Driver<'a> {
 }
 
 /// Runs one session to its end and logs its summary.
-pub fn serve(config: &Config, client: ClientConn) -> End {
+pub fn serve(config: &Config, conn: ClientConn) -> End {
     let started = Instant::now();
-    let peer = client
+    let peer_text = conn
         .peer
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
+    // Read per connection, so a renewed certificate is used without restart.
+    let tls_config = match config.tls.as_ref().map(tls::server_config) {
+        Some(Ok(c)) => Some(c),
+        Some(Err(e)) => {
+            error!("TLS disabled for this connection: {e}");
+            None
+        }
+        None => None,
+    };
+    let loopback = conn.peer.is_some_and(|p| p.ip().is_loopback());
     let mut driver = Driver {
         config,
-        session: Session::new(session_config(config)),
-        out: BufWriter::with_capacity(
-            64 * 1024,
-            CountingWriter {
-                inner: client.writer,
-                count: 0,
+        session: Session::new(
+            session_config(config, tls_config.is_some()),
+            Connection {
+                tls: false,
+                loopback,
             },
         ),
+        client: conn.stream,
+        peer: conn.peer,
+        lines: LineReader::new(MAX_SASL_LINE),
+        out: Vec::with_capacity(OUTPUT_FLUSH_AT),
+        sent: 0,
+        tls_config,
         backend: None,
         lock: None,
         backend_failed: false,
     };
-    debug!("connection from {peer}");
-    let end = driver.run(client.reader);
-    let _ = driver.out.flush();
+    debug!("connection from {peer_text}");
+    let end = driver.run();
+    let _ = driver.flush();
+    driver.client.close();
     if let Some(backend) = driver.backend.take() {
         backend.logout();
     }
     let stats = driver.session.stats();
     info!(
-        "session end: user={} client={} retrieved={}/{} deleted={}/{} sent={} duration={:.3}s end={}",
+        "session end: user={} client={} tls={} retrieved={}/{} deleted={}/{} sent={} duration={:.3}s end={}",
         stats
             .user
             .as_deref()
             .map(|u| printable(u.as_bytes()))
             .unwrap_or_else(|| "-".into()),
-        peer,
+        peer_text,
+        if driver.client.is_tls() { "yes" } else { "no" },
         stats.retrieved,
         stats.retrieved_bytes,
         stats.deleted,
         stats.deleted_bytes,
-        driver.out.get_ref().count,
+        driver.sent,
         started.elapsed().as_secs_f64(),
         end.name(),
     );
@@ -135,16 +152,22 @@ pub fn serve(config: &Config, client: ClientConn) -> End {
 }
 
 impl Driver<'_> {
-    fn run(&mut self, mut reader: Box<dyn io::Read + Send>) -> End {
+    fn run(&mut self) -> End {
+        if self.config.implicit_tls
+            && let Err(end) = self.start_tls()
+        {
+            return end;
+        }
         let greeting = self.session.greeting();
         if self.send(&greeting).and_then(|_| self.flush()).is_err() {
             return End::Disconnect;
         }
-        let mut lines = LineReader::new(MAX_COMMAND_LINE);
         let mut buf = vec![0u8; CLIENT_READ_CHUNK];
         loop {
-            while let Some(line) = lines.next_line() {
-                if let Line::Complete(l) = &line {
+            while let Some(line) = self.lines.next_line() {
+                if let Line::Complete(l) = &line
+                    && !self.session.awaits_sasl_response()
+                {
                     debug!("command: {}", printable(command_name(l)));
                 }
                 match self.step(line) {
@@ -159,15 +182,10 @@ impl Driver<'_> {
             if self.flush().is_err() {
                 return End::Disconnect;
             }
-            match reader.read(&mut buf) {
+            match self.client.read(&mut buf) {
                 Ok(0) => return End::Disconnect,
-                Ok(n) => lines.push(&buf[..n]),
-                Err(e)
-                    if matches!(
-                        e.kind(),
-                        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-                    ) =>
-                {
+                Ok(n) => self.lines.push(&buf[..n]),
+                Err(e) if is_timeout(&e) => {
                     let _ = self.send(&Reply::err("Disconnected for inactivity"));
                     let _ = self.flush();
                     return End::Timeout;
@@ -183,32 +201,69 @@ impl Driver<'_> {
 
     /// Handles one line; `Some(end)` when the session is over.
     fn step(&mut self, line: Line) -> Result<Option<End>, ClientGone> {
-        let response = match self.session.handle_line(line) {
-            Step::Respond(r) => r,
-            Step::Backend(Request::OpenMaildrop { user, password }) => {
-                let outcome = self.open(&user, password);
-                self.session.on_open(&user, outcome)
-            }
-            Step::Backend(Request::Fetch {
-                uid,
-                status,
-                kind,
-                mark_seen,
-                ..
-            }) => {
-                let outcome = self.fetch(uid, &status, kind, mark_seen)?;
-                match self.session.on_fetch(outcome) {
-                    Some(r) => r,
-                    None if self.session.is_closed() => return Ok(Some(End::BackendError)),
-                    None => return Ok(None),
+        let mut step = self.session.handle_line(line);
+        loop {
+            let response = match step {
+                Step::Respond(r) => r,
+                Step::StartTls(reply) => {
+                    self.send(&reply)?;
+                    self.flush()?;
+                    // Anything pipelined behind STLS arrived in plaintext: drop it.
+                    self.lines.clear();
+                    if let Err(end) = self.start_tls() {
+                        return Ok(Some(end));
+                    }
+                    self.session.on_tls_started();
+                    return Ok(None);
                 }
-            }
-            Step::Backend(Request::Commit { uids }) => {
-                let result = self.commit(&uids);
-                self.session.on_commit(result)
-            }
+                Step::Backend(Request::Probe) => {
+                    let capabilities = match self.backend() {
+                        Ok(client) => client.capabilities().to_vec(),
+                        Err(_) => Vec::new(),
+                    };
+                    step = self.session.on_probe(&capabilities);
+                    continue;
+                }
+                Step::Backend(Request::OpenMaildrop { user, credentials }) => {
+                    let outcome = self.open(&user, credentials);
+                    self.session.on_open(&user, outcome)
+                }
+                Step::Backend(Request::Fetch {
+                    uid,
+                    status,
+                    kind,
+                    mark_seen,
+                    ..
+                }) => {
+                    let outcome = self.fetch(uid, &status, kind, mark_seen)?;
+                    match self.session.on_fetch(outcome) {
+                        Some(r) => r,
+                        None if self.session.is_closed() => return Ok(Some(End::BackendError)),
+                        None => return Ok(None),
+                    }
+                }
+                Step::Backend(Request::Commit { uids }) => {
+                    let result = self.commit(&uids);
+                    self.session.on_commit(result)
+                }
+            };
+            return self.respond(response);
+        }
+    }
+
+    fn start_tls(&mut self) -> Result<(), End> {
+        let Some(config) = self.tls_config.clone() else {
+            error!("TLS requested but no usable certificate: check tls_cert and tls_key");
+            return Err(End::TlsFailed);
         };
-        self.respond(response)
+        self.client.start_tls(config).map_err(|e| {
+            if is_timeout(&e) {
+                End::Timeout
+            } else {
+                info!("TLS handshake with client failed: {e}");
+                End::TlsFailed
+            }
+        })
     }
 
     fn respond(&mut self, response: Response) -> Result<Option<End>, ClientGone> {
@@ -231,22 +286,20 @@ impl Driver<'_> {
     }
 
     fn send(&mut self, reply: &Reply) -> Result<(), ClientGone> {
-        let mut bytes = Vec::new();
-        reply.encode(&mut bytes);
-        self.out.write_all(&bytes).map_err(ClientGone)
+        reply.encode(&mut self.out);
+        if self.out.len() >= OUTPUT_FLUSH_AT {
+            self.flush()?;
+        }
+        Ok(())
     }
 
     fn flush(&mut self) -> Result<(), ClientGone> {
-        self.out.flush().map_err(ClientGone)
-    }
-
-    fn endpoint(&self) -> Endpoint {
-        Endpoint {
-            host: self.config.backend_host.clone(),
-            port: self.config.backend_port,
-            connect_timeout: self.config.backend_connect_timeout,
-            timeout: self.config.backend_timeout,
+        if !self.out.is_empty() {
+            self.client.write_all(&self.out).map_err(ClientGone)?;
+            self.sent += self.out.len() as u64;
+            self.out.clear();
         }
+        self.client.flush().map_err(ClientGone)
     }
 
     fn backend_error(&mut self, what: &str, e: &ImapError) {
@@ -258,22 +311,89 @@ impl Driver<'_> {
         self.backend = None;
     }
 
-    /// Log in, lock, select, snapshot: everything between PASS and its reply.
-    fn open(&mut self, user: &[u8], password: Secret) -> OpenOutcome {
-        let shown_user = printable(user);
+    fn security(&self) -> Result<Security, ImapError> {
+        let verify = if !self.config.backend_tls_verify {
+            tls::Verify::Nothing
+        } else if let Some(ca) = &self.config.backend_ca_file {
+            tls::Verify::CaFile(ca)
+        } else {
+            tls::Verify::SystemRoots
+        };
+        let setup = |e: tls::TlsSetupError| ImapError::Tls(e.to_string());
+        let make = || -> Result<_, ImapError> {
+            if !self.config.backend_tls_verify {
+                warn!(
+                    "backend_tls_verify is false: the backend's certificate is NOT checked, the connection can be intercepted"
+                );
+            }
+            Ok((
+                tls::client_config(verify).map_err(setup)?,
+                tls::server_name(&self.config.backend_host).map_err(setup)?,
+            ))
+        };
+        Ok(match self.config.backend_tls {
+            BackendTls::None => Security::Plain,
+            BackendTls::StartTls => {
+                let (config, name) = make()?;
+                Security::StartTls(config, name)
+            }
+            BackendTls::Implicit => {
+                let (config, name) = make()?;
+                Security::Implicit(config, name)
+            }
+        })
+    }
+
+    /// The backend connection, opened on first use.
+    fn backend(&mut self) -> Result<&mut Client, ()> {
         if self.backend.is_none() {
-            match Client::connect(&self.endpoint()) {
-                Ok(c) => self.backend = Some(c),
+            let connected = self.security().and_then(|security| {
+                Client::connect(&Endpoint {
+                    host: self.config.backend_host.clone(),
+                    port: self.config.backend_port,
+                    connect_timeout: self.config.backend_connect_timeout,
+                    timeout: self.config.backend_timeout,
+                    security,
+                })
+            });
+            match connected {
+                Ok(mut client) => {
+                    if self.config.backend_send_id
+                        && let Some(peer) = self.peer
+                        && let Err(e) = client.send_client_id(peer)
+                    {
+                        warn!("backend refused ID with the client address: {e}");
+                    }
+                    self.backend = Some(client);
+                }
                 Err(e) => {
                     self.backend_error("connect", &e);
-                    return OpenOutcome::Unavailable("Backend server unreachable".into());
+                    return Err(());
                 }
             }
         }
-        let Some(client) = self.backend.as_mut() else {
+        self.backend.as_mut().ok_or(())
+    }
+
+    /// Log in, lock, select, snapshot: everything between PASS and its reply.
+    fn open(&mut self, user: &[u8], credentials: Credentials) -> OpenOutcome {
+        let shown_user = printable(user);
+        let Ok(client) = self.backend() else {
             return OpenOutcome::Unavailable("Backend server unreachable".into());
         };
-        match client.login(user, &password) {
+        let login = match &credentials {
+            Credentials::Password {
+                login,
+                authzid,
+                password,
+            } => client.login(login, authzid.as_deref(), password),
+            Credentials::Token {
+                mechanism,
+                response,
+            } => client.login_token(mechanism.name(), response),
+        };
+        drop(credentials);
+        match login {
             Ok(Login::Ok) => {}
             Ok(Login::Rejected) => {
                 info!("login failed: user={shown_user}");
@@ -291,7 +411,6 @@ impl Driver<'_> {
                 return OpenOutcome::Unavailable("Backend server failed".into());
             }
         }
-        drop(password);
         let name = lock::lock_name(&self.config.backend_host, self.config.backend_port, user);
         match lock::try_lock(&self.config.lock_dir, &name) {
             Ok(guard) => self.lock = Some(guard),
@@ -299,19 +418,22 @@ impl Driver<'_> {
                 info!("maildrop in use: user={shown_user}");
                 return OpenOutcome::InUse;
             }
-            Err(LockError::Io { path, error }) => {
-                log::error!(
-                    "cannot lock {}: {error}; check that lock_dir exists and is writable",
+            Err(LockError::Io { path, error: e }) => {
+                error!(
+                    "cannot lock {}: {e}; check that lock_dir exists and is writable",
                     path.display()
                 );
                 return OpenOutcome::Unavailable("Cannot lock the maildrop".into());
             }
         }
-        let folder = self.config.folder.clone();
-        let selected = match client.select(&folder, self.config.read_only) {
+        let Some(client) = self.backend.as_mut() else {
+            return OpenOutcome::Unavailable("Backend server failed".into());
+        };
+        let folder = &self.config.folder;
+        let selected = match client.select(folder, self.config.read_only) {
             Ok(s) => s,
             Err(ImapError::Refused { info, .. }) => {
-                log::error!(
+                error!(
                     "cannot open folder {folder:?} of user={shown_user}: {}",
                     printable(info.text.as_bytes())
                 );
@@ -349,7 +471,6 @@ impl Driver<'_> {
         };
         let mut offset = 0u64;
         let mut started = false;
-        let mut out = Vec::with_capacity(FETCH_CHUNK as usize * 2);
         loop {
             let Some(client) = self.backend.as_mut() else {
                 return Ok(FetchOutcome::Failed { started });
@@ -358,12 +479,9 @@ impl Driver<'_> {
                 Ok(Some(piece)) => piece,
                 Ok(None) if !started => return Ok(FetchOutcome::Gone),
                 Ok(None) => {
-                    self.backend_error(
-                        "fetch",
-                        &ImapError::Protocol(format!(
-                            "message UID {uid} vanished while being sent"
-                        )),
-                    );
+                    let e =
+                        ImapError::Protocol(format!("message UID {uid} vanished while being sent"));
+                    self.backend_error("fetch", &e);
                     return Ok(FetchOutcome::Failed { started });
                 }
                 Err(e) => {
@@ -375,16 +493,16 @@ impl Driver<'_> {
                 self.send(&Reply::ok(status))?;
                 started = true;
             }
-            encoder.push(&piece, &mut out);
-            self.out.write_all(&out).map_err(ClientGone)?;
-            out.clear();
+            encoder.push(&piece, &mut self.out);
+            if self.out.len() >= OUTPUT_FLUSH_AT {
+                self.flush()?;
+            }
             offset += piece.len() as u64;
             if piece.len() < FETCH_CHUNK as usize || encoder.is_done() {
                 break;
             }
         }
-        encoder.finish(&mut out);
-        self.out.write_all(&out).map_err(ClientGone)?;
+        encoder.finish(&mut self.out);
         self.flush()?;
         if mark_seen
             && let Some(client) = self.backend.as_mut()
@@ -419,8 +537,15 @@ impl Driver<'_> {
     }
 }
 
+fn is_timeout(e: &io::Error) -> bool {
+    matches!(
+        e.kind(),
+        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
+    )
+}
+
 /// The command word of a line, for debug logs: never its arguments, which
-/// may be a password.
+/// may be a password or a token.
 fn command_name(line: &[u8]) -> &[u8] {
     let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
     &line[..end.min(8)]

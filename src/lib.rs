@@ -13,6 +13,7 @@
 //! - [`transport`]: how the client connection reaches the process (inetd,
 //!   systemd, the standalone listener).
 //! - [`driver`]: the thin I/O loop that runs one session.
+//! - [`tls`]: rustls set-up for both sides.
 //! - [`limits`]: every limit and default timeout, with reasons.
 
 pub mod config;
@@ -24,4 +25,5 @@ pub mod logging;
 pub mod maildrop;
 pub mod pop3;
 pub mod secret;
+pub mod tls;
 pub mod transport;

@@ -55,3 +55,7 @@ pub const MAX_IMAP_RESPONSE: usize = FETCH_CHUNK as usize + 2 * MAX_IMAP_LINE;
 
 /// RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21..=0x7E.
 pub const MAX_UIDL_LEN: usize = 70;
+
+/// SASL responses (RFC 5034 `AUTH` lines and continuations) carry OAuth
+/// tokens of several KiB; RFC 7628 deployments need at least 16 KiB.
+pub const MAX_SASL_LINE: usize = 32 * 1024;

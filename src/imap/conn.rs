@@ -45,6 +45,11 @@ impl Conn {
         }
     }
 
+    /// Whether bytes were received that no response has consumed yet.
+    pub fn has_buffered(&self) -> bool {
+        self.start < self.end
+    }
+
     /// Starts the clock for one command (or for the greeting).
     pub fn start_deadline(&mut self) {
         self.deadline = Instant::now() + self.timeout;

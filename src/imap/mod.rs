@@ -9,8 +9,13 @@ mod response;
 pub use conn::Transport;
 
 use std::fmt;
+use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
+
+use rustls::pki_types::ServerName;
+use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
@@ -31,6 +36,8 @@ pub enum ImapError {
     Io(std::io::Error),
     /// The backend said something we cannot parse or did not expect.
     Protocol(String),
+    /// TLS set-up or handshake failed (certificate verification included).
+    Tls(String),
     /// The backend ended the connection (`* BYE`).
     Bye(String),
     /// A command was answered NO or BAD.
@@ -49,6 +56,7 @@ impl fmt::Display for ImapError {
             ImapError::Closed => f.write_str("backend closed the connection"),
             ImapError::Io(e) => write!(f, "backend I/O error: {e}"),
             ImapError::Protocol(why) => write!(f, "backend protocol error: {why}"),
+            ImapError::Tls(why) => write!(f, "backend TLS failed: {why}"),
             ImapError::Bye(text) => write!(f, "backend said BYE: {text}"),
             ImapError::Refused { command, info } => {
                 let code = info
@@ -99,6 +107,18 @@ pub struct Endpoint {
     pub port: u16,
     pub connect_timeout: Duration,
     pub timeout: Duration,
+    pub security: Security,
+}
+
+/// TLS to the backend.
+#[derive(Debug, Clone)]
+pub enum Security {
+    Plain,
+    /// STARTTLS on the plain port; a backend without it is an error, never
+    /// a silent fallback to plaintext.
+    StartTls(Arc<ClientConfig>, ServerName<'static>),
+    /// TLS from the first byte (IMAPS).
+    Implicit(Arc<ClientConfig>, ServerName<'static>),
 }
 
 pub struct Client {
@@ -111,16 +131,44 @@ pub struct Client {
 enum Arg<'a> {
     Text(&'a [u8]),
     Literal(&'a [u8]),
-    /// Sent as its own line after the backend's `+` (a SASL response).
-    Continuation(&'a [u8]),
 }
 
 impl Client {
-    /// Opens a TCP connection and reads the greeting.
+    /// Connects, with TLS as configured, and reads the greeting.
     pub fn connect(endpoint: &Endpoint) -> Result<Client, ImapError> {
         let stream = tcp_connect(endpoint)?;
         stream.set_nodelay(true).map_err(ImapError::Io)?;
-        Client::start(Box::new(stream), endpoint.timeout)
+        match &endpoint.security {
+            Security::Plain => Client::start(Box::new(stream), endpoint.timeout),
+            Security::Implicit(config, name) => {
+                let tls = TlsStream::handshake(stream, config, name, endpoint.connect_timeout)?;
+                Client::start(Box::new(tls), endpoint.timeout)
+            }
+            Security::StartTls(config, name) => {
+                let clone = stream.try_clone().map_err(ImapError::Io)?;
+                let mut client = Client::start(Box::new(clone), endpoint.timeout)?;
+                if !client.has("STARTTLS") {
+                    return Err(ImapError::Tls(
+                        "backend does not offer STARTTLS (backend_tls = starttls): refusing to continue in plaintext"
+                            .into(),
+                    ));
+                }
+                client
+                    .run("STARTTLS", &[Arg::Text(b"STARTTLS")], |_| Ok(()))?
+                    .ok("STARTTLS")?;
+                if client.conn.has_buffered() {
+                    // Bytes after the OK would be plaintext injected into the TLS session.
+                    return Err(ImapError::Protocol(
+                        "backend sent data after STARTTLS OK".into(),
+                    ));
+                }
+                let tls = TlsStream::handshake(stream, config, name, endpoint.connect_timeout)?;
+                client.conn = Conn::new(Box::new(tls), endpoint.timeout);
+                // Capabilities from before TLS may have been tampered with.
+                client.refresh_capabilities()?;
+                Ok(client)
+            }
+        }
     }
 
     /// Reads the greeting on an established stream (TCP, TLS, a test peer).
@@ -193,21 +241,38 @@ impl Client {
         Ok(())
     }
 
-    /// Logs in with `LOGIN`, or `AUTHENTICATE PLAIN` when the backend says
-    /// LOGINDISABLED. Credentials only ever travel as quoted strings,
+    /// Logs in with a password: `LOGIN`, or `AUTHENTICATE PLAIN` when the
+    /// backend says LOGINDISABLED or an authorization identity is given (a
+    /// master-user login). Credentials only ever travel as quoted strings,
     /// literals or base64: no byte of them can become IMAP syntax.
-    pub fn login(&mut self, user: &[u8], password: &Secret) -> Result<Login, ImapError> {
+    pub fn login(
+        &mut self,
+        user: &[u8],
+        authzid: Option<&[u8]>,
+        password: &Secret,
+    ) -> Result<Login, ImapError> {
         let forbidden = |b: &[u8]| b.iter().any(|&c| matches!(c, b'\r' | b'\n' | 0));
-        if user.is_empty() || forbidden(user) || forbidden(password.expose()) {
+        if user.is_empty()
+            || forbidden(user)
+            || forbidden(password.expose())
+            || authzid.is_some_and(forbidden)
+        {
             return Ok(Login::Rejected);
         }
-        let done = if self.has("LOGINDISABLED") {
+        let done = if authzid.is_some() || self.has("LOGINDISABLED") {
             if !self.has("AUTH=PLAIN") {
                 return Err(ImapError::Protocol(
-                    "backend has LOGINDISABLED and no AUTH=PLAIN".into(),
+                    "backend offers no AUTH=PLAIN (needed for LOGINDISABLED or an authorization identity)"
+                        .into(),
                 ));
             }
-            self.authenticate_plain(user, password)?
+            let mut raw = Vec::with_capacity(user.len() + password.expose().len() + 2);
+            raw.extend_from_slice(authzid.unwrap_or_default());
+            raw.push(0);
+            raw.extend_from_slice(user);
+            raw.push(0);
+            raw.extend_from_slice(password.expose());
+            self.authenticate("PLAIN", &Secret::new(raw), b"*")?
         } else {
             let (u, p) = (astring(user), astring(password.expose()));
             self.run(
@@ -216,6 +281,33 @@ impl Client {
                 |_| Ok(()),
             )?
         };
+        self.login_outcome(done, "LOGIN")
+    }
+
+    /// Passes a client's OAuth SASL response (XOAUTH2, OAUTHBEARER) through.
+    pub fn login_token(&mut self, mechanism: &str, response: &Secret) -> Result<Login, ImapError> {
+        if !self.has(&format!("AUTH={mechanism}")) {
+            return Err(ImapError::Protocol(format!(
+                "backend does not offer AUTH={mechanism}"
+            )));
+        }
+        // On failure the server sends an error as a continuation and waits
+        // for the client's acknowledgement: empty for XOAUTH2, 0x01 for
+        // OAUTHBEARER (RFC 7628 section 3.2.3).
+        let ack: &[u8] = if mechanism == "OAUTHBEARER" {
+            b"AQ=="
+        } else {
+            b""
+        };
+        let done = self.authenticate(mechanism, response, ack)?;
+        self.login_outcome(done, "AUTHENTICATE")
+    }
+
+    fn login_outcome(
+        &mut self,
+        done: StatusInfo,
+        command: &'static str,
+    ) -> Result<Login, ImapError> {
         match done.status {
             Status::Ok => {
                 if let Some(c) = capability_code(&done.code) {
@@ -228,36 +320,85 @@ impl Client {
             Status::No if is_temporary(&done.code) => Ok(Login::TemporaryFailure(done.text)),
             Status::No => Ok(Login::Rejected),
             _ => Err(ImapError::Refused {
-                command: "LOGIN",
+                command,
                 info: done,
             }),
         }
     }
 
-    fn authenticate_plain(
+    /// `AUTHENTICATE mechanism` with the response as initial response
+    /// (SASL-IR) or after the first `+`; a second `+` (the server's error
+    /// report) is answered with `error_ack`.
+    fn authenticate(
         &mut self,
-        user: &[u8],
-        password: &Secret,
+        mechanism: &str,
+        response: &Secret,
+        error_ack: &[u8],
     ) -> Result<StatusInfo, ImapError> {
-        let mut raw = Vec::with_capacity(user.len() + password.expose().len() + 2);
-        raw.push(0);
-        raw.extend_from_slice(user);
-        raw.push(0);
-        raw.extend_from_slice(password.expose());
-        let encoded = Secret::new(BASE64.encode(&raw).into_bytes());
-        drop(Secret::new(raw));
-        let initial: &[Arg] = if self.has("SASL-IR") {
-            &[
-                Arg::Text(b"AUTHENTICATE PLAIN "),
-                Arg::Text(encoded.expose()),
-            ]
-        } else {
-            &[
-                Arg::Text(b"AUTHENTICATE PLAIN"),
-                Arg::Continuation(encoded.expose()),
-            ]
-        };
-        self.run("AUTHENTICATE", initial, |_| Ok(()))
+        let mut encoded = BASE64.encode(response.expose()).into_bytes();
+        if encoded.is_empty() {
+            encoded.push(b'=');
+        }
+        let encoded = Secret::new(encoded);
+        self.tag += 1;
+        self.conn.start_deadline();
+        let mut line = format!("{} AUTHENTICATE {mechanism}", self.current_tag()).into_bytes();
+        let mut sent = self.has("SASL-IR");
+        if sent {
+            line.push(b' ');
+            line.extend_from_slice(encoded.expose());
+        }
+        line.extend_from_slice(b"\r\n");
+        let line = Secret::new(line);
+        self.conn.write_all(line.expose())?;
+        let tag = self.current_tag();
+        let mut continuations = 0;
+        loop {
+            match read_response(&mut self.conn)? {
+                Response::Continuation => {
+                    continuations += 1;
+                    if continuations > 2 {
+                        return Err(ImapError::Protocol(
+                            "too many AUTHENTICATE continuations".into(),
+                        ));
+                    }
+                    let answer = if sent { error_ack } else { encoded.expose() };
+                    sent = true;
+                    self.conn.write_all(answer)?;
+                    self.conn.write_all(b"\r\n")?;
+                }
+                Response::Tagged(t, info) if t == tag => return Ok(info),
+                Response::Tagged(t, _) => {
+                    return Err(ImapError::Protocol(format!(
+                        "unexpected tag {t} for AUTHENTICATE"
+                    )));
+                }
+                Response::Status(StatusInfo {
+                    status: Status::Bye,
+                    text,
+                    ..
+                }) => {
+                    return Err(ImapError::Bye(text));
+                }
+                _ => {}
+            }
+        }
+    }
+
+    /// RFC 2971 ID with the POP3 client's address, so the backend logs and
+    /// rate-limits the real client. Skipped when the backend has no ID.
+    pub fn send_client_id(&mut self, peer: std::net::SocketAddr) -> Result<(), ImapError> {
+        if !self.has("ID") {
+            return Ok(());
+        }
+        let command = format!(
+            "ID (\"name\" \"pop3server\" \"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")",
+            peer.ip(),
+            peer.port()
+        );
+        self.run("ID", &[Arg::Text(command.as_bytes())], |_| Ok(()))?
+            .ok("ID")?;
+        Ok(())
     }
 
     /// SELECT (or EXAMINE when read-only) the folder.
@@ -416,7 +557,7 @@ impl Client {
         format!("A{:04}", self.tag)
     }
 
-    /// Sends a command (waiting for `+` before each literal or continuation) and reads up to
+    /// Sends a command (waiting for `+` before each literal) and reads up to
     /// its tagged response, handing every untagged response to `on_data`.
     fn run(
         &mut self,
@@ -431,11 +572,8 @@ impl Client {
         for arg in args {
             match arg {
                 Arg::Text(t) => pending.extend_from_slice(t),
-                Arg::Literal(bytes) | Arg::Continuation(bytes) => {
-                    if let Arg::Literal(_) = arg {
-                        pending.extend_from_slice(format!("{{{}}}", bytes.len()).as_bytes());
-                    }
-                    pending.extend_from_slice(b"\r\n");
+                Arg::Literal(bytes) => {
+                    pending.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
                     self.conn.write_all(&pending)?;
                     pending.clear();
                     if let Some(done) = self.until_continuation_or_done(command)? {
@@ -598,4 +736,58 @@ fn tcp_connect(endpoint: &Endpoint) -> Result<TcpStream, ImapError> {
         }
     }
     Err(ImapError::Connect(last))
+}
+
+/// The backend connection inside TLS.
+struct TlsStream(StreamOwned<ClientConnection, TcpStream>);
+
+impl TlsStream {
+    /// Runs the whole handshake now, within `timeout`, so that a failed
+    /// verification is reported as such and not as a later read error.
+    fn handshake(
+        mut sock: TcpStream,
+        config: &Arc<ClientConfig>,
+        name: &ServerName<'static>,
+        timeout: Duration,
+    ) -> Result<TlsStream, ImapError> {
+        let mut conn = ClientConnection::new(Arc::clone(config), name.clone())
+            .map_err(|e| ImapError::Tls(e.to_string()))?;
+        sock.set_read_timeout(Some(timeout))
+            .map_err(ImapError::Io)?;
+        sock.set_write_timeout(Some(timeout))
+            .map_err(ImapError::Io)?;
+        while conn.is_handshaking() {
+            if let Err(e) = conn.complete_io(&mut sock) {
+                return Err(match e.kind() {
+                    io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut => ImapError::Timeout,
+                    io::ErrorKind::UnexpectedEof => {
+                        ImapError::Tls("backend closed the connection during the handshake".into())
+                    }
+                    _ => ImapError::Tls(e.to_string()),
+                });
+            }
+        }
+        Ok(TlsStream(StreamOwned::new(conn, sock)))
+    }
+}
+
+impl Read for TlsStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.read(buf)
+    }
+}
+
+impl Write for TlsStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.0.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.0.flush()
+    }
+}
+
+impl Transport for TlsStream {
+    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
+        self.0.sock.set_timeouts(timeout)
+    }
 }

@@ -21,6 +21,10 @@ pub enum Command {
     Uidl(Option<MsgNum>),
     Quit,
     Capa,
+    Stls,
+    /// `AUTH` alone lists mechanisms; otherwise the mechanism name
+    /// (upper-cased) and the initial response, still base64.
+    Auth(Option<(String, Option<Vec<u8>>)>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -87,6 +91,18 @@ fn parse_simple(name: &[u8], args: &[&[u8]]) -> Result<Command, ParseError> {
         b"RSET" => none(Command::Rset),
         b"QUIT" => none(Command::Quit),
         b"CAPA" => none(Command::Capa),
+        b"STLS" => none(Command::Stls),
+        b"AUTH" => match args {
+            [] => Ok(Command::Auth(None)),
+            [mech] => Ok(Command::Auth(Some((mechanism(mech)?, None)))),
+            [mech, initial] => Ok(Command::Auth(Some((
+                mechanism(mech)?,
+                Some(initial.to_vec()),
+            )))),
+            _ => Err(ParseError::Syntax(
+                "AUTH takes a mechanism and an optional initial response",
+            )),
+        },
         b"LIST" => optional_number(args).map(Command::List),
         b"UIDL" => optional_number(args).map(Command::Uidl),
         b"RETR" => one_number(args).map(Command::Retr),
@@ -112,6 +128,18 @@ fn split_args(rest: Option<&[u8]>) -> Result<Vec<&[u8]>, ParseError> {
         return Err(ParseError::Syntax("Empty argument (extra space)"));
     }
     Ok(args)
+}
+
+/// RFC 4422 section 3.1: 1 to 20 upper-case letters, digits, `-` and `_`.
+fn mechanism(arg: &[u8]) -> Result<String, ParseError> {
+    let ok = arg.len() <= 20
+        && arg
+            .iter()
+            .all(|b| b.is_ascii_alphanumeric() || *b == b'-' || *b == b'_');
+    if !ok {
+        return Err(ParseError::Syntax("Invalid SASL mechanism name"));
+    }
+    Ok(String::from_utf8_lossy(arg).to_ascii_uppercase())
 }
 
 fn optional_number(args: &[&[u8]]) -> Result<Option<MsgNum>, ParseError> {
@@ -214,6 +242,29 @@ mod tests {
         }
         assert!(matches!(err(b"USER"), ParseError::Syntax(_)));
         assert!(matches!(err(b"PASS "), ParseError::Syntax(_)));
+    }
+
+    #[test]
+    fn auth_takes_a_mechanism_and_an_optional_initial_response() {
+        assert!(matches!(parse(b"AUTH"), Ok(Command::Auth(None))));
+        match parse(b"auth plain AGEAYg==") {
+            Ok(Command::Auth(Some((m, Some(ir))))) => {
+                assert_eq!((m.as_str(), ir.as_slice()), ("PLAIN", &b"AGEAYg=="[..]))
+            }
+            other => panic!("{other:?}"),
+        }
+        assert!(
+            matches!(parse(b"AUTH XOAUTH2"), Ok(Command::Auth(Some((m, None)))) if m == "XOAUTH2")
+        );
+        assert!(matches!(
+            parse(b"AUTH PL\xc3\xa4IN"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(
+            parse(b"AUTH PLAIN a b"),
+            Err(ParseError::Syntax(_))
+        ));
+        assert!(matches!(parse(b"STLS"), Ok(Command::Stls)));
     }
 
     #[test]

@@ -27,6 +27,8 @@ pub enum Reply {
     Err(Option<RespCode>, String),
     /// `+OK text`, then each line dot-stuffed, then `.`.
     MultiLine(String, Vec<Vec<u8>>),
+    /// `+ text`: a SASL challenge (RFC 5034), base64 or empty.
+    Continuation(String),
 }
 
 impl Reply {
@@ -50,6 +52,11 @@ impl Reply {
         match self {
             Reply::Ok(text) => status_line(out, "+OK", None, text),
             Reply::Err(code, text) => status_line(out, "-ERR", *code, text),
+            Reply::Continuation(text) => {
+                out.extend_from_slice(b"+ ");
+                out.extend_from_slice(text.as_bytes());
+                out.extend_from_slice(b"\r\n");
+            }
             Reply::MultiLine(text, lines) => {
                 status_line(out, "+OK", None, text);
                 for line in lines {

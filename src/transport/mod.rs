@@ -9,16 +9,116 @@ use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
+use std::sync::Arc;
 use std::time::Duration;
+
+use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
 /// The first socket systemd passes (sd_listen_fds(3)).
 const SD_LISTEN_FDS_START: i32 = 3;
 
 pub struct ClientConn {
-    pub reader: Box<dyn Read + Send>,
-    pub writer: Box<dyn Write + Send>,
+    pub stream: ClientStream,
     /// Unknown when the "socket" is a pipe or socketpair.
     pub peer: Option<SocketAddr>,
+}
+
+impl ClientConn {
+    fn new(
+        reader: Box<dyn Read + Send>,
+        writer: Box<dyn Write + Send>,
+        peer: Option<SocketAddr>,
+    ) -> Self {
+        ClientConn {
+            stream: ClientStream::Plain(Duplex { reader, writer }),
+            peer,
+        }
+    }
+}
+
+/// The two directions of the client connection (one socket, or stdin and
+/// stdout), as one stream that TLS can wrap.
+pub struct Duplex {
+    reader: Box<dyn Read + Send>,
+    writer: Box<dyn Write + Send>,
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.reader.read(buf)
+    }
+}
+
+impl Write for Duplex {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.writer.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.writer.flush()
+    }
+}
+
+/// The client connection, in plaintext or inside TLS (implicit or STLS).
+pub enum ClientStream {
+    Plain(Duplex),
+    Tls(Box<StreamOwned<ServerConnection, Duplex>>),
+    /// After a failed handshake: nothing more can be said.
+    Broken,
+}
+
+impl ClientStream {
+    pub fn is_tls(&self) -> bool {
+        matches!(self, ClientStream::Tls(_))
+    }
+
+    /// Runs the server side of a TLS handshake to its end on the plain
+    /// stream. Reads and writes keep the socket's idle timeout.
+    pub fn start_tls(&mut self, config: Arc<ServerConfig>) -> io::Result<()> {
+        let ClientStream::Plain(mut duplex) = std::mem::replace(self, ClientStream::Broken) else {
+            return Err(io::Error::other("TLS is already active"));
+        };
+        let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
+        while conn.is_handshaking() {
+            conn.complete_io(&mut duplex)?;
+        }
+        *self = ClientStream::Tls(Box::new(StreamOwned::new(conn, duplex)));
+        Ok(())
+    }
+
+    /// Ends TLS with close_notify, so the client can tell our close from a cut.
+    pub fn close(&mut self) {
+        if let ClientStream::Tls(tls) = self {
+            tls.conn.send_close_notify();
+            let _ = tls.conn.complete_io(&mut tls.sock);
+        }
+    }
+}
+
+impl Read for ClientStream {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(d) => d.read(buf),
+            ClientStream::Tls(t) => t.read(buf),
+            ClientStream::Broken => Ok(0),
+        }
+    }
+}
+
+impl Write for ClientStream {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        match self {
+            ClientStream::Plain(d) => d.write(buf),
+            ClientStream::Tls(t) => t.write(buf),
+            ClientStream::Broken => Err(io::ErrorKind::BrokenPipe.into()),
+        }
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        match self {
+            ClientStream::Plain(d) => d.flush(),
+            ClientStream::Tls(t) => t.flush(),
+            ClientStream::Broken => Ok(()),
+        }
+    }
 }
 
 /// Wraps a connected socket; reads and writes time out after `idle`.
@@ -27,11 +127,7 @@ pub fn from_socket(stream: TcpStream, idle: Duration) -> io::Result<ClientConn> 
     stream.set_write_timeout(Some(idle))?;
     let peer = stream.peer_addr().ok();
     let writer = stream.try_clone()?;
-    Ok(ClientConn {
-        reader: Box::new(stream),
-        writer: Box::new(writer),
-        peer,
-    })
+    Ok(ClientConn::new(Box::new(stream), Box::new(writer), peer))
 }
 
 /// The connection inetd gave us on stdin/stdout. For tests over pipes this
@@ -42,22 +138,18 @@ pub fn from_stdio(idle: Duration) -> io::Result<ClientConn> {
     let input = TcpStream::from(input);
     if input.set_read_timeout(Some(idle)).is_err() {
         // Not a socket: a pipe from a test harness.
-        return Ok(ClientConn {
-            reader: Box::new(File::from(OwnedFd::from(input))),
-            writer: Box::new(File::from(output)),
-            peer: None,
-        });
+        return Ok(ClientConn::new(
+            Box::new(File::from(OwnedFd::from(input))),
+            Box::new(File::from(output)),
+            None,
+        ));
     }
     let output = TcpStream::from(output);
     // A failure here means stdout is not the same kind of socket; the idle
     // timeout on reads still applies.
     let _ = output.set_write_timeout(Some(idle));
     let peer = input.peer_addr().ok().or_else(remote_addr_from_env);
-    Ok(ClientConn {
-        reader: Box::new(input),
-        writer: Box::new(output),
-        peer,
-    })
+    Ok(ClientConn::new(Box::new(input), Box::new(output), peer))
 }
 
 /// Whether stdin is a socket (inetd) rather than a terminal or a file.
