@@ -62,6 +62,15 @@ pub struct Config {
     pub allow_plaintext_auth: bool,
     /// Forced per-connection mode on stdin/stdout (`--inetd`).
     pub inetd: bool,
+    /// `--check`: test the backend and exit.
+    pub check: Option<CheckRequest>,
+}
+
+/// What `--check` should try beyond connecting.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CheckRequest {
+    pub user: Option<String>,
+    pub password_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -234,6 +243,15 @@ pub struct Flags {
     /// Serve one connection on stdin/stdout (what inetd does)
     #[arg(long)]
     pub inetd: bool,
+    /// Test the backend (connect, TLS, capabilities; with --user also login and folder) and exit: 0 if all worked
+    #[arg(long)]
+    pub check: bool,
+    /// User for --check
+    #[arg(long, value_name = "USER", requires = "check")]
+    pub user: Option<String>,
+    /// File holding the password for --check --user (first line)
+    #[arg(long, value_name = "PATH", requires = "user")]
+    pub password_file: Option<PathBuf>,
     /// Debug logging (never includes passwords)
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -498,6 +516,10 @@ impl Config {
             debug: flags.debug || file.debug.unwrap_or(false),
             implementation,
             inetd: flags.inetd,
+            check: flags.check.then(|| CheckRequest {
+                user: flags.user,
+                password_file: flags.password_file,
+            }),
         })
     }
 }

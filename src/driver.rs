@@ -311,51 +311,10 @@ impl Driver<'_> {
         self.backend = None;
     }
 
-    fn security(&self) -> Result<Security, ImapError> {
-        let verify = if !self.config.backend_tls_verify {
-            tls::Verify::Nothing
-        } else if let Some(ca) = &self.config.backend_ca_file {
-            tls::Verify::CaFile(ca)
-        } else {
-            tls::Verify::SystemRoots
-        };
-        let setup = |e: tls::TlsSetupError| ImapError::Tls(e.to_string());
-        let make = || -> Result<_, ImapError> {
-            if !self.config.backend_tls_verify {
-                warn!(
-                    "backend_tls_verify is false: the backend's certificate is NOT checked, the connection can be intercepted"
-                );
-            }
-            Ok((
-                tls::client_config(verify).map_err(setup)?,
-                tls::server_name(&self.config.backend_host).map_err(setup)?,
-            ))
-        };
-        Ok(match self.config.backend_tls {
-            BackendTls::None => Security::Plain,
-            BackendTls::StartTls => {
-                let (config, name) = make()?;
-                Security::StartTls(config, name)
-            }
-            BackendTls::Implicit => {
-                let (config, name) = make()?;
-                Security::Implicit(config, name)
-            }
-        })
-    }
-
     /// The backend connection, opened on first use.
     fn backend(&mut self) -> Result<&mut Client, ()> {
         if self.backend.is_none() {
-            let connected = self.security().and_then(|security| {
-                Client::connect(&Endpoint {
-                    host: self.config.backend_host.clone(),
-                    port: self.config.backend_port,
-                    connect_timeout: self.config.backend_connect_timeout,
-                    timeout: self.config.backend_timeout,
-                    security,
-                })
-            });
+            let connected = backend_endpoint(self.config).and_then(|e| Client::connect(&e));
             match connected {
                 Ok(mut client) => {
                     if self.config.backend_send_id
@@ -535,6 +494,47 @@ impl Driver<'_> {
             }
         }
     }
+}
+
+/// Where and how to reach the backend, TLS settings included.
+pub fn backend_endpoint(config: &Config) -> Result<Endpoint, ImapError> {
+    let verify = if !config.backend_tls_verify {
+        tls::Verify::Nothing
+    } else if let Some(ca) = &config.backend_ca_file {
+        tls::Verify::CaFile(ca)
+    } else {
+        tls::Verify::SystemRoots
+    };
+    let tls_settings = || -> Result<_, ImapError> {
+        let setup = |e: tls::TlsSetupError| ImapError::Tls(e.to_string());
+        if !config.backend_tls_verify {
+            warn!(
+                "backend_tls_verify is false: the backend's certificate is NOT checked, the connection can be intercepted"
+            );
+        }
+        Ok((
+            tls::client_config(verify).map_err(setup)?,
+            tls::server_name(&config.backend_host).map_err(setup)?,
+        ))
+    };
+    let security = match config.backend_tls {
+        BackendTls::None => Security::Plain,
+        BackendTls::StartTls => {
+            let (c, name) = tls_settings()?;
+            Security::StartTls(c, name)
+        }
+        BackendTls::Implicit => {
+            let (c, name) = tls_settings()?;
+            Security::Implicit(c, name)
+        }
+    };
+    Ok(Endpoint {
+        host: config.backend_host.clone(),
+        port: config.backend_port,
+        connect_timeout: config.backend_connect_timeout,
+        timeout: config.backend_timeout,
+        security,
+    })
 }
 
 fn is_timeout(e: &io::Error) -> bool {

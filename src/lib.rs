@@ -8,6 +8,7 @@
 //!   deletion marks, UIDL strings.
 //! - [`imap`]: the backend client, the only code that speaks IMAP.
 //! - [`lock`]: the per-user `flock`.
+//! - [`check`]: the `--check` health probe.
 //! - [`config`]: the configuration file and flags, validated.
 //! - [`logging`]: syslog, journald or stderr.
 //! - [`transport`]: how the client connection reaches the process (inetd,
@@ -16,6 +17,7 @@
 //! - [`tls`]: rustls set-up for both sides.
 //! - [`limits`]: every limit and default timeout, with reasons.
 
+pub mod check;
 pub mod config;
 pub mod driver;
 pub mod imap;

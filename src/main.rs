@@ -46,10 +46,21 @@ fn run() -> Result<ExitCode, String> {
         Err(ConfigSetupError::Invalid(e)) => return Err(config_error(&e.to_string())),
     };
 
+    if let Some(request) = &config.check {
+        logging::init(logging::resolve(config.log, false), config.debug);
+        return match pop3server::check::run(&config, request, &mut std::io::stdout()) {
+            Ok(()) => Ok(ExitCode::SUCCESS),
+            Err(diagnosis) => {
+                eprintln!("pop3server: check failed: {diagnosis}");
+                Ok(ExitCode::from(1))
+            }
+        };
+    }
+
     let systemd = if config.inetd {
         None
     } else {
-        transport::from_systemd()
+        transport::from_systemd().map_err(|e| format!("bad socket activation variables: {e}"))?
     };
     let mode = match systemd {
         Some(Systemd::Connection(stream)) => Mode::SystemdConnection(stream),
@@ -99,6 +110,10 @@ fn run() -> Result<ExitCode, String> {
             child_args.push("--inetd".into());
             child_args.push("--log".into());
             child_args.push(logging::name(log_target).into());
+            // READY=1 for a Type=notify unit; without NOTIFY_SOCKET this does nothing.
+            if let Err(e) = sd_notify::notify(&[sd_notify::NotifyState::Ready]) {
+                log::warn!("cannot notify systemd of readiness: {e}");
+            }
             Listener::new(config.max_children, child_args)
                 .run(listeners)
                 .map_err(|e| format!("listener failed: {e}"))?;

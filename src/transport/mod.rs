@@ -14,9 +14,6 @@ use std::time::Duration;
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-/// The first socket systemd passes (sd_listen_fds(3)).
-const SD_LISTEN_FDS_START: i32 = 3;
-
 pub struct ClientConn {
     pub stream: ClientStream,
     /// Unknown when the "socket" is a pipe or socketpair.
@@ -168,30 +165,28 @@ pub enum Systemd {
     Listener(TcpListener),
 }
 
-/// Takes fd 3 if `LISTEN_PID` is this process and `LISTEN_FDS` >= 1, and
-/// clears the variables so that no child process takes it too.
-pub fn from_systemd() -> Option<Systemd> {
-    let pid_matches = std::env::var("LISTEN_PID").ok()?.parse::<u32>().ok()? == std::process::id();
-    let fds = std::env::var("LISTEN_FDS").ok()?.parse::<i32>().ok()?;
-    // SAFETY: removing variables before any thread is started.
-    unsafe {
-        std::env::remove_var("LISTEN_PID");
-        std::env::remove_var("LISTEN_FDS");
-        std::env::remove_var("LISTEN_FDNAMES");
-    }
-    if !pid_matches || fds < 1 {
-        return None;
-    }
-    // SAFETY: sd_listen_fds(3): systemd hands this process fd 3 open and
-    // owned by nobody else; it is taken exactly once, here.
-    let fd = unsafe { OwnedFd::from_raw_fd(SD_LISTEN_FDS_START) };
+/// Takes fd 3 if `LISTEN_PID` is this process and `LISTEN_FDS` >= 1
+/// (sd_listen_fds(3), which also sets CLOEXEC so our children do not
+/// inherit it), and clears the variables so that no child takes it either.
+/// Must run before any thread is started.
+pub fn from_systemd() -> io::Result<Option<Systemd>> {
+    // SAFETY: called from main before any thread exists (see above).
+    let mut fds = unsafe { sd_notify::listen_fds_and_unset_env()? };
+    // SAFETY: as above.
+    unsafe { std::env::remove_var("LISTEN_FDNAMES") };
+    let Some(fd) = fds.next() else {
+        return Ok(None);
+    };
+    // SAFETY: systemd hands this process the descriptor open and owned by
+    // nobody else; it is taken exactly once, here.
+    let fd = unsafe { OwnedFd::from_raw_fd(fd) };
     let stream = TcpStream::from(fd);
-    match stream.peer_addr() {
+    Ok(Some(match stream.peer_addr() {
         Err(e) if e.kind() == io::ErrorKind::NotConnected => {
-            Some(Systemd::Listener(TcpListener::from(OwnedFd::from(stream))))
+            Systemd::Listener(TcpListener::from(OwnedFd::from(stream)))
         }
-        _ => Some(Systemd::Connection(stream)),
-    }
+        _ => Systemd::Connection(stream),
+    }))
 }
 
 /// systemd sets REMOTE_ADDR and REMOTE_PORT for `Accept=yes` services.

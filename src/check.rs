@@ -1,0 +1,100 @@
+//! `pop3server --check`: a health probe of the configured backend for admins
+//! and monitoring (Nagios-style: exit 0 only if everything worked). Says on
+//! stdout what it verified; a failure is one line naming the cause.
+
+use std::io::Write;
+
+use crate::config::{BackendTls, CheckRequest, Config};
+use crate::driver::backend_endpoint;
+use crate::imap::{Client, ImapError, Login};
+use crate::secret::Secret;
+
+/// Runs the check; the error is the one-line diagnosis.
+pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Result<(), String> {
+    let tls = match config.backend_tls {
+        BackendTls::None => "none (plaintext)",
+        BackendTls::StartTls => "STARTTLS",
+        BackendTls::Implicit => "implicit TLS",
+    };
+    let verify = if config.backend_tls != BackendTls::None && !config.backend_tls_verify {
+        ", certificate NOT verified (backend_tls_verify = false)"
+    } else {
+        ""
+    };
+    say(
+        out,
+        &format!(
+            "backend: {}:{} TLS: {tls}{verify}",
+            config.backend_host, config.backend_port
+        ),
+    );
+    let password = match (&request.user, &request.password_file) {
+        (Some(_), Some(path)) => Some(read_password(path)?),
+        (Some(_), None) => return Err("--user needs --password-file".into()),
+        _ => None,
+    };
+    let endpoint = backend_endpoint(config).map_err(|e| diagnose(config, &e))?;
+    let mut client = Client::connect(&endpoint).map_err(|e| diagnose(config, &e))?;
+    let verified = match (config.backend_tls, config.backend_tls_verify) {
+        (BackendTls::None, _) => "connected (no TLS)".to_string(),
+        (_, true) => format!(
+            "connected, TLS certificate verified for {}",
+            config.backend_host
+        ),
+        (_, false) => "connected, TLS without certificate verification".to_string(),
+    };
+    say(out, &verified);
+    say(
+        out,
+        &format!("capabilities: {}", client.capabilities().join(" ")),
+    );
+    if let (Some(user), Some(password)) = (&request.user, password) {
+        match client.login(user.as_bytes(), None, &password) {
+            Ok(Login::Ok) => say(out, &format!("login: ok as {user}")),
+            Ok(Login::Rejected) => return Err(format!("authentication failed for user {user}")),
+            Ok(Login::TemporaryFailure(text)) => {
+                return Err(format!("backend cannot log in {user} now: {text}"));
+            }
+            Err(e) => return Err(diagnose(config, &e)),
+        }
+        let selected = client.select(&config.folder, true).map_err(|e| match e {
+            ImapError::Refused { info, .. } => {
+                format!("folder {} cannot be opened: {}", config.folder, info.text)
+            }
+            e => diagnose(config, &e),
+        })?;
+        say(
+            out,
+            &format!("folder {}: {} messages", config.folder, selected.exists),
+        );
+    }
+    client.logout();
+    say(out, "OK");
+    Ok(())
+}
+
+fn say(out: &mut dyn Write, line: &str) {
+    let _ = writeln!(out, "{line}");
+}
+
+fn read_password(path: &std::path::Path) -> Result<Secret, String> {
+    let bytes = std::fs::read(path)
+        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
+    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
+    Ok(Secret::new(
+        line.strip_suffix(b"\r").unwrap_or(line).to_vec(),
+    ))
+}
+
+fn diagnose(config: &Config, e: &ImapError) -> String {
+    let at = format!("{}:{}", config.backend_host, config.backend_port);
+    match e {
+        ImapError::Resolve(why) => format!("DNS: {why}"),
+        ImapError::Connect(why) => format!("cannot connect to {at}: {why}"),
+        ImapError::Tls(why) => format!("TLS with {at} failed: {why}"),
+        ImapError::Timeout => {
+            format!("{at} did not answer in time (backend_connect_timeout/backend_timeout)")
+        }
+        other => format!("{at}: {other}"),
+    }
+}
