@@ -516,7 +516,7 @@ impl Config {
             debug: flags.debug || file.debug.unwrap_or(false),
             implementation,
             inetd: flags.inetd,
-            check: flags.check.then(|| CheckRequest {
+            check: flags.check.then_some(CheckRequest {
                 user: flags.user,
                 password_file: flags.password_file,
             }),
