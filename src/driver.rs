@@ -324,6 +324,7 @@ impl Driver<'_> {
                         warn!("backend refused ID with the client address: {e}");
                     }
                     self.backend = Some(client);
+                    self.backend_failed = false;
                 }
                 Err(e) => {
                     self.backend_error("connect", &e);

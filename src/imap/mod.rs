@@ -130,6 +130,8 @@ pub struct Client {
 /// Part of a command: text sent as is, or bytes sent as a literal.
 enum Arg<'a> {
     Text(&'a [u8]),
+    /// Sent as a quoted string, `"` and `\` escaped (printable ASCII only).
+    Quoted(&'a [u8]),
     Literal(&'a [u8]),
 }
 
@@ -572,6 +574,16 @@ impl Client {
         for arg in args {
             match arg {
                 Arg::Text(t) => pending.extend_from_slice(t),
+                Arg::Quoted(q) => {
+                    pending.push(b'"');
+                    for &b in *q {
+                        if b == b'"' || b == b'\\' {
+                            pending.push(b'\\');
+                        }
+                        pending.push(b);
+                    }
+                    pending.push(b'"');
+                }
                 Arg::Literal(bytes) => {
                     pending.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
                     self.conn.write_all(&pending)?;
@@ -678,7 +690,7 @@ fn is_temporary(code: &Option<Code>) -> bool {
 /// escaped), otherwise a literal: 8-bit bytes never go inside quotes.
 fn astring(bytes: &[u8]) -> Arg<'_> {
     if bytes.iter().all(|&b| (0x20..0x7f).contains(&b)) {
-        Arg::Text(bytes)
+        Arg::Quoted(bytes)
     } else {
         Arg::Literal(bytes)
     }
@@ -789,5 +801,203 @@ impl Write for TlsStream {
 impl Transport for TlsStream {
     fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
         self.0.sock.set_timeouts(timeout)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::response::tests::Script;
+    use super::*;
+    use std::io::Cursor;
+    use std::sync::{Arc, Mutex};
+
+    /// A client whose backend answers with `script`; returns what it sent.
+    fn scripted(script: &str) -> (Client, Arc<Mutex<Vec<u8>>>) {
+        let output = Arc::new(Mutex::new(Vec::new()));
+        let peer = Script {
+            input: Cursor::new(script.as_bytes().to_vec()),
+            output: Arc::clone(&output),
+        };
+        let client = Client::start(Box::new(peer), Duration::from_secs(5)).expect("greeting");
+        (client, output)
+    }
+
+    fn sent(output: &Arc<Mutex<Vec<u8>>>) -> String {
+        String::from_utf8_lossy(&output.lock().expect("lock")).into_owned()
+    }
+
+    const GREETING: &str = "* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n";
+
+    #[test]
+    fn login_quotes_specials_and_sends_8bit_as_literal() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}+ go\r\nA0001 OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n"
+        ));
+        let login = c.login(
+            b"da\"ve\\",
+            None,
+            &Secret::new("p\u{e4}ss {5}".as_bytes().to_vec()),
+        );
+        assert_eq!(login.expect("login"), Login::Ok);
+        assert_eq!(
+            sent(&out),
+            "A0001 LOGIN \"da\\\"ve\\\\\" {9}\r\np\u{e4}ss {5}\r\n"
+        );
+        assert!(c.has("UIDPLUS"));
+    }
+
+    #[test]
+    fn credentials_with_line_breaks_never_reach_the_backend() {
+        let (mut c, out) = scripted(GREETING);
+        for (user, pass) in [
+            (&b"u\r\nA1 LOGOUT"[..], &b"p"[..]),
+            (b"u", b"p\nA2 DELETE INBOX"),
+            (b"u", b"p\0"),
+        ] {
+            assert_eq!(
+                c.login(user, None, &Secret::new(pass.to_vec()))
+                    .expect("no I/O"),
+                Login::Rejected
+            );
+        }
+        assert_eq!(sent(&out), "");
+    }
+
+    #[test]
+    fn logindisabled_uses_authenticate_plain_and_authzid_is_passed_on() {
+        let greeting = "* OK [CAPABILITY IMAP4rev1 LOGINDISABLED AUTH=PLAIN] ready\r\n";
+        let (mut c, out) = scripted(&format!(
+            "{greeting}+ \r\nA0001 OK [CAPABILITY IMAP4rev1] in\r\n"
+        ));
+        let login = c.login(b"master", Some(b"alice"), &Secret::new(b"pw".to_vec()));
+        assert_eq!(login.expect("login"), Login::Ok);
+        // base64 of "alice\0master\0pw", after the server's "+".
+        assert_eq!(
+            sent(&out),
+            "A0001 AUTHENTICATE PLAIN\r\nYWxpY2UAbWFzdGVyAHB3\r\n"
+        );
+    }
+
+    #[test]
+    fn rejected_and_temporary_login_failures_are_told_apart() {
+        let (mut c, _) = scripted(&format!(
+            "{GREETING}A0001 NO [AUTHENTICATIONFAILED] no\r\nA0002 NO [UNAVAILABLE] later\r\nA0003 BAD what\r\n"
+        ));
+        let pw = Secret::new(b"p".to_vec());
+        assert_eq!(c.login(b"u", None, &pw).expect("answer"), Login::Rejected);
+        assert_eq!(
+            c.login(b"u", None, &pw).expect("answer"),
+            Login::TemporaryFailure("later".into())
+        );
+        assert!(matches!(
+            c.login(b"u", None, &pw),
+            Err(ImapError::Refused { .. })
+        ));
+    }
+
+    #[test]
+    fn xoauth2_failure_continuation_is_acknowledged() {
+        let greeting = "* OK [CAPABILITY IMAP4rev1 SASL-IR AUTH=XOAUTH2] ready\r\n";
+        let (mut c, out) = scripted(&format!(
+            "{greeting}+ eyJzdGF0dXMiOiI0MDEifQ==\r\nA0001 NO [AUTHENTICATIONFAILED] bad token\r\n"
+        ));
+        let token = Secret::new(b"user=a\x01auth=Bearer t\x01\x01".to_vec());
+        assert_eq!(
+            c.login_token("XOAUTH2", &token).expect("answer"),
+            Login::Rejected
+        );
+        assert_eq!(
+            sent(&out),
+            "A0001 AUTHENTICATE XOAUTH2 dXNlcj1hAWF1dGg9QmVhcmVyIHQBAQ==\r\n\r\n"
+        );
+    }
+
+    #[test]
+    fn select_snapshot_and_pieces() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* 2 EXISTS\r\n* OK [UIDVALIDITY 77] v\r\nA0001 OK [READ-WRITE] done\r\n\
+             * 1 FETCH (UID 4 RFC822.SIZE 10)\r\n* 2 FETCH (RFC822.SIZE 20 UID 9)\r\nA0002 OK done\r\n\
+             * 2 FETCH (UID 9 BODY[]<0> {{5}}\r\nabcde)\r\nA0003 OK done\r\n\
+             A0004 OK nothing\r\nA0005 NO [EXPUNGEISSUED] gone\r\n"
+        ));
+        let sel = c.select("INBOX", false).expect("select");
+        assert_eq!(
+            sel,
+            Selected {
+                exists: 2,
+                uid_validity: 77
+            }
+        );
+        let snap = c.snapshot(&sel).expect("snapshot");
+        assert_eq!(
+            snap,
+            vec![
+                BackendMessage { uid: 4, size: 10 },
+                BackendMessage { uid: 9, size: 20 }
+            ]
+        );
+        assert_eq!(
+            c.fetch_piece(9, 0, 5).expect("piece"),
+            Some(b"abcde".to_vec())
+        );
+        assert_eq!(c.fetch_piece(9, 5, 5).expect("piece"), None);
+        assert_eq!(c.fetch_piece(9, 5, 5).expect("piece"), None);
+        let sent = sent(&out);
+        assert!(sent.contains("A0001 SELECT \"INBOX\"\r\nA0002 UID FETCH 1:* (UID RFC822.SIZE)\r\nA0003 UID FETCH 9 (UID BODY.PEEK[]<0.5>)\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn expunge_with_uidplus_names_exactly_our_uids() {
+        let greeting = "* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n";
+        let (mut c, out) = scripted(&format!(
+            "{greeting}A0001 OK stored\r\nA0002 OK expunged\r\n"
+        ));
+        assert_eq!(
+            c.expunge(&[7, 3, 4, 5, 9]).expect("expunge"),
+            Expunged::Done
+        );
+        assert_eq!(
+            sent(&out),
+            "A0001 UID STORE 3:5,7,9 +FLAGS.SILENT (\\Deleted)\r\nA0002 UID EXPUNGE 3:5,7,9\r\n"
+        );
+    }
+
+    #[test]
+    fn without_uidplus_expunge_only_if_no_other_message_is_deleted() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}A0001 OK\r\n* SEARCH 3 4\r\nA0002 OK\r\nA0003 OK\r\n"
+        ));
+        assert_eq!(c.expunge(&[3, 4]).expect("expunge"), Expunged::Done);
+        assert!(sent(&out).ends_with("A0002 UID SEARCH DELETED\r\nA0003 EXPUNGE\r\n"));
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}A0001 OK\r\n* SEARCH 3 4 8\r\nA0002 OK\r\n"
+        ));
+        assert_eq!(c.expunge(&[3, 4]).expect("expunge"), Expunged::LeftFlagged);
+        assert!(!sent(&out).contains("EXPUNGE"));
+    }
+
+    #[test]
+    fn garbage_greeting_and_preauth_are_errors() {
+        for greeting in [
+            "HTTP/1.1 400 Bad Request\r\n",
+            "* PREAUTH [CAPABILITY IMAP4rev1] hi\r\n",
+            "* BYE busy\r\n",
+            "",
+        ] {
+            let peer = Script {
+                input: Cursor::new(greeting.as_bytes().to_vec()),
+                output: Default::default(),
+            };
+            assert!(
+                Client::start(Box::new(peer), Duration::from_secs(1)).is_err(),
+                "{greeting:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn uid_sets_are_compressed() {
+        assert_eq!(uid_set(&[1]), "1");
+        assert_eq!(uid_set(&[5, 1, 2, 3, 9, 10]), "1:3,5,9:10");
     }
 }
