@@ -474,7 +474,8 @@ impl Client {
         len: u32,
     ) -> Result<Option<Vec<u8>>, ImapError> {
         let command = format!("UID FETCH {uid} (UID BODY.PEEK[]<{offset}.{len}>)");
-        let mut body = None;
+        // Outer None: no BODY[] for this UID yet; inner None: NIL (expunged).
+        let mut body: Option<Option<Vec<u8>>> = None;
         let done = self.run("UID FETCH", &[Arg::Text(command.as_bytes())], |r| {
             if let Response::Fetch(FetchData {
                 uid: got,
@@ -483,26 +484,28 @@ impl Client {
             }) = r
                 && got.is_none_or(|g| g == uid)
             {
-                if b.len() > len as usize {
+                if let Some(bytes) = &b
+                    && bytes.len() > len as usize
+                {
                     return Err(ImapError::Protocol(format!(
                         "asked for {len} bytes, got {}",
-                        b.len()
+                        bytes.len()
                     )));
                 }
                 body = Some(b);
             }
             Ok(())
         })?;
-        match done.status {
-            Status::Ok => Ok(body),
-            Status::No
-                if done
-                    .code
-                    .as_ref()
-                    .is_some_and(|c| c.name == "EXPUNGEISSUED") =>
-            {
-                Ok(None)
-            }
+        // Dovecot answers NIL and `OK [EXPUNGEISSUED]` (or NO) for a message
+        // another session expunged: gone, never an empty message.
+        let expunged = done
+            .code
+            .as_ref()
+            .is_some_and(|c| c.name == "EXPUNGEISSUED");
+        match (done.status, body) {
+            (Status::Ok | Status::No, _) if expunged => Ok(None),
+            (Status::Ok, Some(Some(bytes))) => Ok(Some(bytes)),
+            (Status::Ok, Some(None) | None) => Ok(None),
             _ => Err(ImapError::Refused {
                 command: "UID FETCH",
                 info: done,
@@ -918,7 +921,9 @@ mod tests {
             "{GREETING}* 2 EXISTS\r\n* OK [UIDVALIDITY 77] v\r\nA0001 OK [READ-WRITE] done\r\n\
              * 1 FETCH (UID 4 RFC822.SIZE 10)\r\n* 2 FETCH (RFC822.SIZE 20 UID 9)\r\nA0002 OK done\r\n\
              * 2 FETCH (UID 9 BODY[]<0> {{5}}\r\nabcde)\r\nA0003 OK done\r\n\
-             A0004 OK nothing\r\nA0005 NO [EXPUNGEISSUED] gone\r\n"
+             A0004 OK nothing\r\nA0005 NO [EXPUNGEISSUED] gone\r\n\
+             * 2 FETCH (UID 9 BODY[]<0> NIL)\r\nA0006 OK [EXPUNGEISSUED] gone\r\n\
+             * 2 FETCH (UID 9 BODY[]<0> NIL)\r\nA0007 OK done\r\n"
         ));
         let sel = c.select("INBOX", false).expect("select");
         assert_eq!(
@@ -940,8 +945,9 @@ mod tests {
             c.fetch_piece(9, 0, 5).expect("piece"),
             Some(b"abcde".to_vec())
         );
-        assert_eq!(c.fetch_piece(9, 5, 5).expect("piece"), None);
-        assert_eq!(c.fetch_piece(9, 5, 5).expect("piece"), None);
+        for _ in 0..4 {
+            assert_eq!(c.fetch_piece(9, 5, 5).expect("piece"), None);
+        }
         let sent = sent(&out);
         assert!(sent.contains("A0001 SELECT \"INBOX\"\r\nA0002 UID FETCH 1:* (UID RFC822.SIZE)\r\nA0003 UID FETCH 9 (UID BODY.PEEK[]<0.5>)\r\n"), "{sent}");
     }

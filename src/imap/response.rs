@@ -35,8 +35,9 @@ pub struct StatusInfo {
 pub struct FetchData {
     pub uid: Option<u32>,
     pub size: Option<u64>,
-    /// `BODY[]` (or a piece of it): `None` if absent, empty for NIL.
-    pub body: Option<Vec<u8>>,
+    /// `BODY[]` (or a piece of it): `None` if absent, `Some(None)` for NIL,
+    /// which Dovecot sends for a message another session expunged.
+    pub body: Option<Option<Vec<u8>>>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -358,9 +359,7 @@ impl Parser<'_> {
                     match key.as_slice() {
                         b"UID" => data.uid = Some(self.number32()?),
                         b"RFC822.SIZE" => data.size = Some(self.number()?),
-                        k if k.starts_with(b"BODY[]") => {
-                            data.body = Some(self.nstring()?.unwrap_or_default())
-                        }
+                        k if k.starts_with(b"BODY[]") => data.body = Some(self.nstring()?),
                         _ => self.skip_value()?,
                     }
                 }
@@ -482,7 +481,7 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(17),
                 size: None,
-                body: Some(b"a\r\n\"{1}".to_vec())
+                body: Some(Some(b"a\r\n\"{1}".to_vec()))
             }))
         );
         assert_eq!(
@@ -504,7 +503,7 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(1),
                 size: None,
-                body: Some(Vec::new())
+                body: Some(Some(Vec::new()))
             }))
         );
         assert_eq!(
@@ -512,7 +511,7 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(1),
                 size: None,
-                body: Some(Vec::new())
+                body: Some(None)
             }))
         );
     }

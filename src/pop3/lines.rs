@@ -47,35 +47,33 @@ impl LineReader {
         !self.buf.is_empty()
     }
 
-    /// The next line, without its line end (CRLF, or a bare LF from lax
-    /// clients), or `None` if more input is needed.
+    /// The next line, without its CRLF, or `None` if more input is needed.
+    /// Only CRLF ends a line (RFC 1939 section 3): a lone CR or LF is part
+    /// of the line, so it can never split one command into two.
     pub fn next_line(&mut self) -> Option<Line> {
         loop {
-            match self.buf.iter().position(|&b| b == b'\n') {
-                Some(lf) => {
-                    let mut line: Vec<u8> = self.buf.drain(..=lf).collect();
+            match find_crlf(&self.buf) {
+                Some(cr) => {
+                    let mut line: Vec<u8> = self.buf.drain(..cr + 2).collect();
                     if self.discarding {
                         self.discarding = false;
                         continue;
                     }
-                    line.pop();
-                    if line.last() == Some(&b'\r') {
-                        line.pop();
-                    }
+                    line.truncate(cr);
                     if line.len() + 2 > self.max {
                         return Some(Line::TooLong);
                     }
                     return Some(Line::Complete(line));
                 }
                 None => {
+                    // A trailing CR may be the start of the CRLF: keep it.
+                    let keep = usize::from(self.buf.last() == Some(&b'\r'));
                     if self.discarding {
-                        self.buf.clear();
+                        self.buf.drain(..self.buf.len() - keep);
                         return None;
                     }
-                    // A CR may still be followed by its LF: count it as the line end.
-                    let len = self.buf.len() - usize::from(self.buf.last() == Some(&b'\r'));
-                    if len + 2 > self.max {
-                        self.buf.clear();
+                    if self.buf.len() - keep + 2 > self.max {
+                        self.buf.drain(..self.buf.len() - keep);
                         self.discarding = true;
                         return Some(Line::TooLong);
                     }
@@ -84,6 +82,10 @@ impl LineReader {
             }
         }
     }
+}
+
+fn find_crlf(buf: &[u8]) -> Option<usize> {
+    buf.windows(2).position(|w| w == b"\r\n")
 }
 
 #[cfg(test)]
@@ -141,10 +143,21 @@ mod tests {
     }
 
     #[test]
-    fn bare_lf_ends_a_line() {
+    fn lone_lf_or_cr_does_not_end_a_line() {
         let mut r = LineReader::new(255);
-        r.push(b"NOOP\nSTAT\r\n");
-        assert_eq!(r.next_line(), complete(b"NOOP"));
+        r.push(b"PASS secret\nA1 LOGOUT\rx\r\nSTAT\r");
+        assert_eq!(r.next_line(), complete(b"PASS secret\nA1 LOGOUT\rx"));
+        assert_eq!(r.next_line(), None);
+        r.push(b"\n");
         assert_eq!(r.next_line(), complete(b"STAT"));
+    }
+
+    #[test]
+    fn crlf_split_across_reads_while_discarding() {
+        let mut r = LineReader::new(10);
+        r.push(b"0123456789ABC\r");
+        assert_eq!(r.next_line(), Some(Line::TooLong));
+        r.push(b"\nNOOP\r\n");
+        assert_eq!(r.next_line(), complete(b"NOOP"));
     }
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::command::{Command, MsgNum, parse};
+use super::command::{Command, MsgNum, ParseError, parse};
 use super::lines::Line;
 use super::reply::{Reply, RespCode};
 use crate::limits::MAX_COMMAND_LINE;
@@ -296,6 +296,10 @@ impl Session {
         }
         match parse(&line) {
             Ok(cmd) => self.handle(cmd),
+            // SPEC: NUL in a credential is an authentication error.
+            Err(e @ ParseError::Nul) if is_credential_line(&line) => {
+                respond(Reply::err_code(RespCode::Auth, e.message()))
+            }
             Err(e) => respond(Reply::err(e.message())),
         }
     }
@@ -642,6 +646,11 @@ fn token_user(mechanism: Mechanism, response: &[u8]) -> Option<Vec<u8>> {
         Mechanism::Plain | Mechanism::Login => return None,
     };
     (!user.is_empty()).then_some(user)
+}
+
+fn is_credential_line(line: &[u8]) -> bool {
+    line.get(..5)
+        .is_some_and(|p| p.eq_ignore_ascii_case(b"USER ") || p.eq_ignore_ascii_case(b"PASS "))
 }
 
 fn respond(reply: Reply) -> Step {
@@ -1014,6 +1023,7 @@ mod tests {
             other => panic!("{other:?}"),
         }
         assert!(say(&mut s, "ST\0AT").starts_with("-ERR"));
+        assert!(say(&mut s, "PASS a\0b").starts_with("-ERR [AUTH]"));
         assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
     }
 
