@@ -99,6 +99,11 @@ fn run() -> Result<ExitCode, String> {
             Ok(exit_code(driver::serve(&config, client)))
         }
         Mode::Listen(listeners) => {
+            // Each child reads the files again; checking here catches a bad
+            // pair before the first client does.
+            if let Some(files) = &config.tls {
+                pop3server::tls::server_config(files).map_err(|e| e.to_string())?;
+            }
             for l in &listeners {
                 if let Ok(addr) = l.local_addr() {
                     log::info!("listening on {addr}");
