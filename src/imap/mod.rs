@@ -353,37 +353,24 @@ impl Client {
         line.extend_from_slice(b"\r\n");
         let line = Secret::new(line);
         self.conn.write_all(line.expose())?;
-        let tag = self.current_tag();
-        let mut continuations = 0;
-        loop {
-            match read_response(&mut self.conn)? {
-                Response::Continuation => {
-                    continuations += 1;
-                    if continuations > 2 {
-                        return Err(ImapError::Protocol(
-                            "too many AUTHENTICATE continuations".into(),
-                        ));
-                    }
+        // At most two continuations: the request for the response, and the
+        // server's error report.
+        for _ in 0..2 {
+            match self.next_event("AUTHENTICATE", &mut |_| Ok(()))? {
+                Event::Tagged(info) => return Ok(info),
+                Event::Continuation => {
                     let answer = if sent { error_ack } else { encoded.expose() };
                     sent = true;
                     self.conn.write_all(answer)?;
                     self.conn.write_all(b"\r\n")?;
                 }
-                Response::Tagged(t, info) if t == tag => return Ok(info),
-                Response::Tagged(t, _) => {
-                    return Err(ImapError::Protocol(format!(
-                        "unexpected tag {t} for AUTHENTICATE"
-                    )));
-                }
-                Response::Status(StatusInfo {
-                    status: Status::Bye,
-                    text,
-                    ..
-                }) => {
-                    return Err(ImapError::Bye(text));
-                }
-                _ => {}
             }
+        }
+        match self.next_event("AUTHENTICATE", &mut |_| Ok(()))? {
+            Event::Tagged(info) => Ok(info),
+            Event::Continuation => Err(ImapError::Protocol(
+                "too many AUTHENTICATE continuations".into(),
+            )),
         }
     }
 
@@ -608,23 +595,9 @@ impl Client {
         &mut self,
         command: &'static str,
     ) -> Result<Option<StatusInfo>, ImapError> {
-        let tag = self.current_tag();
-        loop {
-            match read_response(&mut self.conn)? {
-                Response::Continuation => return Ok(None),
-                Response::Tagged(t, info) if t == tag => return Ok(Some(info)),
-                Response::Tagged(t, _) => {
-                    return Err(ImapError::Protocol(format!(
-                        "unexpected tag {t} for {command}"
-                    )));
-                }
-                Response::Status(StatusInfo {
-                    status: Status::Bye,
-                    text,
-                    ..
-                }) => return Err(ImapError::Bye(text)),
-                _ => {}
-            }
+        match self.next_event(command, &mut |_| Ok(()))? {
+            Event::Continuation => Ok(None),
+            Event::Tagged(info) => Ok(Some(info)),
         }
     }
 
@@ -633,15 +606,32 @@ impl Client {
         command: &'static str,
         on_data: &mut dyn FnMut(Response) -> Result<(), ImapError>,
     ) -> Result<StatusInfo, ImapError> {
+        match self.next_event(command, on_data)? {
+            Event::Tagged(info) => Ok(info),
+            Event::Continuation => Err(ImapError::Protocol(format!(
+                "unexpected continuation during {command}"
+            ))),
+        }
+    }
+
+    /// Reads responses up to the tagged answer of the current command or a
+    /// `+` continuation, handing untagged data to `on_data`. A `* BYE`
+    /// (except in reply to LOGOUT) or another command's tag is an error.
+    fn next_event(
+        &mut self,
+        command: &'static str,
+        on_data: &mut dyn FnMut(Response) -> Result<(), ImapError>,
+    ) -> Result<Event, ImapError> {
         let tag = self.current_tag();
         loop {
             match read_response(&mut self.conn)? {
-                Response::Tagged(t, info) if t == tag => return Ok(info),
+                Response::Tagged(t, info) if t == tag => return Ok(Event::Tagged(info)),
                 Response::Tagged(t, _) => {
                     return Err(ImapError::Protocol(format!(
                         "unexpected tag {t} for {command}"
                     )));
                 }
+                Response::Continuation => return Ok(Event::Continuation),
                 Response::Status(StatusInfo {
                     status: Status::Bye,
                     text,
@@ -649,15 +639,17 @@ impl Client {
                 }) if command != "LOGOUT" => {
                     return Err(ImapError::Bye(text));
                 }
-                Response::Continuation => {
-                    return Err(ImapError::Protocol(format!(
-                        "unexpected continuation during {command}"
-                    )));
-                }
                 other => on_data(other)?,
             }
         }
     }
+}
+
+/// What ends a wait for the backend: the command's tagged answer, or its
+/// request for more (`+`).
+enum Event {
+    Tagged(StatusInfo),
+    Continuation,
 }
 
 impl StatusInfo {
