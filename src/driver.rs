@@ -213,7 +213,6 @@ impl Driver<'_> {
                     if let Err(end) = self.start_tls() {
                         return Ok(Some(end));
                     }
-                    self.session.on_tls_started();
                     return Ok(None);
                 }
                 Step::Backend(Request::Probe) => {
@@ -251,19 +250,24 @@ impl Driver<'_> {
         }
     }
 
+    /// The TLS handshake (implicit TLS or after STLS); the session learns
+    /// that the connection is now encrypted.
     fn start_tls(&mut self) -> Result<(), End> {
         let Some(config) = self.tls_config.clone() else {
             error!("TLS requested but no usable certificate: check tls_cert and tls_key");
             return Err(End::TlsFailed);
         };
-        self.client.start_tls(config).map_err(|e| {
-            if is_timeout(&e) {
-                End::Timeout
-            } else {
-                info!("TLS handshake with client failed: {e}");
-                End::TlsFailed
+        match self.client.start_tls(config) {
+            Ok(()) => {
+                self.session.on_tls_started();
+                Ok(())
             }
-        })
+            Err(e) if is_timeout(&e) => Err(End::Timeout),
+            Err(e) => {
+                info!("TLS handshake with client failed: {e}");
+                Err(End::TlsFailed)
+            }
+        }
     }
 
     fn respond(&mut self, response: Response) -> Result<Option<End>, ClientGone> {
