@@ -1,0 +1,82 @@
+"""10,000 messages and a 20 MiB RETR: correctness asserted, numbers printed
+(and appended to target/integration-metrics.txt)."""
+
+import re
+import threading
+import time
+
+from helpers import ImapView, record_metric, Pop3, dovecot_uidl, ok, pop3_expected
+
+
+def test_ten_thousand_message_maildrop(dovecot, server):
+    with ImapView(dovecot.dc, "bob") as v:
+        sizes = v.uid_sizes()
+        uv = v.uidvalidity()
+    assert len(sizes) == 10000
+    t0 = time.monotonic()
+    with Pop3(server.port, timeout=120) as p:
+        assert ok(p.login("bob", "secret"))
+        t_login = time.monotonic() - t0
+        count, total = p.stat()
+        t_stat = time.monotonic() - t0
+        uidl = p.uidl()
+        t_uidl = time.monotonic() - t0
+        lst = p.list()
+        t_list = time.monotonic() - t0
+        assert count == 10000
+        assert total == sum(s for _, s in sizes)
+        assert len(uidl) == 10000 and len(lst) == 10000
+        for n, (uid, size) in enumerate(sizes, start=1):
+            assert lst[n] == size
+            assert uidl[n] == dovecot_uidl(uid, uv)
+        st, body = p.retr(10000)
+        assert ok(st) and b"Subject: bob 10000\r\n" in body
+        assert ok(p.quit())
+    record_metric("bob 10000 msgs: login %.3fs, +STAT %.3fs, +UIDL %.3fs, +LIST %.3fs (cumulative)"
+                  % (t_login, t_stat, t_uidl, t_list))
+
+
+def _vm(pid, key):
+    try:
+        with open("/proc/%d/status" % pid) as f:
+            m = re.search(r"^%s:\s+(\d+) kB" % key, f.read(), re.M)
+            return int(m.group(1)) if m else None
+    except OSError:
+        return None
+
+
+def test_retr_20mib_memory_stays_bounded(dovecot, inetd):
+    n = dovecot.carol_number("big20")
+    with ImapView(dovecot.dc, "carol") as v:
+        body = v.body(n)
+    expected = pop3_expected(body)
+    with Pop3(inetd.port, timeout=120) as p:
+        proc = inetd.child_for(p)
+        assert ok(p.login("carol", "secret"))
+        hwm_before = _vm(proc.pid, "VmHWM")
+        peak_rss = [0]
+        stop = threading.Event()
+
+        def sample():
+            for _ in range(20000):  # bounded: at most ~200 s
+                if stop.is_set():
+                    return
+                r = _vm(proc.pid, "VmRSS")
+                if r:
+                    peak_rss[0] = max(peak_rss[0], r)
+                time.sleep(0.01)
+
+        th = threading.Thread(target=sample, daemon=True)
+        th.start()
+        t0 = time.monotonic()
+        st, got = p.retr(n)
+        elapsed = time.monotonic() - t0
+        stop.set()
+        th.join(5)
+        hwm = _vm(proc.pid, "VmHWM")
+        assert ok(st)
+        assert got == expected
+        assert ok(p.quit())
+    record_metric("RETR 20 MiB (%d octets): %.2fs; server VmHWM %s kB (after login %s kB), "
+                  "sampled peak VmRSS %d kB" % (len(body), elapsed, hwm, hwm_before, peak_rss[0]))
+    assert hwm is not None

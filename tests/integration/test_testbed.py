@@ -1,0 +1,37 @@
+"""The test bed itself (no server needed): every user logs in over IMAP with
+its password and has the expected messages."""
+
+import imaplib
+
+import pytest
+
+from conftest import PASSWORDS
+from helpers import ImapView, imap_login
+
+
+@pytest.mark.parametrize("user,count", [("alice", 5), ("carol", 11), ("bob", 10000),
+                                        ("dave", 2), ("utf8user", 2)])
+def test_testbed_user_logs_in_with_expected_count(dovecot, user, count):
+    with ImapView(dovecot.dc, user, PASSWORDS[user]) as v:
+        assert len(v.uids()) == count
+
+
+def test_testbed_uid_order_is_file_order(dovecot):
+    with ImapView(dovecot.dc, "bob") as v:
+        assert b"Subject: bob 1\r\n" in v.body(1)
+        assert b"Subject: bob 5000\r\n" in v.body(5000)
+        assert b"Subject: bob 10000\r\n" in v.body(10000)
+    with ImapView(dovecot.dc, "carol") as v:
+        assert b"Subject: dots" in v.body(dovecot.carol_number("dots"))
+        assert len(v.body(dovecot.carol_number("big20"))) > 20 * 1024 * 1024
+
+
+def test_testbed_rejects_wrong_password(dovecot):
+    with pytest.raises(imaplib.IMAP4.error):
+        imap_login(dovecot.dc, "alice", "wrong")
+
+
+def test_testbed_fresh_user_is_picked_up(dovecot):
+    user = dovecot.fresh_user(3)
+    with ImapView(dovecot.dc, user) as v:
+        assert v.uids() == [1, 2, 3]
