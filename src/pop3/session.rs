@@ -9,7 +9,7 @@ use std::time::Duration;
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use super::command::{Command, MsgNum, ParseError, parse};
+use super::command::{Command, ParseError, parse};
 use super::lines::Line;
 use super::reply::{Reply, RespCode};
 use crate::limits::MAX_COMMAND_LINE;
@@ -89,7 +89,6 @@ pub enum Request {
     /// Stream a message: send `+OK status`, then the body through the
     /// encoder for `kind`; report with `on_fetch`.
     Fetch {
-        number: MsgNum,
         uid: u32,
         status: String,
         kind: FetchKind,
@@ -704,7 +703,6 @@ fn transaction(
             Ok(m) => {
                 *pending_fetch = Some((FetchKind::Retr, m.size));
                 return Step::Backend(Request::Fetch {
-                    number: n,
                     uid: m.uid,
                     status: format!("{} octets", m.size),
                     kind: FetchKind::Retr,
@@ -717,7 +715,6 @@ fn transaction(
             Ok(m) => {
                 *pending_fetch = Some((FetchKind::Top(lines), m.size));
                 return Step::Backend(Request::Fetch {
-                    number: n,
                     uid: m.uid,
                     status: "Top of message follows".into(),
                     kind: FetchKind::Top(lines),
