@@ -307,6 +307,15 @@ impl Config {
             143
         };
 
+        // A bad value is reported where it came from: the flag or the file.
+        let value_err = |from_flag: bool, key: &str, reason: String| {
+            if from_flag {
+                flag_err(&format!("--{}", key.replace('_', "-")), reason)
+            } else {
+                file_err(key, reason)
+            }
+        };
+        let folders_flag = flags.folders.is_some();
         let folders = flags
             .folders
             .or(file.folders)
@@ -314,7 +323,8 @@ impl Config {
         let folder = match folders.as_slice() {
             [one] if !one.is_empty() => one.clone(),
             _ => {
-                return Err(file_err(
+                return Err(value_err(
+                    folders_flag,
                     "folders",
                     "exactly one folder is supported, e.g. [\"INBOX\"]".into(),
                 ));
@@ -416,33 +426,52 @@ impl Config {
             0,
         )?;
 
+        let (failures_flag, children_flag, host_flag, implementation_flag) = (
+            flags.max_login_failures.is_some(),
+            flags.max_children.is_some(),
+            flags.backend_host.is_some(),
+            flags.implementation.is_some(),
+        );
         let max_login_failures = flags
             .max_login_failures
             .or(file.max_login_failures)
             .unwrap_or(limits::DEFAULT_MAX_LOGIN_FAILURES);
         if max_login_failures == 0 {
-            return Err(file_err("max_login_failures", "must be at least 1".into()));
+            return Err(value_err(
+                failures_flag,
+                "max_login_failures",
+                "must be at least 1".into(),
+            ));
         }
         let max_children = flags
             .max_children
             .or(file.max_children)
             .unwrap_or(limits::DEFAULT_MAX_CHILDREN);
         if max_children == 0 {
-            return Err(file_err("max_children", "must be at least 1".into()));
+            return Err(value_err(
+                children_flag,
+                "max_children",
+                "must be at least 1".into(),
+            ));
         }
         let backend_host = flags
             .backend_host
             .or(file.backend_host)
             .unwrap_or_else(|| "127.0.0.1".into());
         if backend_host.is_empty() {
-            return Err(file_err("backend_host", "must not be empty".into()));
+            return Err(value_err(
+                host_flag,
+                "backend_host",
+                "must not be empty".into(),
+            ));
         }
         let implementation = flags.implementation.or(file.implementation);
         if implementation
             .as_deref()
             .is_some_and(|i| i.bytes().any(|b| b.is_ascii_control()))
         {
-            return Err(file_err(
+            return Err(value_err(
+                implementation_flag,
                 "implementation",
                 "must not contain control characters".into(),
             ));
@@ -668,7 +697,22 @@ mod tests {
         assert_eq!(e.key, "--listen");
         let e = config("log = \"loud\"\n", &[]).expect_err("bad log");
         assert_eq!(e.key, "log");
-        assert!(config("folders = [\"A\", \"B\"]\n", &[]).is_err());
+        assert_eq!(
+            config("folders = [\"A\", \"B\"]\n", &[])
+                .expect_err("two")
+                .key,
+            "folders"
+        );
+        assert_eq!(
+            config("", &["--folders", "A,B"]).expect_err("two").key,
+            "--folders"
+        );
+        assert_eq!(
+            config("", &["--max-children", "0"])
+                .expect_err("zero")
+                .source,
+            "command line"
+        );
         assert_eq!(
             config("tls_cert = \"/c.pem\"\n", &[])
                 .expect_err("no key")
