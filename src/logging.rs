@@ -4,21 +4,45 @@
 //! Client-supplied text is made printable before it is logged.
 
 use std::io::Write;
+use std::os::fd::AsFd;
+use std::os::unix::fs::MetadataExt;
 use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
 use crate::config::LogTarget;
 
-/// `auto` made concrete: journald when systemd gave us a journal stream,
+/// `auto` made concrete: journald when stderr is systemd's journal stream,
 /// syslog for a per-connection process, stderr otherwise.
 pub fn resolve(target: LogTarget, per_connection: bool) -> LogTarget {
     match target {
-        LogTarget::Auto if std::env::var_os("JOURNAL_STREAM").is_some() => LogTarget::Journald,
+        LogTarget::Auto if stderr_is_journal() => LogTarget::Journald,
         LogTarget::Auto if per_connection => LogTarget::Syslog,
         LogTarget::Auto => LogTarget::Stderr,
         other => other,
     }
+}
+
+/// Whether stderr is the journal stream systemd set up for us. An inherited
+/// `JOURNAL_STREAM` (inetd started by systemd passes it on while our stderr
+/// is the client's socket) does not count: the device and inode named in it
+/// must be those of fd 2 (sd-daemon(3), systemd.exec(5)).
+pub fn stderr_is_journal() -> bool {
+    let Some(value) = std::env::var_os("JOURNAL_STREAM") else {
+        return false;
+    };
+    let Some((dev, ino)) = value.to_str().and_then(|v| v.split_once(':')) else {
+        return false;
+    };
+    let (Ok(dev), Ok(ino)) = (dev.parse::<u64>(), ino.parse::<u64>()) else {
+        return false;
+    };
+    let Ok(fd) = std::io::stderr().as_fd().try_clone_to_owned() else {
+        return false;
+    };
+    std::fs::File::from(fd)
+        .metadata()
+        .is_ok_and(|m| m.dev() == dev && m.ino() == ino)
 }
 
 pub fn name(target: LogTarget) -> &'static str {
@@ -157,7 +181,7 @@ mod tests {
 
     #[test]
     fn auto_picks_syslog_for_per_connection_processes() {
-        if std::env::var_os("JOURNAL_STREAM").is_none() {
+        if !stderr_is_journal() {
             assert_eq!(resolve(LogTarget::Auto, true), LogTarget::Syslog);
             assert_eq!(resolve(LogTarget::Auto, false), LogTarget::Stderr);
         }

@@ -130,7 +130,7 @@ fn run() -> Result<ExitCode, String> {
 /// Under inetd stderr and stdout are the client's socket: a configuration
 /// error goes to syslog and the client gets a POP3 error, not a usage text.
 fn config_error(message: &str) -> String {
-    if transport::stdin_is_socket() && std::env::var_os("JOURNAL_STREAM").is_none() {
+    if transport::stdin_is_socket() && !logging::stderr_is_journal() {
         logging::init(pop3server::config::LogTarget::Syslog, false);
         log::error!("configuration error: {message}");
         let _ = std::io::stdout()

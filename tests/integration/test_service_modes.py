@@ -221,19 +221,44 @@ def test_socket_activate_inetd_style(dovecot, fresh_user, rundir):
 
 def test_socket_activate_accept_yes_fd3_journald(dovecot, fresh_user, rundir):
     """What pop3server@.service gets: the connection as fd 3 with LISTEN_FDS=1
-    and LISTEN_PID, stdin /dev/null, and (under systemd) JOURNAL_STREAM set:
-    --log auto must then write journald <N> priority prefixes to stderr."""
+    and LISTEN_PID, stdin /dev/null, and (under systemd) JOURNAL_STREAM naming
+    the device and inode of stderr: --log auto must then write journald <N>
+    priority prefixes to stderr."""
     ssa = need("systemd-socket-activate")
     binary = require_binary()
     port = free_port()
-    d = Daemon([ssa, "-l", "127.0.0.1:%d" % port, "-a", "-E", "JOURNAL_STREAM=0:0", binary]
-               + server_args(dovecot, rundir, "auto"), os.path.join(rundir, "ssa.log"))
+    log_path = os.path.join(rundir, "ssa-journal.log")
+    open(log_path, "ab").close()
+    st = os.stat(log_path)
+    stream = "JOURNAL_STREAM=%d:%d" % (st.st_dev, st.st_ino)
+    d = Daemon([ssa, "-l", "127.0.0.1:%d" % port, "-a", "-E", stream, binary]
+               + server_args(dovecot, rundir, "auto"), log_path)
     try:
         assert wait_port(port, d.proc), d.log()
         user = fresh_user(4)
         full_session(port, dovecot.dc, user)
         assert d.wait_log(r"^<6>.*session end: user=%s .*end=quit" % user), d.log()
         assert journald_lines(d.log()), d.log()
+    finally:
+        d.stop()
+
+
+def test_inherited_journal_stream_that_is_not_stderr_is_ignored(dovecot, fresh_user, rundir):
+    """inetd run by systemd passes JOURNAL_STREAM on to its children, whose
+    stderr is the client's socket: --log auto must not believe it (and so
+    must not write log lines where the client would read them)."""
+    ssa = need("systemd-socket-activate")
+    binary = require_binary()
+    port = free_port()
+    d = Daemon([ssa, "-l", "127.0.0.1:%d" % port, "-a", "--inetd", "-E", "JOURNAL_STREAM=0:0", binary]
+               + server_args(dovecot, rundir, "auto"), os.path.join(rundir, "ssa-inherited.log"))
+    try:
+        assert wait_port(port, d.proc), d.log()
+        user = fresh_user(2)
+        # full_session reads every reply strictly: a stray log line on the
+        # socket (stderr) would break it.
+        full_session(port, dovecot.dc, user)
+        assert not re.search(r"^<\d>", d.log(), re.M), d.log()
     finally:
         d.stop()
 
