@@ -229,12 +229,12 @@ impl Driver<'_> {
                 }
                 Step::Backend(Request::Fetch {
                     uid,
+                    size,
                     status,
                     kind,
                     mark_seen,
-                    ..
                 }) => {
-                    let outcome = self.fetch(uid, &status, kind, mark_seen)?;
+                    let outcome = self.fetch(uid, size, &status, kind, mark_seen)?;
                     match self.session.on_fetch(outcome) {
                         Some(r) => r,
                         None if self.session.is_closed() => return Ok(Some(End::BackendError)),
@@ -425,6 +425,7 @@ impl Driver<'_> {
     fn fetch(
         &mut self,
         uid: u32,
+        size: u64,
         status: &str,
         kind: FetchKind,
         mark_seen: bool,
@@ -464,6 +465,15 @@ impl Driver<'_> {
             offset += piece.len() as u64;
             if piece.len() < FETCH_CHUNK as usize || encoder.is_done() {
                 break;
+            }
+            // RFC822.SIZE is the size of BODY[]: a backend that sends far
+            // more would otherwise keep this loop going for ever.
+            if offset > size.saturating_mul(2) + u64::from(FETCH_CHUNK) {
+                let e = ImapError::Protocol(format!(
+                    "message UID {uid} is over twice its announced size {size}"
+                ));
+                self.backend_error("fetch", &e);
+                return Ok(FetchOutcome::Failed { started });
             }
         }
         encoder.finish(&mut self.out);

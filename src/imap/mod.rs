@@ -430,6 +430,9 @@ impl Client {
     /// UIDs and sizes of all messages, in one command, without bodies.
     pub fn snapshot(&mut self, selected: &Selected) -> Result<Vec<BackendMessage>, ImapError> {
         let mut messages = Vec::with_capacity(selected.exists as usize);
+        let limit = (selected.exists as usize)
+            .saturating_mul(2)
+            .saturating_add(1000);
         if selected.exists == 0 {
             return Ok(messages);
         }
@@ -443,6 +446,14 @@ impl Client {
                     ..
                 }) = r
                 {
+                    // Memory is bounded by what SELECT announced (with room
+                    // for mail that arrived meanwhile), not by the backend.
+                    if messages.len() > limit {
+                        return Err(ImapError::Protocol(format!(
+                            "more FETCH responses than the {} messages announced",
+                            selected.exists
+                        )));
+                    }
                     messages.push(BackendMessage { uid, size });
                 }
                 Ok(())
@@ -991,6 +1002,19 @@ mod tests {
                 "{greeting:?}"
             );
         }
+    }
+
+    #[test]
+    fn a_backend_flooding_the_snapshot_is_stopped() {
+        let flood: String = (1..=1100)
+            .map(|n| format!("* {n} FETCH (UID {n} RFC822.SIZE 1)\r\n"))
+            .collect();
+        let (mut c, _) = scripted(&format!("{GREETING}{flood}A0001 OK done\r\n"));
+        let sel = Selected {
+            exists: 1,
+            uid_validity: 1,
+        };
+        assert!(matches!(c.snapshot(&sel), Err(ImapError::Protocol(_))));
     }
 
     #[test]

@@ -90,6 +90,8 @@ pub enum Request {
     /// encoder for `kind`; report with `on_fetch`.
     Fetch {
         uid: u32,
+        /// The size from the snapshot (RFC822.SIZE).
+        size: u64,
         status: String,
         kind: FetchKind,
         mark_seen: bool,
@@ -704,6 +706,7 @@ fn transaction(
                 *pending_fetch = Some((FetchKind::Retr, m.size));
                 return Step::Backend(Request::Fetch {
                     uid: m.uid,
+                    size: m.size,
                     status: format!("{} octets", m.size),
                     kind: FetchKind::Retr,
                     mark_seen: config.mark_seen && !config.read_only,
@@ -716,6 +719,7 @@ fn transaction(
                 *pending_fetch = Some((FetchKind::Top(lines), m.size));
                 return Step::Backend(Request::Fetch {
                     uid: m.uid,
+                    size: m.size,
                     status: "Top of message follows".into(),
                     kind: FetchKind::Top(lines),
                     mark_seen: false,
