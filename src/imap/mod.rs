@@ -261,6 +261,14 @@ impl Client {
         {
             return Ok(Login::Rejected);
         }
+        if self.has("LOGINDISABLED") && self.has("STARTTLS") {
+            // The backend wants TLS before any password: never send one in
+            // the clear, not even as AUTHENTICATE PLAIN.
+            return Err(ImapError::Tls(
+                "backend refuses plaintext logins (LOGINDISABLED) and offers STARTTLS: set backend_tls = starttls"
+                    .into(),
+            ));
+        }
         let done = if authzid.is_some() || self.has("LOGINDISABLED") {
             if !self.has("AUTH=PLAIN") {
                 return Err(ImapError::Protocol(
@@ -882,6 +890,17 @@ mod tests {
             sent(&out),
             "A0001 AUTHENTICATE PLAIN\r\nYWxpY2UAbWFzdGVyAHB3\r\n"
         );
+    }
+
+    #[test]
+    fn no_password_in_the_clear_to_a_backend_that_wants_starttls_first() {
+        let greeting = "* OK [CAPABILITY IMAP4rev1 STARTTLS LOGINDISABLED AUTH=PLAIN] ready\r\n";
+        let (mut c, out) = scripted(greeting);
+        assert!(matches!(
+            c.login(b"u", None, &Secret::new(b"p".to_vec())),
+            Err(ImapError::Tls(_))
+        ));
+        assert_eq!(sent(&out), "");
     }
 
     #[test]
