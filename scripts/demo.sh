@@ -39,6 +39,7 @@ Try it from another terminal:
     curl pop3://demo:demo@127.0.0.1:$POP3_PORT/        # LIST
     curl pop3://demo:demo@127.0.0.1:$POP3_PORT/1       # RETR 1
     telnet 127.0.0.1 $POP3_PORT                        # USER demo / PASS demo / STAT / RETR 2 / QUIT
+                                                       # (telnet: apt-get install telnet)
 
 Press Ctrl-C to stop the server and Dovecot.
 
