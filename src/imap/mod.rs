@@ -6,6 +6,12 @@
 mod conn;
 mod response;
 
+/// Test helpers shared with other modules' tests.
+#[cfg(test)]
+pub(crate) mod tests_support {
+    pub(crate) use super::response::tests::Rng;
+}
+
 pub use conn::Transport;
 
 use std::fmt;

@@ -560,4 +560,74 @@ pub(crate) mod tests {
         let r = parse_all(b"* 1 FETCH (BODY[] {999999999}\r\n");
         assert!(matches!(&r[0], Err(e) if e.contains("over the limit")));
     }
+
+    /// Deterministic pseudo-random numbers (xorshift), no extra dependency.
+    pub(crate) struct Rng(pub u64);
+
+    impl Rng {
+        pub(crate) fn next(&mut self) -> u64 {
+            self.0 ^= self.0 << 13;
+            self.0 ^= self.0 >> 7;
+            self.0 ^= self.0 << 17;
+            self.0
+        }
+
+        pub(crate) fn below(&mut self, n: usize) -> usize {
+            (self.next() % n as u64) as usize
+        }
+    }
+
+    #[test]
+    fn random_responses_never_panic() {
+        // Pieces of real responses glued at random, with random bytes between.
+        const PIECES: &[&[u8]] = &[
+            b"* ",
+            b"A0001 ",
+            b"OK ",
+            b"NO ",
+            b"BAD ",
+            b"BYE ",
+            b"[",
+            b"]",
+            b"(",
+            b")",
+            b"\"",
+            b"\\",
+            b"{5}\r\n",
+            b"{0}\r\n",
+            b"{99999999999}\r\n",
+            b"{3+}\r\n",
+            b"NIL",
+            b"FETCH ",
+            b"UID ",
+            b"RFC822.SIZE ",
+            b"BODY[]<0> ",
+            b"EXISTS",
+            b"SEARCH ",
+            b"CAPABILITY ",
+            b"UIDVALIDITY ",
+            b"12",
+            b"4294967296",
+            b" ",
+            b"\r\n",
+            b"\n",
+            b"\r",
+            b"+ ",
+            b"\x00",
+            b"\xff",
+        ];
+        let mut rng = Rng(0x9e37_79b9_7f4a_7c15);
+        for _ in 0..3000 {
+            let mut input = Vec::new();
+            for _ in 0..rng.below(40) {
+                if rng.below(4) == 0 {
+                    input.push(rng.next() as u8);
+                } else {
+                    input.extend_from_slice(PIECES[rng.below(PIECES.len())]);
+                }
+            }
+            input.extend_from_slice(b"\r\n");
+            let _ = parse_all(&input);
+        }
+    }
 }

@@ -1242,4 +1242,73 @@ mod tests {
             "-ERR Line too long\r\n"
         );
     }
+
+    #[test]
+    fn random_command_lines_in_every_state_never_panic() {
+        use crate::imap::tests_support::Rng;
+        const WORDS: &[&str] = &[
+            "USER",
+            "PASS",
+            "STAT",
+            "LIST",
+            "RETR",
+            "DELE",
+            "NOOP",
+            "RSET",
+            "TOP",
+            "UIDL",
+            "QUIT",
+            "CAPA",
+            "STLS",
+            "AUTH",
+            "PLAIN",
+            "LOGIN",
+            "XOAUTH2",
+            "OAUTHBEARER",
+            "*",
+            "=",
+            "0",
+            "1",
+            "2",
+            "-1",
+            "4294967297",
+            "99999999999999999999",
+            "AGFsaWNlAHNlY3JldA==",
+            "",
+            " ",
+            "\0",
+            "\r",
+            "\n",
+            "\u{e4}",
+        ];
+        let mut rng = Rng(0x2545_f491_4f6c_dd1d);
+        for round in 0..300 {
+            let mut s = if round % 2 == 0 {
+                logged_in()
+            } else {
+                Session::new(config(), REMOTE)
+            };
+            for _ in 0..30 {
+                let words: Vec<&str> = (0..rng.below(4))
+                    .map(|_| WORDS[rng.below(WORDS.len())])
+                    .collect();
+                match s.handle_line(Line::Complete(words.join(" ").into_bytes())) {
+                    Step::Backend(Request::Probe) => {
+                        let _ = s.on_probe(&["AUTH=XOAUTH2".to_string()]);
+                    }
+                    Step::Backend(Request::OpenMaildrop { user, .. }) => {
+                        let _ = s.on_open(&user, OpenOutcome::BadCredentials);
+                    }
+                    Step::Backend(Request::Fetch { .. }) => {
+                        let _ = s.on_fetch(FetchOutcome::Sent);
+                    }
+                    Step::Backend(Request::Commit { .. }) => {
+                        let _ = s.on_commit(Ok(()));
+                    }
+                    Step::StartTls(_) => s.on_tls_started(),
+                    Step::Respond(_) => {}
+                }
+            }
+        }
+    }
 }
