@@ -381,22 +381,23 @@ impl Config {
             listen.push(addr);
         }
 
-        let secs = |flag: Option<u64>,
-                    file_v: Option<u64>,
-                    key: &str,
-                    default: Duration,
-                    min: u64| {
-            match (flag, file_v) {
-                (Some(v), _) if v < min => Err(flag_err(
-                    &format!("--{}", key.replace('_', "-")),
-                    format!("must be at least {min}"),
-                )),
-                (Some(v), _) => Ok(Duration::from_secs(v)),
-                (None, Some(v)) if v < min => Err(file_err(key, format!("must be at least {min}"))),
-                (None, Some(v)) => Ok(Duration::from_secs(v)),
-                (None, None) => Ok(default),
-            }
-        };
+        let secs =
+            |flag: Option<u64>, file_v: Option<u64>, key: &str, default: Duration, min: u64| {
+                let (value, from_flag) = match (flag, file_v) {
+                    (Some(v), _) => (v, true),
+                    (None, Some(v)) => (v, false),
+                    (None, None) => return Ok(default),
+                };
+                let max = limits::MAX_TIMEOUT_SECS;
+                if !(min..=max).contains(&value) {
+                    return Err(value_err(
+                        from_flag,
+                        key,
+                        format!("must be between {min} and {max} seconds"),
+                    ));
+                }
+                Ok(Duration::from_secs(value))
+            };
         let idle_timeout = secs(
             flags.idle_timeout,
             file.idle_timeout,

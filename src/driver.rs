@@ -13,16 +13,17 @@ use rustls::ServerConfig;
 
 use crate::config::{BackendTls, Config};
 use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
-use crate::limits::{CLIENT_READ_CHUNK, FETCH_CHUNK, MAX_SASL_LINE};
+use crate::limits::{CLIENT_READ_CHUNK, CLIENT_WRITE_BUFFER, FETCH_CHUNK, MAX_SASL_LINE};
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
 use crate::maildrop::Maildrop;
 use crate::pop3::body::BodyEncoder;
+use crate::pop3::command::known_verb;
 use crate::pop3::lines::{Line, LineReader};
 use crate::pop3::reply::Reply;
 use crate::pop3::session::{
-    Connection, Credentials, FetchKind, FetchOutcome, OpenOutcome, Request, Response, Session,
-    SessionConfig, Step,
+    CommitOutcome, Connection, Credentials, FetchKind, FetchOutcome, OpenOutcome, Request,
+    Response, Session, SessionConfig, Step,
 };
 use crate::tls;
 use crate::transport::{ClientConn, ClientStream};
@@ -54,9 +55,6 @@ impl End {
 
 /// The client went away (or stopped reading) while we wrote.
 struct ClientGone(io::Error);
-
-/// Output is flushed to the client at this size even mid-reply.
-const OUTPUT_FLUSH_AT: usize = 64 * 1024;
 
 pub fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
     SessionConfig {
@@ -115,7 +113,7 @@ pub fn serve(config: &Config, conn: ClientConn) -> End {
         client: conn.stream,
         peer: conn.peer,
         lines: LineReader::new(MAX_SASL_LINE),
-        out: Vec::with_capacity(OUTPUT_FLUSH_AT),
+        out: Vec::with_capacity(CLIENT_WRITE_BUFFER),
         sent: 0,
         tls_config,
         backend: None,
@@ -168,7 +166,7 @@ impl Driver<'_> {
                 if let Line::Complete(l) = &line
                     && !self.session.awaits_sasl_response()
                 {
-                    debug!("command: {}", printable(command_name(l)));
+                    debug!("command: {}", known_verb(l).unwrap_or("(not a command)"));
                 }
                 match self.step(line) {
                     Ok(None) => {}
@@ -280,10 +278,10 @@ impl Driver<'_> {
             return Ok(None);
         }
         self.flush()?;
-        Ok(Some(if self.backend_failed {
-            End::BackendError
-        } else if response.reply.is_ok() {
+        Ok(Some(if response.reply.is_ok() {
             End::Quit
+        } else if self.backend_failed {
+            End::BackendError
         } else {
             End::Refused
         }))
@@ -291,7 +289,7 @@ impl Driver<'_> {
 
     fn send(&mut self, reply: &Reply) -> Result<(), ClientGone> {
         reply.encode(&mut self.out);
-        if self.out.len() >= OUTPUT_FLUSH_AT {
+        if self.out.len() >= CLIENT_WRITE_BUFFER {
             self.flush()?;
         }
         Ok(())
@@ -459,7 +457,7 @@ impl Driver<'_> {
                 started = true;
             }
             encoder.push(&piece, &mut self.out);
-            if self.out.len() >= OUTPUT_FLUSH_AT {
+            if self.out.len() >= CLIENT_WRITE_BUFFER {
                 self.flush()?;
             }
             offset += piece.len() as u64;
@@ -468,7 +466,11 @@ impl Driver<'_> {
             }
             // RFC822.SIZE is the size of BODY[]: a backend that sends far
             // more would otherwise keep this loop going for ever.
-            if offset > size.saturating_mul(2) + u64::from(FETCH_CHUNK) {
+            if offset
+                > size
+                    .saturating_mul(2)
+                    .saturating_add(u64::from(FETCH_CHUNK))
+            {
                 let e = ImapError::Protocol(format!(
                     "message UID {uid} is over twice its announced size {size}"
                 ));
@@ -487,21 +489,21 @@ impl Driver<'_> {
         Ok(FetchOutcome::Sent)
     }
 
-    fn commit(&mut self, uids: &[u32]) -> Result<(), String> {
+    fn commit(&mut self, uids: &[u32]) -> Result<CommitOutcome, String> {
         if uids.is_empty() {
-            return Ok(());
+            return Ok(CommitOutcome::Expunged);
         }
         let Some(client) = self.backend.as_mut() else {
             return Err("Backend connection lost".into());
         };
         match client.expunge(uids) {
-            Ok(Expunged::Done) => Ok(()),
+            Ok(Expunged::Done) => Ok(CommitOutcome::Expunged),
             Ok(Expunged::LeftFlagged) => {
                 warn!(
                     "backend has no UIDPLUS and other messages are flagged \\Deleted: left {} messages flagged, not expunged",
                     uids.len()
                 );
-                Ok(())
+                Ok(CommitOutcome::LeftFlagged)
             }
             Err(e) => {
                 self.backend_error("expunge", &e);
@@ -557,11 +559,4 @@ fn is_timeout(e: &io::Error) -> bool {
         e.kind(),
         io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
     )
-}
-
-/// The command word of a line, for debug logs: never its arguments, which
-/// may be a password or a token.
-fn command_name(line: &[u8]) -> &[u8] {
-    let end = line.iter().position(|&b| b == b' ').unwrap_or(line.len());
-    &line[..end.min(8)]
 }

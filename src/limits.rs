@@ -7,6 +7,21 @@ use std::time::Duration;
 /// RFC 2449 section 4: a command line is at most 255 octets including CRLF.
 pub const MAX_COMMAND_LINE: usize = 255;
 
+/// Replies are buffered and written to the client at this size (or when
+/// no more pipelined commands are waiting).
+pub const CLIENT_WRITE_BUFFER: usize = 64 * 1024;
+
+/// Bytes read from the backend per `read` call.
+pub const BACKEND_READ_CHUNK: usize = 64 * 1024;
+
+/// How often the standalone listener collects finished children while no
+/// connection arrives.
+pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
+
+/// Upper bound for any timeout setting: a day. Larger values are typos, and
+/// would overflow deadline arithmetic.
+pub const MAX_TIMEOUT_SECS: u64 = 86_400;
+
 /// Bytes read from the client per `read` call: large enough that a pipelined
 /// burst of commands arrives in one call, small enough to stay off the heap's
 /// radar.
@@ -52,6 +67,10 @@ pub const MAX_IMAP_LITERAL: usize = 64 * 1024;
 /// Largest total size of one IMAP response (lines plus literals). A message
 /// piece is at most `FETCH_CHUNK`; the rest is slack for the response syntax.
 pub const MAX_IMAP_RESPONSE: usize = FETCH_CHUNK as usize + 2 * MAX_IMAP_LINE;
+
+/// Largest maildrop served: the snapshot keeps 16 bytes a message, and a
+/// backend's EXISTS count must not decide how much memory we reserve.
+pub const MAX_MESSAGES: u32 = 1_000_000;
 
 /// RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21..=0x7E.
 pub const MAX_UIDL_LEN: usize = 70;

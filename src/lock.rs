@@ -9,16 +9,10 @@ use std::path::{Path, PathBuf};
 
 use md5::{Digest, Md5};
 
+/// Holds the lock until dropped (or the process ends).
 #[derive(Debug)]
 pub struct LockGuard {
     _file: File,
-    path: PathBuf,
-}
-
-impl LockGuard {
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
 }
 
 #[derive(Debug)]
@@ -58,7 +52,7 @@ pub fn try_lock(lock_dir: &Path, name: &str) -> Result<LockGuard, LockError> {
         .open(&path)
         .map_err(io_err)?;
     match file.try_lock() {
-        Ok(()) => Ok(LockGuard { _file: file, path }),
+        Ok(()) => Ok(LockGuard { _file: file }),
         Err(TryLockError::WouldBlock) => Err(LockError::InUse),
         Err(TryLockError::Error(error)) => Err(LockError::Io { path, error }),
     }

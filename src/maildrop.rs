@@ -64,7 +64,7 @@ impl Maildrop {
     /// Count and total size of the messages not marked deleted.
     pub fn stat(&self) -> (usize, u64) {
         self.live()
-            .fold((0, 0), |(n, s), (_, m)| (n + 1, s + m.size))
+            .fold((0, 0), |(n, s), (_, m)| (n + 1, s.saturating_add(m.size)))
     }
 
     /// Message numbers and messages not marked deleted, in order.
@@ -103,7 +103,7 @@ impl Maildrop {
             .iter()
             .zip(&self.deleted)
             .filter(|(_, d)| **d)
-            .fold((0, 0), |(n, s), (m, _)| (n + 1, s + m.size))
+            .fold((0, 0), |(n, s), (m, _)| (n + 1, s.saturating_add(m.size)))
     }
 }
 

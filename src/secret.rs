@@ -1,6 +1,8 @@
-//! `Secret` holds a password or token: its `Debug` never shows the bytes, and
-//! the bytes are overwritten when it is dropped, so a credential cannot reach a
-//! log line or outlive its use by accident.
+//! `Secret` holds a password or token: its `Debug` never shows the bytes, so
+//! a credential cannot reach a log line by accident, and its own copy is
+//! overwritten when dropped. (Transient copies in the line buffer and the
+//! IMAP command being written are not: this limits exposure, it is not a
+//! guarantee against a memory dump.)
 
 use std::fmt;
 

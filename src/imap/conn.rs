@@ -8,6 +8,7 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::ImapError;
+use crate::limits::BACKEND_READ_CHUNK;
 
 /// A stream to the backend: plain TCP now, TLS later, a scripted peer in
 /// tests. Timeouts apply to the underlying socket.
@@ -31,13 +32,11 @@ pub struct Conn {
     deadline: Instant,
 }
 
-const READ_BUF: usize = 64 * 1024;
-
 impl Conn {
     pub fn new(io: Box<dyn Transport>, timeout: Duration) -> Self {
         Conn {
             io,
-            buf: vec![0; READ_BUF],
+            buf: vec![0; BACKEND_READ_CHUNK],
             start: 0,
             end: 0,
             timeout,

@@ -26,6 +26,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
+use crate::limits::MAX_MESSAGES;
 use crate::maildrop::BackendMessage;
 use crate::secret::Secret;
 use conn::Conn;
@@ -443,10 +444,17 @@ impl Client {
 
     /// UIDs and sizes of all messages, in one command, without bodies.
     pub fn snapshot(&mut self, selected: &Selected) -> Result<Vec<BackendMessage>, ImapError> {
-        let mut messages = Vec::with_capacity(selected.exists as usize);
+        if selected.exists > MAX_MESSAGES {
+            return Err(ImapError::Protocol(format!(
+                "the folder has {} messages, more than the {MAX_MESSAGES} a POP3 session can serve",
+                selected.exists
+            )));
+        }
+        let mut messages = Vec::with_capacity(selected.exists.min(65_536) as usize);
         let limit = (selected.exists as usize)
             .saturating_mul(2)
-            .saturating_add(1000);
+            .saturating_add(1000)
+            .min(MAX_MESSAGES as usize);
         if selected.exists == 0 {
             return Ok(messages);
         }
@@ -542,6 +550,19 @@ impl Client {
         let store = format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)");
         self.run("UID STORE", &[Arg::Text(store.as_bytes())], |_| Ok(()))?
             .ok("UID STORE")?;
+        let result = self.expunge_flagged(uids, &set);
+        if let Err(ImapError::Refused { .. }) = &result {
+            // The backend still answers: take our flags back, or another
+            // client's next expunge would remove messages the POP3 client
+            // was told are kept. Nothing more can be done if this fails.
+            let unstore = format!("UID STORE {set} -FLAGS.SILENT (\\Deleted)");
+            let _ = self.run("UID STORE", &[Arg::Text(unstore.as_bytes())], |_| Ok(()));
+        }
+        result
+    }
+
+    /// The expunge proper, once our messages carry `\Deleted`.
+    fn expunge_flagged(&mut self, uids: &[u32], set: &str) -> Result<Expunged, ImapError> {
         if self.has("UIDPLUS") {
             let expunge = format!("UID EXPUNGE {set}");
             self.run("UID EXPUNGE", &[Arg::Text(expunge.as_bytes())], |_| Ok(()))?
@@ -556,7 +577,9 @@ impl Client {
             Ok(())
         })?
         .ok("UID SEARCH")?;
-        if flagged.iter().any(|u| !uids.contains(u)) {
+        let mut ours = uids.to_vec();
+        ours.sort_unstable();
+        if flagged.iter().any(|u| ours.binary_search(u).is_err()) {
             return Ok(Expunged::LeftFlagged);
         }
         self.run("EXPUNGE", &[Arg::Text(b"EXPUNGE")], |_| Ok(()))?
@@ -994,6 +1017,18 @@ mod tests {
             sent(&out),
             "A0001 UID STORE 3:5,7,9 +FLAGS.SILENT (\\Deleted)\r\nA0002 UID EXPUNGE 3:5,7,9\r\n"
         );
+    }
+
+    #[test]
+    fn a_refused_expunge_takes_our_deleted_flags_back() {
+        let greeting = "* OK [CAPABILITY IMAP4rev1 UIDPLUS] ready\r\n";
+        let (mut c, out) = scripted(&format!(
+            "{greeting}A0001 OK stored\r\nA0002 NO no\r\nA0003 OK unstored\r\n"
+        ));
+        assert!(matches!(c.expunge(&[3, 4]), Err(ImapError::Refused { .. })));
+        assert!(sent(&out).ends_with(
+            "A0002 UID EXPUNGE 3:4\r\nA0003 UID STORE 3:4 -FLAGS.SILENT (\\Deleted)\r\n"
+        ));
     }
 
     #[test]

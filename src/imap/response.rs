@@ -123,6 +123,10 @@ struct Parser<'a> {
 
 type PResult<T> = Result<T, &'static str>;
 
+/// Deepest list nesting we skip over; real responses (BODYSTRUCTURE) stay
+/// far below.
+const MAX_NESTING: usize = 64;
+
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
         self.text.get(self.pos).copied()
@@ -229,25 +233,39 @@ impl Parser<'_> {
     }
 
     /// Skips one value of any kind.
+    /// Skips one value of any kind. Nested lists are walked with a depth
+    /// counter, not recursion: a backend cannot exhaust our stack.
     fn skip_value(&mut self) -> PResult<()> {
-        match self.peek() {
-            Some(b'(') => {
-                self.pos += 1;
-                while self.peek() != Some(b')') {
-                    if self.at_end() {
-                        return Err("unterminated list");
+        let mut depth = 0usize;
+        loop {
+            match self.peek() {
+                None if depth > 0 => return Err("unterminated list"),
+                Some(b'(') => {
+                    depth += 1;
+                    if depth > MAX_NESTING {
+                        return Err("lists nested too deeply");
                     }
-                    if self.peek() == Some(b' ') {
-                        self.pos += 1;
-                        continue;
-                    }
-                    self.skip_value()?;
+                    self.pos += 1;
+                    continue;
                 }
-                self.pos += 1;
-                Ok(())
+                Some(b')') if depth > 0 => {
+                    depth -= 1;
+                    self.pos += 1;
+                }
+                Some(b' ') if depth > 0 => {
+                    self.pos += 1;
+                    continue;
+                }
+                Some(b'"') | Some(b'{') => {
+                    self.nstring()?;
+                }
+                _ => {
+                    self.atom()?;
+                }
             }
-            Some(b'"') | Some(b'{') => self.nstring().map(|_| ()),
-            _ => self.atom().map(|_| ()),
+            if depth == 0 {
+                return Ok(());
+            }
         }
     }
 
@@ -553,6 +571,23 @@ pub(crate) mod tests {
                 r
             );
         }
+    }
+
+    #[test]
+    fn deeply_nested_lists_are_an_error_not_a_stack_overflow() {
+        let mut line = b"* 1 FETCH (UID 1 X ".to_vec();
+        line.extend(std::iter::repeat_n(b'(', 500_000));
+        line.extend_from_slice(b"\r\n");
+        assert!(matches!(&parse_all(&line)[0], Err(e) if e.contains("nested")));
+        let r = parse_all(b"* 1 FETCH (X ((a) (b (c))) Y \"q\" UID 7)\r\n");
+        assert_eq!(
+            r[0],
+            Ok(Response::Fetch(FetchData {
+                uid: Some(7),
+                size: None,
+                body: None
+            }))
+        );
     }
 
     #[test]

@@ -47,6 +47,22 @@ impl ParseError {
     }
 }
 
+const VERBS: &[&str] = &[
+    "USER", "PASS", "STAT", "LIST", "RETR", "DELE", "NOOP", "RSET", "TOP", "UIDL", "QUIT", "CAPA",
+    "STLS", "AUTH",
+];
+
+/// The command word of a line if it is one we know, for logs: arguments
+/// (passwords, tokens) and unknown words (perhaps a SASL response the
+/// client pipelined) never reach a log line.
+pub fn known_verb(line: &[u8]) -> Option<&'static str> {
+    let word = line.split(|&b| b == b' ').next()?;
+    VERBS
+        .iter()
+        .copied()
+        .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+}
+
 pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
     if line.contains(&0) {
         return Err(ParseError::Nul);
@@ -265,6 +281,13 @@ mod tests {
             Err(ParseError::Syntax(_))
         ));
         assert!(matches!(parse(b"STLS"), Ok(Command::Stls)));
+    }
+
+    #[test]
+    fn only_known_verbs_are_named_for_logs() {
+        assert_eq!(known_verb(b"pass hunter2"), Some("PASS"));
+        assert_eq!(known_verb(b"AGFsaWNlAHNlY3JldA=="), None);
+        assert_eq!(known_verb(b""), None);
     }
 
     #[test]

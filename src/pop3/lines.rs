@@ -26,12 +26,6 @@ impl LineReader {
         }
     }
 
-    /// Changes the limit for the lines not yet returned (SASL responses may be
-    /// longer than commands).
-    pub fn set_max(&mut self, max: usize) {
-        self.max = max;
-    }
-
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }
@@ -41,10 +35,6 @@ impl LineReader {
     pub fn clear(&mut self) {
         self.buf.clear();
         self.discarding = false;
-    }
-
-    pub fn has_pending(&self) -> bool {
-        !self.buf.is_empty()
     }
 
     /// The next line, without its CRLF, or `None` if more input is needed.

@@ -170,6 +170,15 @@ pub enum OpenOutcome {
     Permanent(String),
 }
 
+/// What became of the messages marked at QUIT.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CommitOutcome {
+    Expunged,
+    /// Flagged `\Deleted` but not expunged (a backend without UIDPLUS where
+    /// other messages were flagged too).
+    LeftFlagged,
+}
+
 #[derive(Debug)]
 pub enum FetchOutcome {
     /// The whole reply went out.
@@ -561,7 +570,7 @@ impl Session {
             FetchOutcome::Sent => {
                 if let Some((FetchKind::Retr, size)) = pending {
                     self.stats.retrieved += 1;
-                    self.stats.retrieved_bytes += size;
+                    self.stats.retrieved_bytes = self.stats.retrieved_bytes.saturating_add(size);
                 }
                 None
             }
@@ -585,20 +594,23 @@ impl Session {
     }
 
     /// Reports the expunge run for QUIT.
-    pub fn on_commit(&mut self, result: Result<(), String>) -> Response {
+    pub fn on_commit(&mut self, result: Result<CommitOutcome, String>) -> Response {
         let State::Transaction(drop) = &self.state else {
             return Response::last(Reply::err("Session is closed"));
         };
         let (deleted, deleted_bytes) = drop.deleted_stat();
         self.state = State::Closed;
         match result {
-            Ok(()) => {
+            Ok(CommitOutcome::Expunged) => {
                 self.stats.deleted = deleted as u64;
                 self.stats.deleted_bytes = deleted_bytes;
                 Response::last(Reply::ok(format!(
                     "Logging out, {deleted} messages deleted"
                 )))
             }
+            Ok(CommitOutcome::LeftFlagged) => Response::last(Reply::ok(format!(
+                "Logging out, {deleted} messages flagged \\Deleted: the mail server removes them at its next expunge"
+            ))),
             Err(why) => Response::last(Reply::err_code(
                 RespCode::SysTemp,
                 format!("{why}; no message was deleted, try again later"),
@@ -879,7 +891,7 @@ mod tests {
             panic!("QUIT should commit");
         };
         assert_eq!(uids, vec![5]);
-        let r = s.on_commit(Ok(()));
+        let r = s.on_commit(Ok(CommitOutcome::Expunged));
         assert!(r.close);
         assert_eq!(wire(&r.reply), "+OK Logging out, 1 messages deleted\r\n");
         assert_eq!(s.stats().deleted, 1);
@@ -1303,7 +1315,7 @@ mod tests {
                         let _ = s.on_fetch(FetchOutcome::Sent);
                     }
                     Step::Backend(Request::Commit { .. }) => {
-                        let _ = s.on_commit(Ok(()));
+                        let _ = s.on_commit(Ok(CommitOutcome::Expunged));
                     }
                     Step::StartTls(_) => s.on_tls_started(),
                     Step::Respond(_) => {}

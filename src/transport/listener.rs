@@ -9,10 +9,8 @@ use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
-use std::time::Duration;
 
-/// How often finished children are collected while no connection arrives.
-const REAP_INTERVAL: Duration = Duration::from_millis(500);
+use crate::limits::REAP_INTERVAL;
 
 pub struct Listener {
     children: Arc<Mutex<Vec<Child>>>,

@@ -911,3 +911,221 @@ class NetNs:
                                  % (r.returncode, r.stdout.decode(errors="replace"),
                                     r.stderr.decode(errors="replace")))
         return json.loads(r.stdout)
+
+
+class FakeImap:
+    """A scripted IMAP peer that records every command and can be told to
+    stall on, or answer differently to, chosen commands.
+
+    * ``messages``: the INBOX (UIDs 1..n, or ``uids`` if given);
+      ``folders`` the names SELECT/EXAMINE accept (others get NO).
+    * ``caps``: the capabilities (in the greeting's ``[CAPABILITY ...]``
+      unless ``greeting_caps`` is false, and in answer to CAPABILITY);
+      ``post_caps``: those after a login (default: ``caps`` without
+      LOGINDISABLED, STARTTLS and AUTH=...).
+    * ``stall(cmd)``: called with each complete command (tag included,
+      literals inlined, CRLF kept); if true, the command is never answered
+      (the connection is held, bounded by ``stall_seconds``).
+    * ``override(cmd)``: may return the bytes to answer instead (``{tag}``
+      is replaced by the command's tag).
+    * ``log``: every command exactly as received (literal octets included);
+      ``sasl``: every line sent after an AUTHENTICATE continuation.
+    * UID STORE / UID EXPUNGE / UID SEARCH DELETED / EXPUNGE act on the
+      flags of the messages, so ``flags`` and ``uids`` show the outcome.
+    """
+
+    def __init__(self, messages=None, caps: bytes = b"IMAP4rev1 LITERAL+ UIDPLUS UNSELECT ID",
+                 post_caps: Optional[bytes] = None, greeting_caps: bool = True,
+                 uidvalidity: int = 4242, folders=("INBOX",), uids=None,
+                 stall: Optional[Callable[[bytes], bool]] = None,
+                 override: Optional[Callable[[bytes], Optional[bytes]]] = None,
+                 stall_seconds: float = 60.0, login_ok: bool = True):
+        if messages is None:
+            messages = [b"From: fake@example.org\r\nSubject: fake %d\r\n\r\nbody %d\r\n" % (i, i)
+                        for i in (1, 2, 3)]
+        self.msgs: Dict[int, bytes] = dict(zip(uids or range(1, len(messages) + 1), messages))
+        self.flags: Dict[int, set] = {u: set() for u in self.msgs}
+        self.caps = caps
+        if post_caps is None:
+            post_caps = b" ".join(c for c in caps.split()
+                                  if c.upper() not in (b"LOGINDISABLED", b"STARTTLS")
+                                  and not c.upper().startswith(b"AUTH="))
+        self.post_caps = post_caps
+        self.greeting_caps = greeting_caps
+        self.uidvalidity = uidvalidity
+        self.folders = [f.upper() for f in folders]
+        self.stall = stall or (lambda cmd: False)
+        self.override = override or (lambda cmd: None)
+        self.stall_seconds = stall_seconds
+        self.login_ok = login_ok
+        self.log: List[bytes] = []
+        self.sasl: List[bytes] = []
+        self.stalled: List[bytes] = []
+        self.selected_with: Optional[bytes] = None
+
+    # -- helpers for tests --
+    def commands(self) -> List[bytes]:
+        """The commands without tags and CRLF (literals inlined)."""
+        return [c.split(b" ", 1)[1].rstrip(b"\r\n") if b" " in c else c.rstrip(b"\r\n")
+                for c in self.log]
+
+    def uids(self) -> List[int]:
+        return sorted(self.msgs)
+
+    def _hold(self, c: socket.socket, fb: "FakeBackend") -> None:
+        deadline = time.monotonic() + self.stall_seconds
+        c.settimeout(0.2)
+        while not fb.stopping.is_set() and time.monotonic() < deadline:
+            try:
+                d = c.recv(4096)
+            except socket.timeout:
+                continue
+            except OSError:
+                return
+            if not d:
+                return
+            fb.received.append(d)
+
+    def _read_command(self, f, c: socket.socket) -> Optional[bytes]:
+        line = f.readline(1 << 17)
+        if not line:
+            return None
+        full = line
+        for _ in range(10):  # at most 10 literals per command
+            m = re.search(rb"\{(\d+)(\+?)\}\r\n$", full)
+            if not m or int(m.group(1)) > 1 << 20:
+                break
+            if not m.group(2):
+                c.sendall(b"+ go ahead\r\n")
+            full += f.read(int(m.group(1)))
+            full += f.readline(1 << 17)
+        return full
+
+    def _set(self, spec: bytes) -> List[int]:
+        out = []
+        for part in spec.split(b","):
+            if b":" in part:
+                a, b = part.split(b":")
+                lo = int(a)
+                hi = max(self.msgs or [0]) if b == b"*" else int(b)
+                out += [u for u in self.msgs if lo <= u <= hi]
+            elif part.isdigit():
+                out.append(int(part))
+        return [u for u in out if u in self.msgs]
+
+    def __call__(self, c: socket.socket, fb: "FakeBackend") -> None:
+        f = c.makefile("rb")
+        if self.greeting_caps:
+            c.sendall(b"* OK [CAPABILITY " + self.caps + b"] fake ready\r\n")
+        else:
+            c.sendall(b"* OK fake ready\r\n")
+        authed = False
+        for _ in range(10_000):
+            full = self._read_command(f, c)
+            if full is None:
+                return
+            self.log.append(full)
+            fb.received.append(full)
+            if self.stall(full):
+                self.stalled.append(full)
+                self._hold(c, fb)
+                return
+            words = full.rstrip(b"\r\n").split(b" ")
+            tag = words[0]
+            cmd = words[1].upper() if len(words) > 1 else b""
+            args = words[2:]
+            answer = self.override(full)
+            if answer is not None:
+                c.sendall(answer.replace(b"{tag}", tag))
+                continue
+            done = lambda text=b"done": c.sendall(tag + b" OK " + text + b"\r\n")  # noqa: E731
+            if cmd == b"CAPABILITY":
+                c.sendall(b"* CAPABILITY " + (self.post_caps if authed else self.caps) + b"\r\n")
+                done()
+            elif cmd == b"NOOP":
+                done()
+            elif cmd == b"LOGIN":
+                if self.login_ok:
+                    authed = True
+                    done(b"[CAPABILITY " + self.post_caps + b"] logged in")
+                else:
+                    c.sendall(tag + b" NO [AUTHENTICATIONFAILED] no\r\n")
+            elif cmd == b"AUTHENTICATE":
+                if len(args) < 2:
+                    c.sendall(b"+ \r\n")
+                    resp = f.readline(1 << 17)
+                    self.sasl.append(resp)
+                    fb.received.append(resp)
+                if self.login_ok:
+                    authed = True
+                    done(b"[CAPABILITY " + self.post_caps + b"] logged in")
+                else:
+                    c.sendall(tag + b" NO [AUTHENTICATIONFAILED] no\r\n")
+            elif cmd in (b"SELECT", b"EXAMINE"):
+                folder = args[0].strip(b'"').upper() if args else b""
+                if folder.decode("latin-1") not in self.folders:
+                    c.sendall(tag + b" NO [NONEXISTENT] Mailbox doesn't exist\r\n")
+                    continue
+                self.selected_with = cmd
+                nxt = max(self.msgs or [0]) + 1
+                c.sendall(b"* FLAGS (\\Seen \\Deleted)\r\n* %d EXISTS\r\n* 0 RECENT\r\n"
+                          b"* OK [UIDVALIDITY %d] ok\r\n* OK [UIDNEXT %d] ok\r\n"
+                          % (len(self.msgs), self.uidvalidity, nxt))
+                done(b"[READ-ONLY] examined" if cmd == b"EXAMINE" else b"[READ-WRITE] selected")
+            elif cmd == b"UID" and args:
+                sub = args[0].upper()
+                seqs = {u: i for i, u in enumerate(sorted(self.msgs), start=1)}
+                if sub == b"FETCH":
+                    rest = b" ".join(args[2:])
+                    m = re.search(rb"BODY\.PEEK\[\]<(\d+)\.(\d+)>", rest, re.I)
+                    out = b""
+                    for u in self._set(args[1]):
+                        if m:
+                            off, ln = int(m.group(1)), int(m.group(2))
+                            piece = self.msgs[u][off:off + ln]
+                            out += (b"* %d FETCH (UID %d BODY[]<%d> {%d}\r\n"
+                                    % (seqs[u], u, off, len(piece)) + piece + b")\r\n")
+                        else:
+                            out += b"* %d FETCH (UID %d RFC822.SIZE %d)\r\n" % (
+                                seqs[u], u, len(self.msgs[u]))
+                    c.sendall(out)
+                    done(b"fetched")
+                elif sub == b"STORE" and len(args) >= 4:
+                    flag = b" ".join(args[3:]).strip(b"()")
+                    for u in self._set(args[1]):
+                        if args[2].startswith(b"+"):
+                            self.flags[u].add(flag)
+                        elif args[2].startswith(b"-"):
+                            self.flags[u].discard(flag)
+                    done(b"stored")
+                elif sub == b"EXPUNGE" and len(args) >= 2:
+                    gone = [u for u in self._set(args[1]) if b"\\Deleted" in self.flags[u]]
+                    for u in sorted(gone, reverse=True):
+                        c.sendall(b"* %d EXPUNGE\r\n" % seqs[u])
+                    for u in gone:
+                        del self.msgs[u]
+                        del self.flags[u]
+                    done(b"expunged")
+                elif sub == b"SEARCH":
+                    found = [u for u in sorted(self.msgs) if b"\\Deleted" in self.flags[u]]
+                    c.sendall(b"* SEARCH" + b"".join(b" %d" % u for u in found) + b"\r\n")
+                    done(b"searched")
+                else:
+                    c.sendall(tag + b" BAD unknown UID command\r\n")
+            elif cmd == b"EXPUNGE":
+                seqs = {u: i for i, u in enumerate(sorted(self.msgs), start=1)}
+                gone = [u for u in sorted(self.msgs) if b"\\Deleted" in self.flags[u]]
+                for u in sorted(gone, reverse=True):
+                    c.sendall(b"* %d EXPUNGE\r\n" % seqs[u])
+                for u in gone:
+                    del self.msgs[u]
+                    del self.flags[u]
+                done(b"expunged")
+            elif cmd == b"LOGOUT":
+                c.sendall(b"* BYE bye\r\n")
+                done(b"bye")
+                return
+            elif cmd in (b"UNSELECT", b"ID", b"ENABLE"):
+                done()
+            else:
+                c.sendall(tag + b" BAD unknown command\r\n")

@@ -3,7 +3,7 @@
 
 import time
 
-from helpers import (FakeBackend, Pop3, ScriptedImap, garbage_handler, ok,
+from helpers import (FakeBackend, FakeImap, Pop3, ScriptedImap, garbage_handler, ok,
                      silent_handler)
 import testbed
 
@@ -76,21 +76,75 @@ def test_backend_dying_mid_retr_gives_no_terminating_dot(make_server):
 
 
 def test_login_command_sent_to_backend_escapes_credentials(make_server):
-    """Records what the server sends: the LOGIN (or AUTHENTICATE) for a
-    password with quote/backslash/braces is one well-formed command."""
-    script = ScriptedImap(size=1000, cut_at=10_000)
-    fb = FakeBackend(script)
+    """The exact LOGIN the server sends for a password with quote, backslash,
+    braces and spaces: both arguments quoted strings, '"' and '\\' escaped
+    (the greeting carries the capabilities, so LOGIN is the first command,
+    A0001).  DELE + QUIT then sends exactly UID STORE +FLAGS.SILENT
+    (\\Deleted) and UID EXPUNGE of that UID, and never CLOSE."""
+    fake = FakeImap()
+    fb = FakeBackend(fake)
     try:
         s = make_server(["--backend-timeout", "5"], backend_port=fb.port)
         with Pop3(s.port) as p:
             assert ok(p.login("dave", 'p"a\\ss {5} w'))
-            p.quit()
-        login = [c for c in script.log if b" LOGIN " in c.upper() or b" AUTHENTICATE " in c.upper()]
-        assert login, script.log
-        cmd = login[0]
-        if b" LOGIN " in cmd.upper():
-            assert (b'"p\\"a\\\\ss {5} w"' in cmd) or (b"{12" in cmd), cmd
-        words = [c.split(b" ")[1].strip().upper() for c in script.log if b" " in c]
-        assert b"CLOSE" not in words and b"EXPUNGE" not in words, words
+            assert p.stat()[0] == 3
+            assert ok(p.cmd("DELE 2"))
+            assert ok(p.quit())
+        print(fake.log)
+        assert fake.log[0] == b'A0001 LOGIN "dave" "p\\"a\\\\ss {5} w"\r\n', fake.log
+        cmds = fake.commands()
+        assert cmds[1] == b'SELECT "INBOX"', cmds
+        assert cmds[2] == b"UID FETCH 1:* (UID RFC822.SIZE)", cmds
+        assert cmds[3:5] == [b"UID STORE 2 +FLAGS.SILENT (\\Deleted)", b"UID EXPUNGE 2"], cmds
+        assert not [c for c in cmds if c.upper().startswith((b"CLOSE", b"EXPUNGE"))], cmds
+        assert cmds[-1] == b"LOGOUT", cmds
+        assert fake.uids() == [1, 3]
+    finally:
+        fb.stop()
+
+
+def test_login_with_8bit_password_uses_a_literal(make_server):
+    """An 8-bit password never goes inside a quoted string: it is a
+    synchronizing literal {N} followed by exactly those octets."""
+    pw = "pässwörd".encode("utf-8")
+    fake = FakeImap()
+    fb = FakeBackend(fake)
+    try:
+        s = make_server(["--backend-timeout", "5"], backend_port=fb.port)
+        with Pop3(s.port) as p:
+            assert ok(p.login(b"utf8user", pw))
+            assert ok(p.quit())
+        print(fake.log)
+        assert fake.log[0] == b'A0001 LOGIN "utf8user" {%d}\r\n' % len(pw) + pw + b"\r\n", \
+            fake.log
+        assert len(pw) == 10
+        # latin-1 too (one byte per letter)
+        fake2 = FakeImap()
+        fb2 = FakeBackend(fake2)
+        try:
+            s2 = make_server(["--backend-timeout", "5"], backend_port=fb2.port)
+            pw1 = "pässwörd".encode("latin-1")
+            with Pop3(s2.port) as p:
+                assert ok(p.login(b"utf8user", pw1))
+                assert ok(p.quit())
+            assert fake2.log[0] == b'A0001 LOGIN "utf8user" {8}\r\n' + pw1 + b"\r\n", fake2.log
+        finally:
+            fb2.stop()
+    finally:
+        fb.stop()
+
+
+def test_capability_asked_when_greeting_has_none(make_server):
+    """A greeting without [CAPABILITY]: the server asks (A0001 CAPABILITY)
+    and LOGIN becomes A0002."""
+    fake = FakeImap(greeting_caps=False)
+    fb = FakeBackend(fake)
+    try:
+        s = make_server(["--backend-timeout", "5"], backend_port=fb.port)
+        with Pop3(s.port) as p:
+            assert ok(p.login("dave", 'p"a\\ss {5} w'))
+            assert ok(p.quit())
+        assert fake.log[:2] == [b"A0001 CAPABILITY\r\n",
+                                b'A0002 LOGIN "dave" "p\\"a\\\\ss {5} w"\r\n'], fake.log
     finally:
         fb.stop()
