@@ -30,6 +30,8 @@ impl Listener {
 
     /// Serves the sockets until accepting fails on all of them.
     pub fn run(self, listeners: Vec<TcpListener>) -> io::Result<()> {
+        // Resolved once, at start: after a package upgrade the children run
+        // the new binary at this path.
         let exe = std::env::current_exe()?;
         let this = Arc::new(self);
         {
