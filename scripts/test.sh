@@ -29,6 +29,9 @@ command -v lintian >/dev/null 2>&1 || need_pkgs+=(lintian)
 command -v rpm >/dev/null 2>&1 || need_pkgs+=(rpm)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
+command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
+command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 
 if [ "${#need_pkgs[@]}" -gt 0 ] && [ -z "${SKIP_APT:-}" ]; then
     step "apt-get install ${need_pkgs[*]}"
@@ -61,6 +64,8 @@ if [ "$POP3SERVER_PACKAGE_TESTS" = 1 ]; then
     step "packages (.deb, .rpm)"
     ./scripts/package.sh
     export POP3SERVER_PACKAGE_REUSE=1
+    # Everything the tests need is installed now: a skipped test is a failure.
+    export POP3SERVER_REQUIRE_ALL="${POP3SERVER_REQUIRE_ALL:-1}"
 fi
 
 step "integration tests"

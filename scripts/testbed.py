@@ -212,6 +212,13 @@ service anvil {{
 protocol imap {{
   mail_max_userip_connections = 1000
 }}
+# Connections to {no_uidplus} see a backend without UIDPLUS (before and
+# after login), for pop3server's UID SEARCH DELETED + EXPUNGE path.
+local {no_uidplus} {{
+  protocol imap {{
+    imap_capability = {no_uidplus_caps}
+  }}
+}}
 """
 
 
@@ -219,8 +226,11 @@ class Dovecot:
     """One private Dovecot instance rooted at ``directory``."""
 
     #: addresses of both listeners; 127.0.0.2 lets tests reach Dovecot by a
-    #: name its certificate does not carry (the host-name check)
-    ADDRESSES = ("127.0.0.1", "127.0.0.2")
+    #: name its certificate does not carry (the host-name check); on
+    #: 127.0.0.3 Dovecot announces NO_UIDPLUS_CAPS (no UIDPLUS)
+    ADDRESSES = ("127.0.0.1", "127.0.0.2", "127.0.0.3")
+    NO_UIDPLUS_HOST = "127.0.0.3"
+    NO_UIDPLUS_CAPS = "IMAP4rev1 SASL-IR LITERAL+ ID ENABLE IDLE"
     MASTER_USER = "master"
     MASTER_PASSWORD = "masterpw"
 
@@ -266,7 +276,9 @@ class Dovecot:
         with open(self.conf, "w") as f:
             f.write(CONFIG_TEMPLATE.format(d=self.dir, port=self.port, uid=self.uid,
                                            gid=self.gid, ssl=ssl, imaps_port=self.imaps_port,
-                                           addresses=", ".join(self.ADDRESSES)))
+                                           addresses=", ".join(self.ADDRESSES),
+                                           no_uidplus=self.NO_UIDPLUS_HOST,
+                                           no_uidplus_caps=self.NO_UIDPLUS_CAPS))
         with open(self.master_users_file, "w") as f:
             f.write("%s:{PLAIN}%s::::::\n" % (self.MASTER_USER, self.MASTER_PASSWORD))
         os.chmod(self.master_users_file, 0o644)

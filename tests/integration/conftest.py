@@ -139,6 +139,48 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "service: inetd/systemd service-mode tests")
 
 
+# ----- POP3SERVER_REQUIRE_ALL=1: a skipped test fails the run ----------------
+
+_SKIPPED = []  # (test id, reason)
+
+
+def _require_all() -> bool:
+    return os.environ.get("POP3SERVER_REQUIRE_ALL") == "1"
+
+
+def pytest_runtest_logreport(report):
+    if report.skipped and not hasattr(report, "wasxfail"):
+        reason = report.longrepr
+        if isinstance(reason, tuple) and len(reason) == 3:
+            reason = reason[2]
+        _SKIPPED.append((report.nodeid, str(reason)))
+
+
+def pytest_collectreport(report):
+    if report.skipped:  # a whole module skipped at import
+        reason = report.longrepr
+        if isinstance(reason, tuple) and len(reason) == 3:
+            reason = reason[2]
+        _SKIPPED.append((report.nodeid, str(reason)))
+
+
+def pytest_sessionfinish(session, exitstatus):
+    if _require_all() and _SKIPPED and session.exitstatus == 0:
+        session.exitstatus = 1
+
+
+def pytest_terminal_summary(terminalreporter, exitstatus, config):
+    if not _SKIPPED:
+        return
+    tr = terminalreporter
+    if _require_all():
+        tr.section("POP3SERVER_REQUIRE_ALL=1: skipped tests fail the run", red=True, bold=True)
+    else:
+        tr.section("skipped tests (POP3SERVER_REQUIRE_ALL=1 makes these fail the run)")
+    for nodeid, reason in _SKIPPED:
+        tr.write_line("SKIPPED %s: %s" % (nodeid, reason))
+
+
 @pytest.fixture(scope="session")
 def workdir():
     d = tempfile.mkdtemp(prefix="p3it-")

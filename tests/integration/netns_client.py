@@ -7,7 +7,9 @@ for "localhost"), where an
 action is ["cmd", LINE] (one status line back), ["multi", LINE] (status line
 and, after +OK, the lines of the multi-line answer), ["stls"] (STLS, and the
 TLS handshake after +OK, checking the certificate against cafile for the
-name "localhost"), or ["peer"] (the client's own address).  Prints the
+name "localhost"), ["peer"] (the client's own address), ["send", DATA]
+(DATA, latin-1, sent as is: for pipelining; no answer read) or ["read"]
+(one status line).  Prints the
 transcript as JSON: [[action, answer], ...]; the first entry is the greeting.
 """
 
@@ -42,6 +44,11 @@ def main() -> int:
                 ctx = ssl.create_default_context(cafile=req["cafile"])
                 p.starttls(ctx, server_hostname="localhost")
             out.append([action, st.decode("latin-1")])
+        elif kind == "send":
+            p.send(action[1].encode("latin-1"))
+            out.append([action, None])
+        elif kind == "read":
+            out.append([action, p.readline().decode("latin-1")])
         elif kind == "peer":
             out.append([action, "%s:%d" % p.sock.getsockname()[:2]])
         else:

@@ -156,3 +156,50 @@ def test_dele_of_message_expunged_by_other_client_then_quit(dovecot, server, fre
         st = p.quit()
         assert ok(st), st
     assert uids_of(dovecot, user) == [3]
+
+
+# --------------------------------------------------------------------------
+# a backend without UIDPLUS: Dovecot on 127.0.0.3 (imap_capability without
+# UIDPLUS, see scripts/testbed.py); the command sequence itself is checked
+# against a recording peer in test_backend_commands.py
+# --------------------------------------------------------------------------
+
+def no_uidplus_server(dovecot, make_server):
+    return make_server(["--backend-host", dovecot.dc.NO_UIDPLUS_HOST, "--backend-tls", "none"])
+
+
+def test_no_uidplus_dele_quit_expunges_when_no_other_is_deleted(dovecot, make_server,
+                                                                 fresh_user):
+    user = fresh_user(4)
+    s = no_uidplus_server(dovecot, make_server)
+    with Pop3(s.port) as p:
+        assert ok(p.login(user, "secret"))
+        assert ok(p.cmd("DELE 1"))
+        assert ok(p.cmd("DELE 3"))
+        assert ok(p.quit())
+    assert uids_of(dovecot, user) == [2, 4]
+    for fl in flags_of(dovecot, user).values():
+        assert b"\\Deleted" not in fl
+    assert "UIDPLUS" not in s.log()  # no warning: everything flagged was ours
+
+
+def test_no_uidplus_spares_another_clients_deleted_message(dovecot, make_server, fresh_user):
+    """Another IMAP client flags message 4 \\Deleted (without expunging)
+    during our session: QUIT answers +OK, but nothing is expunged: ours stay
+    flagged, theirs is not expunged by us, and a warning is logged."""
+    user = fresh_user(4)
+    s = no_uidplus_server(dovecot, make_server)
+    with Pop3(s.port) as p:
+        assert ok(p.login(user, "secret"))
+        assert ok(p.cmd("DELE 1"))
+        assert ok(p.cmd("DELE 2"))
+        with ImapView(dovecot.dc, user) as v:
+            typ, data = v.m.uid("STORE", "4", "+FLAGS.SILENT", "(\\Deleted)")
+            assert typ == "OK", data
+        st = p.quit()
+        assert ok(st), st
+    assert uids_of(dovecot, user) == [1, 2, 3, 4]
+    flags = flags_of(dovecot, user)
+    assert b"\\Deleted" in flags[1] and b"\\Deleted" in flags[2], flags
+    assert b"\\Deleted" not in flags[3] and b"\\Deleted" in flags[4], flags
+    assert s.wait_log(r"(?i)WARN.*no UIDPLUS.*left 2 messages flagged", 5), s.log()[-2000:]

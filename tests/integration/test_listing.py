@@ -3,7 +3,7 @@
 
 import re
 
-from helpers import ImapView, Pop3, dovecot_uidl, err, ok
+from helpers import FakeBackend, FakeImap, ImapView, Pop3, dovecot_uidl, err, ok
 import testbed
 
 
@@ -95,15 +95,49 @@ def test_empty_maildrop(dovecot, server, fresh_user):
         assert ok(p.quit())
 
 
-def test_stat_list_uidl_do_not_download_bodies(dovecot, server):
-    # Pins a speed property indirectly: STAT/LIST/UIDL on carol (20 MiB inside)
-    # answer quickly even on a slow path.
-    import time
-    with Pop3(server.port) as p:
-        assert ok(p.login("carol", "secret"))
-        t0 = time.monotonic()
-        p.stat()
-        p.list()
-        p.uidl()
-        assert time.monotonic() - t0 < 5
-        p.quit()
+def test_stat_list_uidl_do_not_download_bodies(make_server):
+    """A scripted backend records every command: STAT, LIST, UIDL (with and
+    without an argument) use the one snapshot UID FETCH 1:* (UID RFC822.SIZE)
+    and never ask for a body."""
+    msgs = [b"From: a@example.org\r\nSubject: %d\r\n\r\n" % i + b"x" * (100 * i) + b"\r\n"
+            for i in (1, 2, 3)]
+    fake = FakeImap(messages=msgs, uids=[3, 7, 12], uidvalidity=0x5f3c2a10)
+    fb = FakeBackend(fake)
+    try:
+        s = make_server(["--backend-timeout", "5"], backend_port=fb.port)
+        with Pop3(s.port) as p:
+            assert ok(p.login("alice", "secret"))
+            assert p.stat() == (3, sum(len(m) for m in msgs))
+            assert p.list() == {n: len(m) for n, m in enumerate(msgs, start=1)}
+            assert p.cmd("LIST 2") == b"+OK 2 %d" % len(msgs[1])
+            assert p.uidl() == {1: b"000000035f3c2a10", 2: b"000000075f3c2a10",
+                                3: b"0000000c5f3c2a10"}
+            assert p.cmd("UIDL 3") == b"+OK 3 0000000c5f3c2a10"
+            assert ok(p.quit())
+    finally:
+        fb.stop()
+    cmds = fake.commands()
+    print(cmds)
+    for c in cmds:
+        u = c.upper()
+        assert b"BODY" not in u and b"RFC822]" not in u and b"RFC822 " not in u \
+            and not u.endswith(b"RFC822") and b"RFC822.TEXT" not in u \
+            and b"RFC822.HEADER" not in u, c
+    fetches = [c for c in cmds if b"FETCH" in c.upper()]
+    assert fetches == [b"UID FETCH 1:* (UID RFC822.SIZE)"], cmds
+    assert cmds == [b'LOGIN "alice" "secret"', b'SELECT "INBOX"',
+                    b"UID FETCH 1:* (UID RFC822.SIZE)", b"LOGOUT"], cmds
+
+
+def test_uidl_format_template_end_to_end(dovecot, make_server):
+    """--uidl-format "%v.%u": UIDVALIDITY and UID in decimal."""
+    with ImapView(dovecot.dc, "alice") as v:
+        uv = v.uidvalidity()
+        uids = v.uids()
+    s = make_server(["--uidl-format", "%v.%u"])
+    with Pop3(s.port) as p:
+        assert ok(p.login("alice", "secret"))
+        u = p.uidl()
+        assert u == {n: b"%d.%d" % (uv, uid) for n, uid in enumerate(uids, start=1)}, u
+        assert p.cmd("UIDL 2") == b"+OK 2 %d.%d" % (uv, uids[1])
+        assert ok(p.quit())

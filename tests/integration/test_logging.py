@@ -1,6 +1,14 @@
-"""One summary line per session; passwords never in the log."""
+"""One summary line per session; passwords and SASL responses never in the
+log, not even with -d (debug)."""
 
-from helpers import Pop3, ok
+import base64
+import re
+
+import pytest
+
+from helpers import Pop3, StandaloneServer, err, ok
+
+b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
 
 
 def test_session_summary_line(server):
@@ -22,33 +30,118 @@ def test_summary_line_for_disconnect(server, fresh_user):
         server.log()[-2000:]
 
 
-def test_password_never_in_log(dovecot, make_server, fresh_user):
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+def test_password_never_in_log(dovecot, make_server, fresh_user, debug):
     pw = "Xq9-Sup3rS3cret-pw"
     wrong = "Wr0ngPw-Zz8-unique"
     user = fresh_user(2, password=pw)
-    s = make_server(["--max-login-failures", "5"])
+    s = make_server(["--max-login-failures", "5"] + (["-d"] if debug else []))
     with Pop3(s.port) as p:
         assert p.login(user, wrong).startswith(b"-ERR [AUTH]")
         assert p.login("alice", wrong).startswith(b"-ERR [AUTH]")
+        # SASL too: PLAIN with the wrong and the right password, LOGIN
+        st = p.cmd("AUTH PLAIN " + b64(b"\0" + user.encode() + b"\0" + wrong.encode()))
+        assert st.startswith(b"-ERR [AUTH]"), st
+        assert p.cmd("AUTH LOGIN").startswith(b"+ ")
+        assert p.cmd(b64(user.encode())).startswith(b"+ ")
+        assert p.cmd(b64(wrong.encode())).startswith(b"-ERR [AUTH]")
         assert ok(p.login(user, pw))
         p.retr(1)
         assert ok(p.quit())
     assert s.wait_log(r"end=quit", 5)
     log = s.log()
     assert user in log
-    for secret in (pw, wrong):
-        assert secret not in log
-    # also not in Dovecot's log via some debug path of ours (sanity)
+    if debug:
+        assert "DEBUG" in log or "debug" in log.lower(), log[-2000:]
+    for secret in (pw, wrong, b64(wrong.encode()),
+                   b64(b"\0" + user.encode() + b"\0" + wrong.encode())):
+        assert secret not in log, secret
+    assert_no_piece_of(b64(b"\0" + user.encode() + b"\0" + wrong.encode()), log, user)
 
 
-def test_special_passwords_never_in_log(server):
-    with Pop3(server.port) as p:
+@pytest.mark.parametrize("debug", [False, True], ids=["info", "debug"])
+def test_special_passwords_never_in_log(make_server, debug):
+    s = make_server(["-d"] if debug else [])
+    with Pop3(s.port) as p:
         assert ok(p.login("dave", 'p"a\\ss {5} w'))
         assert ok(p.quit())
-    with Pop3(server.port) as p:
+    with Pop3(s.port) as p:
         assert ok(p.login("utf8user", "pässwörd".encode("utf-8")))
         assert ok(p.quit())
-    assert server.wait_log(r"user=utf8user\b.*end=quit", 5)
-    raw = open(server.log_path, "rb").read()
-    for pw in ('p"a\\ss {5} w'.encode(), "pässwörd".encode("utf-8"), b"ss {5} w"):
-        assert pw not in raw
+    assert s.wait_log(r"user=utf8user\b.*end=quit", 5)
+    raw = open(s.log_path, "rb").read()
+    for pw in ('p"a\\ss {5} w'.encode(), "pässwörd".encode("utf-8"), b"ss {5} w",
+               "pässwörd".encode("latin-1"), "sswörd".encode("utf-8"),
+               b"p\\\"a", b"p\\x22a"):
+        assert pw not in raw, pw
+
+
+def assert_no_piece_of(token: str, log: str, user: str = "") -> None:
+    """No 6-character piece of ``token`` (base64 of credentials) is in the
+    log, except pieces that are in the user name's own base64 (the log names
+    the user)."""
+    allowed = b64(b"\0" + user.encode() + b"\0")[:-4] if user else ""
+    for i in range(len(token) - 5):
+        piece = token[i:i + 6]
+        if piece in allowed:
+            continue
+        assert piece not in log, "piece %r of the SASL response %r is in the log" % (piece, token)
+
+
+SASL_PW = "Kq7-pipelined-Pw"
+
+
+def pipelined_sasl(user: str = "alice", pw: str = SASL_PW) -> str:
+    return b64(b"\0" + user.encode() + b"\0" + pw.encode())
+
+
+def test_pipelined_sasl_response_after_refused_auth_not_in_debug_log(make_server):
+    """``AUTH FOO`` (no such mechanism) with the SASL response pipelined
+    behind it: the response line is then read as a command; with -d neither
+    it, nor any 6-character piece of it, nor the password is logged."""
+    s = make_server(["-d"])
+    token = pipelined_sasl()
+    for mech in ("FOO", "X" * 40, "PLAIN-X"):
+        with Pop3(s.port) as p:
+            p.send(b"AUTH %s\r\n%s\r\nSTAT\r\n" % (mech.encode(), token.encode()))
+            assert err(p.readline())          # AUTH FOO
+            assert err(p.readline())          # the base64 line as a command
+            st = p.readline()                 # STAT: not logged in
+            assert st.startswith(b"-ERR") and b"logged in" in st, st
+            assert p.pending(0.2) == b""
+            assert b"TOP" in p.capa()         # in sync
+            assert ok(p.quit())
+    assert s.wait_log(r"(?s)(session end: .*){3}", 5), s.log()[-2000:]
+    log = s.log()
+    assert "DEBUG" in log or "command" in log, log[-2000:]
+    assert SASL_PW not in log and token not in log
+    assert_no_piece_of(token, log)
+
+
+def test_pipelined_sasl_response_refused_off_loopback_not_in_debug_log(dovecot, workdir,
+                                                                       netns):
+    """From a non-loopback client without TLS AUTH is refused; the SASL
+    response (and a PASS) pipelined behind it must not reach the -d log."""
+    token = pipelined_sasl()
+    s = StandaloneServer(workdir, dovecot.port, ["-d"], name="ns-sasl-log",
+                         listen_host=netns.server_addr)
+    try:
+        t = netns.run_client(s.port, [
+            ["send", "AUTH PLAIN\r\n%s\r\nAUTH PLAIN %s\r\nUSER alice\r\nPASS %s\r\n"
+                     "NOOP\r\n" % (token, token, SASL_PW)],
+            ["read"], ["read"], ["read"], ["read"], ["read"], ["read"],
+            ["cmd", "QUIT"],
+        ])
+        print(t)
+        answers = [a for _, a in t[2:8]]
+        assert all(a.startswith("-ERR") for a in answers), t
+        assert "logged in" in answers[5], t  # NOOP before login: still in sync
+        assert t[8][1].startswith("+OK"), t
+        assert s.wait_log(r"session end: .*client=%s" % re.escape(netns.client_addr), 5), \
+            s.log()[-2000:]
+    finally:
+        s.stop()
+    log = s.log()
+    assert "DEBUG" in log or "command" in log, log[-2000:]
+    assert SASL_PW not in log and token not in log
+    assert_no_piece_of(token, log)

@@ -9,8 +9,9 @@ pop3server): runs only with POP3SERVER_PACKAGE_TESTS=1, as root.
 POP3SERVER_PACKAGE_REUSE=1 uses packages already in target/packages/
 instead of running scripts/package.sh.
 
-Needs (Debian): dpkg, lintian, rpm, systemd (systemd-socket-activate,
-systemd-analyze, systemd-sysusers). Select with ``-m packages``.
+Needs (Debian): dpkg, lintian, rpm, man-db, util-linux (setpriv), systemd
+(systemd-socket-activate, systemd-analyze, systemd-sysusers); a missing
+tool fails the test that needs it. Select with ``-m packages``.
 """
 
 from __future__ import annotations
@@ -311,18 +312,18 @@ def test_deb_install_use_purge(packages, dovecot, fresh_user, workdir):
         # nothing enabled or started
         assert enabled_links() == links_before, enabled_links()
         # the man page
-        if shutil.which("man"):
-            r = run(["man", "-w", "pop3server"], check=False)
-            assert r.stdout.strip() == "/usr/share/man/man8/pop3server.8.gz", r.stdout + r.stderr
+        man = need("man", "man-db")
+        r = run([man, "-w", "pop3server"], check=False)
+        assert r.stdout.strip() == "/usr/share/man/man8/pop3server.8.gz", r.stdout + r.stderr
         # the installed units, with the installed binary and man page
-        if shutil.which("systemd-analyze"):
-            r = run(["systemd-analyze", "verify"] + UNITS, check=False, timeout=120)
-            assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
-            r = run(["systemd-analyze", "security", "--offline=yes",
-                     "/usr/lib/systemd/system/pop3server@.service"], timeout=120)
-            m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
-            assert m and float(m.group(1)) <= 2.0, r.stdout
-            print("installed pop3server@.service exposure: " + m.group(1))
+        sa = need("systemd-analyze", "systemd")
+        r = run([sa, "verify"] + UNITS, check=False, timeout=120)
+        assert r.returncode == 0 and not (r.stdout + r.stderr).strip(), r.stdout + r.stderr
+        r = run([sa, "security", "--offline=yes",
+                 "/usr/lib/systemd/system/pop3server@.service"], timeout=120)
+        m = re.search(r"Overall exposure level for \S+: (\d+\.\d+)", r.stdout)
+        assert m and float(m.group(1)) <= 2.0, r.stdout
+        print("installed pop3server@.service exposure: " + m.group(1))
 
         # ---- --check with a configuration for the testbed
         cfgdir = os.path.join(workdir, "pkgtest")
@@ -352,10 +353,9 @@ def test_deb_install_use_purge(packages, dovecot, fresh_user, workdir):
 
         # ---- a session through the installed binary, inetd-style, as the
         # package's user with the package's lock directory (the default)
-        setpriv = shutil.which("setpriv")
-        cmd = ["/usr/sbin/pop3server", "--config", conf]
-        if setpriv:
-            cmd = [setpriv, "--reuid=pop3server", "--regid=pop3server", "--clear-groups"] + cmd
+        setpriv = need("setpriv", "util-linux")
+        cmd = [setpriv, "--reuid=pop3server", "--regid=pop3server", "--clear-groups",
+               "/usr/sbin/pop3server", "--config", conf]
         ssa_session(cmd, free_port(), dovecot.dc, user, os.path.join(cfgdir, "ssa.log"))
 
         # ---- remove: conffile stays; purge: everything goes

@@ -199,10 +199,42 @@ def test_capa_lists_the_offered_extensions(server):
         for c in (b"TOP", b"UIDL", b"USER", b"RESP-CODES", b"PIPELINING", b"AUTH-RESP-CODE"):
             assert c in caps, (c, body)
         assert b"STLS" not in caps  # no certificate configured
+        assert b"IMPLEMENTATION" not in caps  # not configured
         assert ok(p.login("alice", "secret"))
         st, body = p.multi("CAPA")
         assert ok(st)
-        p.quit()
+        caps = [ln.split(b" ")[0].upper() for ln in body.split(b"\r\n") if ln]
+        # TRANSACTION state: no login mechanisms any more (RFC 2449)
+        for c in (b"USER", b"SASL", b"STLS"):
+            assert c not in caps, (c, body)
+        for c in (b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING"):
+            assert c in caps, (c, body)
+        assert ok(p.quit())
+
+
+def test_capa_after_login_with_stls_configured(dovecot, make_server):
+    s = make_server(["--tls-cert", dovecot.tls["cert"], "--tls-key", dovecot.tls["key"]])
+    with Pop3(s.port) as p:
+        before = [ln.split(b" ")[0].upper() for ln in p.capa()]
+        assert b"STLS" in before and b"USER" in before and b"SASL" in before, before
+        assert ok(p.login("alice", "secret"))
+        after = [ln.split(b" ")[0].upper() for ln in p.capa()]
+        for c in (b"USER", b"SASL", b"STLS"):
+            assert c not in after, (c, after)
+        for c in (b"TOP", b"UIDL", b"RESP-CODES", b"PIPELINING"):
+            assert c in after, (c, after)
+        assert ok(p.quit())
+
+
+def test_capa_implementation_when_configured(make_server):
+    s = make_server(["--implementation", "pop3server test"])
+    with Pop3(s.port) as p:
+        capa = p.capa()
+        assert b"IMPLEMENTATION pop3server test" in capa, capa
+        assert len([ln for ln in capa if ln.upper().startswith(b"IMPLEMENTATION")]) == 1, capa
+        assert ok(p.login("alice", "secret"))
+        assert b"IMPLEMENTATION pop3server test" in p.capa()
+        assert ok(p.quit())
 
 
 def test_greeting_has_no_apop_timestamp(server):

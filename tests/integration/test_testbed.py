@@ -35,3 +35,23 @@ def test_testbed_fresh_user_is_picked_up(dovecot):
     user = dovecot.fresh_user(3)
     with ImapView(dovecot.dc, user) as v:
         assert v.uids() == [1, 2, 3]
+
+
+def test_testbed_hides_uidplus_on_its_third_address(dovecot):
+    """Dovecot on 127.0.0.3 announces no UIDPLUS (before and after login);
+    on 127.0.0.1 it does (after login)."""
+    caps = {}
+    for host in ("127.0.0.1", dovecot.dc.NO_UIDPLUS_HOST):
+        m = imaplib.IMAP4(host, dovecot.port, timeout=30)
+        try:
+            pre = set(m.capabilities)
+            m.login("alice", PASSWORDS["alice"])
+            typ, data = m.capability()
+            assert typ == "OK"
+            caps[host] = (pre, set(data[0].decode().upper().split()))
+        finally:
+            m.logout()
+    assert "UIDPLUS" in caps["127.0.0.1"][1], caps
+    pre, post = caps[dovecot.dc.NO_UIDPLUS_HOST]
+    assert "UIDPLUS" not in pre and "UIDPLUS" not in post, caps
+    assert "IMAP4REV1" in post, caps

@@ -282,10 +282,26 @@ def test_stls_pipelined_commands_are_discarded(dovecot, make_server):
     assert "secret" not in log
 
 
-def test_stls_refused_after_login_and_unknown_when_not_configured(dovecot, stls_server):
+def test_stls_refused_after_login_and_unknown_when_not_configured(dovecot, stls_server,
+                                                                  server):
     with Pop3(stls_server.port) as p:
+        assert b"STLS" in names(p.capa())
         assert ok(p.login("alice", "secret"))
-        assert err(p.cmd("STLS"))
+        assert b"STLS" not in names(p.capa())
+        st = p.cmd("STLS")
+        assert err(st), st
+        assert ok(p.cmd("NOOP"))  # the session goes on, in plaintext
+        assert p.stat()[0] == 5
+        assert ok(p.quit())
+    # no tls_cert: STLS is not offered and is refused, before and after login
+    with Pop3(server.port) as p:
+        assert b"STLS" not in names(p.capa())
+        st = p.cmd("STLS")
+        assert err(st), st
+        assert ok(p.login("alice", "secret"))
+        st = p.cmd("STLS")
+        assert err(st), st
+        assert p.stat()[0] == 5
         assert ok(p.quit())
 
 
@@ -736,7 +752,10 @@ def test_auth_xoauth2_not_offered_by_dovecot(server):
     tok = b64(b"user=alice\x01auth=Bearer abc\x01\x01")
     with Pop3(server.port) as p:
         capa = p.capa()
-        assert b"XOAUTH2" not in (sasl_line(capa) or []), capa
+        mechs = sasl_line(capa)
+        assert mechs is not None, capa  # loopback: SASL is offered
+        assert b"PLAIN" in mechs, capa
+        assert b"XOAUTH2" not in mechs and b"OAUTHBEARER" not in mechs, capa
         st = p.cmd("AUTH XOAUTH2 " + tok)
         assert err(st), st
         st = p.cmd("AUTH OAUTHBEARER " + b64(b"n,a=alice,\x01auth=Bearer abc\x01\x01"))
@@ -895,4 +914,24 @@ def test_oauth_line_limit(oauth):
         assert err(st), st[:200]
         capa = p.capa()
         assert b"USER" in capa, capa
+        assert ok(p.quit())
+
+
+@pytest.mark.parametrize("mech", ["PLAIN", "LOGIN"])
+def test_sasl_continuation_over_32kib_is_refused_and_session_stays_in_sync(server, mech):
+    """A SASL response line longer than 32 KiB after ``+ ``: -ERR, the rest
+    of the line is skipped, and the next commands are answered in order."""
+    with Pop3(server.port) as p:
+        st = p.cmd("AUTH " + mech)
+        assert st.startswith(b"+ "), st
+        p.send(b"QUFB" * (9 * 1024) + b"\r\nNOOP\r\n")  # 36 KiB of base64
+        st = p.readline()
+        assert err(st), st[:200]
+        st = p.readline()  # NOOP before login: one -ERR line, not a SASL answer
+        assert err(st) and b"logged in" in st.lower(), st
+        assert p.pending(0.3) == b""
+        capa = p.capa()
+        assert b"TOP" in capa and sasl_line(capa), capa
+        assert ok(p.login("alice", "secret"))
+        assert p.stat()[0] == 5
         assert ok(p.quit())

@@ -1,0 +1,260 @@
+"""What the server sends to IMAP, recorded by a scripted peer
+(helpers.FakeImap): stalls and refusals at each step give -ERR [SYS/TEMP]
+within the backend timeout, a RETR cut after its first piece never ends
+with '.', LOGINDISABLED is honoured, read-only uses EXAMINE, and without
+UIDPLUS only our own messages are ever expunged."""
+
+import base64
+import time
+
+import pytest
+
+from helpers import FakeBackend, FakeImap, Pop3, ok, pop3_expected
+
+TIMEOUT_ARGS = ["--backend-timeout", "2", "--backend-connect-timeout", "2"]
+
+
+@pytest.fixture
+def fake_server(make_server):
+    """fake_server(fake, extra=()) -> server in front of that FakeImap."""
+    backends = []
+
+    def make(fake, extra=()):
+        fb = FakeBackend(fake)
+        backends.append(fb)
+        return make_server(list(TIMEOUT_ARGS) + list(extra), backend_port=fb.port)
+    yield make
+    for fb in backends:
+        fb.stop()
+
+
+def big_message(size: int) -> bytes:
+    """``size`` octets of numbered CRLF lines, none starting with '.'."""
+    head = b"From: fake@example.org\r\nSubject: big\r\n\r\n"
+    lines = b"".join(b"line %07d of a big scripted message ...........................\r\n" % i
+                     for i in range(size // 60 + 1))
+    return (head + lines)[:size - 2] + b"\r\n"
+
+
+# --------------------------------------------------------------------------
+# RETR against a stalling backend
+# --------------------------------------------------------------------------
+
+def test_retr_stall_on_first_piece_gives_sys_temp_and_closes(fake_server):
+    fake = FakeImap(stall=lambda cmd: b"BODY.PEEK[]<0." in cmd)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        t0 = time.monotonic()
+        st = p.cmd("RETR 1")
+        elapsed = time.monotonic() - t0
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+        assert 1.5 <= elapsed < 8, elapsed
+        assert p.wait_closed(5) == b""
+    assert fake.stalled and b"UID FETCH 1 (UID BODY.PEEK[]<0.262144>)" in fake.stalled[0], \
+        fake.stalled
+    # nothing was marked \Seen
+    assert not [c for c in fake.commands() if b"STORE" in c.upper()], fake.log
+    assert s.wait_log(r"end=backend-error", 5), s.log()[-2000:]
+
+
+def test_retr_stall_on_later_piece_cuts_without_final_dot(fake_server):
+    msg = big_message(600_000)
+    fake = FakeImap(messages=[msg], stall=lambda cmd: b"BODY.PEEK[]<262144." in cmd)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        assert p.cmd("LIST 1") == b"+OK 1 %d" % len(msg)
+        t0 = time.monotonic()
+        st = p.cmd("RETR 1")
+        assert ok(st), st
+        data = p.wait_closed(10)
+        elapsed = time.monotonic() - t0
+    print("RETR cut after the first piece: %d octets in %.1fs" % (len(data), elapsed))
+    assert 1.5 <= elapsed < 10, elapsed
+    expected = pop3_expected(msg)
+    assert 0 < len(data) < len(expected)
+    assert expected.startswith(data), "what arrived is not a prefix of the message"
+    assert len(data) >= 256 * 1024 - 200, "the first piece was not passed on: %d" % len(data)
+    assert not data.endswith(b".\r\n"), data[-100:]
+    assert b"\r\n.\r\n" not in data
+    assert not [c for c in fake.commands() if b"STORE" in c.upper()], fake.log
+
+
+# --------------------------------------------------------------------------
+# QUIT against a stalling or refusing UID EXPUNGE
+# --------------------------------------------------------------------------
+
+def test_quit_with_stalled_uid_expunge_gives_sys_temp(fake_server):
+    fake = FakeImap(stall=lambda cmd: b" UID EXPUNGE " in cmd.upper())
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        assert ok(p.cmd("DELE 2"))
+        t0 = time.monotonic()
+        st = p.cmd("QUIT")
+        elapsed = time.monotonic() - t0
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+        assert 1.5 <= elapsed < 8, elapsed
+        p.wait_closed(5)
+    cmds = fake.commands()
+    assert b"UID STORE 2 +FLAGS.SILENT (\\Deleted)" in cmds, cmds
+    assert fake.stalled == [fake.log[-1]] and fake.stalled[0].endswith(b" UID EXPUNGE 2\r\n")
+
+
+def expunge_refused(cmd: bytes):
+    if b" UID EXPUNGE " in cmd.upper():
+        return b"{tag} NO [SERVERBUG] expunge failed\r\n"
+    return None
+
+
+def test_quit_with_refused_uid_expunge_gives_sys_temp(fake_server):
+    fake = FakeImap(override=expunge_refused)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        assert ok(p.cmd("DELE 2"))
+        assert ok(p.cmd("DELE 3"))
+        st = p.cmd("QUIT")
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+        p.wait_closed(5)
+    cmds = fake.commands()
+    assert b"UID STORE 2:3 +FLAGS.SILENT (\\Deleted)" in cmds, cmds
+    assert b"UID EXPUNGE 2:3" in cmds, cmds
+    assert fake.uids() == [1, 2, 3]
+    assert not [c for c in cmds if c.upper().startswith((b"CLOSE", b"EXPUNGE"))], cmds
+
+
+def test_refused_uid_expunge_takes_the_deleted_flags_back(fake_server):
+    """After a NO to UID EXPUNGE the server removes the \\Deleted flags it set,
+    so no other client's EXPUNGE removes the messages later."""
+    fake = FakeImap(override=expunge_refused)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        assert ok(p.cmd("DELE 2"))
+        assert ok(p.cmd("DELE 3"))
+        assert p.cmd("QUIT").startswith(b"-ERR [SYS/TEMP]")
+        p.wait_closed(5)
+    cmds = fake.commands()
+    print(cmds)
+    i = cmds.index(b"UID EXPUNGE 2:3")
+    assert b"UID STORE 2:3 -FLAGS.SILENT (\\Deleted)" in cmds[i + 1:], cmds
+    assert all(b"\\Deleted" not in fl for fl in fake.flags.values()), fake.flags
+
+
+# --------------------------------------------------------------------------
+# LOGINDISABLED
+# --------------------------------------------------------------------------
+
+@pytest.mark.parametrize("sasl_ir", [False, True])
+def test_logindisabled_uses_authenticate_plain(fake_server, sasl_ir):
+    caps = b"IMAP4rev1 LOGINDISABLED AUTH=PLAIN" + (b" SASL-IR" if sasl_ir else b"")
+    fake = FakeImap(caps=caps, post_caps=b"IMAP4rev1 LITERAL+ UIDPLUS")
+    s = fake_server(fake)
+    with Pop3(s.port) as p:
+        assert ok(p.login("alice", 'p"a\\ss {5} w'))
+        assert p.stat()[0] == 3
+        assert ok(p.quit())
+    expected = base64.b64encode(b'\0alice\0p"a\\ss {5} w')
+    print(fake.log, fake.sasl)
+    if sasl_ir:
+        assert fake.log[0] == b"A0001 AUTHENTICATE PLAIN " + expected + b"\r\n", fake.log
+        assert fake.sasl == []
+    else:
+        assert fake.log[0] == b"A0001 AUTHENTICATE PLAIN\r\n", fake.log
+        assert fake.sasl == [expected + b"\r\n"], fake.sasl
+    assert not [c for c in fake.commands() if c.upper().startswith(b"LOGIN")], fake.log
+
+
+def test_logindisabled_with_starttls_sends_no_credentials(fake_server):
+    """--backend-tls none against a backend that wants STARTTLS first:
+    -ERR [SYS/TEMP], and neither LOGIN nor AUTHENTICATE nor the password
+    goes out."""
+    fake = FakeImap(caps=b"IMAP4rev1 LOGINDISABLED STARTTLS AUTH=PLAIN")
+    s = fake_server(fake, ["--backend-tls", "none"])
+    with Pop3(s.port) as p:
+        assert ok(p.cmd("USER alice"))
+        st = p.cmd("PASS Sup3r-secret")
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+    cmds = fake.commands()
+    assert not [c for c in cmds if c.upper().startswith((b"LOGIN", b"AUTHENTICATE"))], cmds
+    sent = b"".join(fake.log) + b"".join(fake.sasl)
+    assert b"Sup3r-secret" not in sent
+    assert base64.b64encode(b"\0alice\0Sup3r-secret")[:8] not in sent
+    assert s.wait_log(r"(?i)LOGINDISABLED", 5), s.log()[-2000:]
+
+
+# --------------------------------------------------------------------------
+# read-only and the listing
+# --------------------------------------------------------------------------
+
+def test_read_only_uses_examine_and_never_stores(fake_server):
+    fake = FakeImap()
+    s = fake_server(fake, ["--read-only", "true"])
+    with Pop3(s.port) as p:
+        assert ok(p.login("alice", "secret"))
+        st, body = p.retr(1)
+        assert ok(st) and body == fake.msgs[1]
+        st = p.cmd("DELE 2")
+        assert st.startswith(b"-ERR [SYS/PERM]"), st
+        assert ok(p.quit())
+    cmds = fake.commands()
+    assert cmds[1] == b'EXAMINE "INBOX"', cmds
+    assert not [c for c in cmds if b"STORE" in c.upper() or b"EXPUNGE" in c.upper()
+                or c.upper().startswith(b"SELECT")], cmds
+
+
+# --------------------------------------------------------------------------
+# without UIDPLUS: UID SEARCH DELETED, then EXPUNGE only if all are ours
+# --------------------------------------------------------------------------
+
+NO_UIDPLUS = b"IMAP4rev1 LITERAL+ UNSELECT ID"
+
+
+def test_no_uidplus_expunges_when_only_ours_are_deleted(fake_server):
+    fake = FakeImap(caps=NO_UIDPLUS)
+    s = fake_server(fake)
+    with Pop3(s.port) as p:
+        assert ok(p.login("alice", "secret"))
+        assert ok(p.cmd("DELE 1"))
+        assert ok(p.cmd("DELE 3"))
+        assert ok(p.quit())
+    cmds = fake.commands()
+    i = cmds.index(b"UID STORE 1,3 +FLAGS.SILENT (\\Deleted)")
+    assert cmds[i + 1:i + 3] == [b"UID SEARCH DELETED", b"EXPUNGE"], cmds
+    assert not [c for c in cmds if b"UID EXPUNGE" in c.upper() or c.upper() == b"CLOSE"], cmds
+    assert fake.uids() == [2]
+
+
+def test_no_uidplus_leaves_ours_flagged_when_others_are_deleted(fake_server):
+    fake = FakeImap(caps=NO_UIDPLUS)
+    fake.flags[2].add(b"\\Deleted")  # another client's, not expunged
+    s = fake_server(fake)
+    with Pop3(s.port) as p:
+        assert ok(p.login("alice", "secret"))
+        assert ok(p.cmd("DELE 1"))
+        st = p.cmd("QUIT")
+        assert ok(st), st
+        p.wait_closed(5)
+    cmds = fake.commands()
+    i = cmds.index(b"UID STORE 1 +FLAGS.SILENT (\\Deleted)")
+    assert cmds[i + 1] == b"UID SEARCH DELETED", cmds
+    assert not [c for c in cmds if c.upper() in (b"EXPUNGE", b"CLOSE")
+                or b"UID EXPUNGE" in c.upper()], cmds
+    assert fake.uids() == [1, 2, 3]
+    assert b"\\Deleted" in fake.flags[1] and b"\\Deleted" in fake.flags[2]
+    assert s.wait_log(r"(?i)WARN.*UIDPLUS.*flagged", 5), s.log()[-2000:]
+
+
+def test_no_dele_sends_no_store_or_expunge(fake_server):
+    fake = FakeImap()
+    s = fake_server(fake)
+    with Pop3(s.port) as p:
+        assert ok(p.login("alice", "secret"))
+        assert ok(p.cmd("DELE 1"))
+        assert ok(p.cmd("RSET"))
+        assert ok(p.quit())
+    cmds = fake.commands()
+    assert cmds[1:] == [b'SELECT "INBOX"', b"UID FETCH 1:* (UID RFC822.SIZE)", b"LOGOUT"], cmds
+    assert fake.uids() == [1, 2, 3]
