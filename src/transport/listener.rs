@@ -96,6 +96,8 @@ impl Listener {
             .stdin(Stdio::from(OwnedFd::from(stream)))
             .stdout(Stdio::from(OwnedFd::from(output)))
             .stderr(Stdio::inherit())
+            // Readiness is the listener's to report, not a session's.
+            .env_remove("NOTIFY_SOCKET")
             .spawn()?;
         children.push(child);
         Ok(())
