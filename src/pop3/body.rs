@@ -45,32 +45,38 @@ impl BodyEncoder {
         self.done
     }
 
-    pub fn push(&mut self, input: &[u8], out: &mut Vec<u8>) {
+    pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64);
-        for &b in input {
-            if self.done {
-                return;
-            }
-            if self.at_line_start && b == b'.' {
+        // Line by line: runs of bytes are copied whole, which keeps a large
+        // RETR cheap; only line starts and ends need a look.
+        while !input.is_empty() && !self.done {
+            if self.at_line_start && input[0] == b'.' {
                 out.push(b'.');
             }
-            if b == b'\n' {
-                if !self.prev_cr {
+            let (segment, ends_line) = match input.iter().position(|&b| b == b'\n') {
+                Some(lf) => (&input[..lf], true),
+                None => (input, false),
+            };
+            out.extend_from_slice(segment);
+            if let Some(top) = &mut self.top {
+                top.line_empty &= segment.iter().all(|&b| b == b'\r');
+            }
+            if ends_line {
+                let cr_before = segment.last().map_or(self.prev_cr, |&b| b == b'\r');
+                if !cr_before {
                     out.push(b'\r');
                 }
                 out.push(b'\n');
                 self.at_line_start = true;
                 self.prev_cr = false;
                 self.end_of_line();
-                continue;
-            }
-            out.push(b);
-            self.at_line_start = false;
-            self.prev_cr = b == b'\r';
-            if let Some(top) = &mut self.top
-                && b != b'\r'
-            {
-                top.line_empty = false;
+                input = &input[segment.len() + 1..];
+            } else {
+                if let Some(&last) = segment.last() {
+                    self.prev_cr = last == b'\r';
+                    self.at_line_start = false;
+                }
+                input = &[];
             }
         }
     }
@@ -176,5 +182,83 @@ mod tests {
             encode(BodyEncoder::top(1), &[msg]),
             b"A: 1\r\n\r\nx\r\n.\r\n"
         );
+    }
+
+    /// The rules one byte at a time: the obvious version, to check the
+    /// line-at-a-time one against.
+    fn reference(input: &[u8], top: Option<u64>) -> Vec<u8> {
+        let mut out = Vec::new();
+        let (mut at_start, mut prev_cr) = (true, false);
+        let (mut in_header, mut line_empty, mut left) = (true, true, top.unwrap_or(0));
+        for &b in input {
+            if at_start && b == b'.' {
+                out.push(b'.');
+            }
+            if b == b'\n' {
+                if !prev_cr {
+                    out.push(b'\r');
+                }
+                out.push(b'\n');
+                at_start = true;
+                prev_cr = false;
+                if top.is_some() {
+                    if in_header {
+                        if line_empty {
+                            in_header = false;
+                            if left == 0 {
+                                break;
+                            }
+                        }
+                        line_empty = true;
+                    } else {
+                        left -= 1;
+                        if left == 0 {
+                            break;
+                        }
+                    }
+                }
+                continue;
+            }
+            out.push(b);
+            at_start = false;
+            prev_cr = b == b'\r';
+            if b != b'\r' {
+                line_empty = false;
+            }
+        }
+        if !at_start {
+            if !prev_cr {
+                out.push(b'\r');
+            }
+            out.push(b'\n');
+        }
+        out.extend_from_slice(b".\r\n");
+        out
+    }
+
+    #[test]
+    fn line_at_a_time_matches_byte_at_a_time_on_random_input() {
+        use crate::imap::tests_support::Rng;
+        let mut rng = Rng(0x1234_5678_9abc_def1);
+        for _ in 0..5000 {
+            let len = rng.below(40);
+            let input: Vec<u8> = (0..len).map(|_| b".\r\nab"[rng.below(5)]).collect();
+            let top = match rng.below(3) {
+                0 => None,
+                _ => Some(rng.below(4) as u64),
+            };
+            let cut1 = rng.below(len + 1);
+            let cut2 = cut1 + rng.below(len - cut1 + 1);
+            let enc = match top {
+                None => BodyEncoder::retr(),
+                Some(n) => BodyEncoder::top(n),
+            };
+            let got = encode(enc, &[&input[..cut1], &input[cut1..cut2], &input[cut2..]]);
+            assert_eq!(
+                got,
+                reference(&input, top),
+                "input {input:?} top {top:?} cuts {cut1},{cut2}"
+            );
+        }
     }
 }
