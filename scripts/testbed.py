@@ -222,6 +222,38 @@ local {no_uidplus} {{
 """
 
 
+def stop_dovecot(directory: str, timeout: float = 10.0) -> None:
+    """Stops the private Dovecot rooted at ``directory`` (doveadm stop, then
+    SIGKILL to the master if it is still there after ``timeout``)."""
+    conf = os.path.join(directory, "dovecot.conf")
+    if not os.path.exists(conf):
+        return
+    pid = None
+    try:
+        with open(os.path.join(directory, "run", "master.pid")) as f:
+            pid = int(f.read().strip())
+    except (OSError, ValueError):
+        pass
+    try:
+        subprocess.run([find_doveadm(), "-c", conf, "stop"], stdin=subprocess.DEVNULL,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
+    except Exception:
+        pass
+    if not pid:
+        return
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return
+        time.sleep(0.05)
+    try:
+        os.kill(pid, 9)
+    except ProcessLookupError:
+        pass
+
+
 class Dovecot:
     """One private Dovecot instance rooted at ``directory``."""
 
@@ -371,25 +403,7 @@ class Dovecot:
             return None
 
     def stop(self, timeout: float = 10.0) -> None:
-        pid = self.master_pid()
-        try:
-            subprocess.run([find_doveadm(), "-c", self.conf, "stop"], stdin=subprocess.DEVNULL,
-                           stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
-        except Exception:
-            pass
-        if pid:
-            deadline = time.monotonic() + timeout
-            while time.monotonic() < deadline:
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        stop_dovecot(self.dir, timeout)
         self.started = False
 
     def log_text(self) -> str:
@@ -530,30 +544,7 @@ def main(argv: Optional[List[str]] = None) -> int:
               % (dc.port, dc.conf, dc.master_pid()))
         return 0
     if args.cmd == "stop":
-        d = os.path.abspath(args.dir)
-        conf = os.path.join(d, "dovecot.conf")
-        if not os.path.exists(conf):
-            return 0
-        pid = None
-        try:
-            with open(os.path.join(d, "run", "master.pid")) as f:
-                pid = int(f.read().strip())
-        except (OSError, ValueError):
-            pass
-        subprocess.run([find_doveadm(), "-c", conf, "stop"], stdin=subprocess.DEVNULL,
-                       stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=15)
-        if pid:
-            for _ in range(200):
-                try:
-                    os.kill(pid, 0)
-                except ProcessLookupError:
-                    break
-                time.sleep(0.05)
-            else:
-                try:
-                    os.kill(pid, 9)
-                except ProcessLookupError:
-                    pass
+        stop_dovecot(os.path.abspath(args.dir))
         return 0
     return 2
 
