@@ -18,6 +18,11 @@ pub const BACKEND_READ_CHUNK: usize = 64 * 1024;
 /// connection arrives.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
 
+/// Pause before accepting again when the listener ran out of file
+/// descriptors or memory: long enough for sessions to end, short enough
+/// not to drop clients that wait in the backlog.
+pub const ACCEPT_RETRY_DELAY: Duration = Duration::from_millis(100);
+
 /// Upper bound for any timeout setting: a day. Larger values are typos, and
 /// would overflow deadline arithmetic.
 pub const MAX_TIMEOUT_SECS: u64 = 86_400;

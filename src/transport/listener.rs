@@ -10,7 +10,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::thread;
 
-use crate::limits::REAP_INTERVAL;
+use crate::limits::{ACCEPT_RETRY_DELAY, REAP_INTERVAL};
 
 pub struct Listener {
     children: Arc<Mutex<Vec<Child>>>,
@@ -55,6 +55,13 @@ impl Listener {
                             if e.kind() == io::ErrorKind::Interrupted
                                 || e.kind() == io::ErrorKind::ConnectionAborted =>
                         {
+                            continue;
+                        }
+                        // Out of file descriptors or memory: wait for
+                        // sessions to end instead of giving up listening.
+                        Err(e) if is_resource_shortage(&e) => {
+                            log::error!("cannot accept a connection: {e}; retrying");
+                            thread::sleep(ACCEPT_RETRY_DELAY);
                             continue;
                         }
                         Err(e) => return Err(e),
@@ -102,6 +109,11 @@ impl Listener {
         children.push(child);
         Ok(())
     }
+}
+
+/// EMFILE, ENFILE, ENOBUFS, ENOMEM: accept(2) errors that pass.
+fn is_resource_shortage(e: &io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(23 | 24 | 105 | 12))
 }
 
 fn reap(children: &Mutex<Vec<Child>>) {
