@@ -57,16 +57,18 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
             }
             Err(e) => return Err(diagnose(config, &e)),
         }
-        let selected = client.select(&config.folder, true).map_err(|e| match e {
-            ImapError::Refused { info, .. } => {
-                format!("folder {} cannot be opened: {}", config.folder, info.text)
-            }
-            e => diagnose(config, &e),
-        })?;
-        say(
-            out,
-            &format!("folder {}: {} messages", config.folder, selected.exists),
-        );
+        for folder in &config.folders {
+            let selected = client.select(folder, true).map_err(|e| match e {
+                ImapError::Refused { info, .. } => {
+                    format!("folder {folder} cannot be opened: {}", info.text)
+                }
+                e => diagnose(config, &e),
+            })?;
+            say(
+                out,
+                &format!("folder {folder}: {} messages", selected.exists),
+            );
+        }
     }
     client.logout();
     say(out, "OK");

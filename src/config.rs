@@ -12,7 +12,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::limits;
-use crate::maildrop::UidlFormat;
+use crate::maildrop::{Maildrop, UidlFormat};
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
 pub const DEFAULT_LOCK_DIR: &str = "/run/pop3server";
@@ -41,7 +41,8 @@ pub struct Config {
     pub backend_tls_verify: bool,
     /// Send IMAP ID with the client's address (RFC 2971).
     pub backend_send_id: bool,
-    pub folder: String,
+    /// The IMAP folders that form the maildrop, in message-number order.
+    pub folders: Vec<String>,
     pub uidl_format: UidlFormat,
     pub mark_seen: bool,
     pub read_only: bool,
@@ -180,7 +181,7 @@ pub struct Flags {
     /// Backend protocol, as in older versions: IMAP (= --backend-tls none) or IMAPS (= implicit)
     #[arg(short = 'b', value_name = "IMAP|IMAPS")]
     pub backend_protocol: Option<String>,
-    /// IMAP folder that forms the maildrop [default: INBOX]
+    /// IMAP folders that form the maildrop, comma-separated, numbered in this order [default: INBOX]
     #[arg(long, value_name = "FOLDER", value_delimiter = ',')]
     pub folders: Option<Vec<String>>,
     /// UIDL format: "dovecot" (%08Xu%08Xv) or a template of %u, %v, %Xu, %08Xv... [default: dovecot]
@@ -320,22 +321,41 @@ impl Config {
             .folders
             .or(file.folders)
             .unwrap_or_else(|| vec!["INBOX".into()]);
-        let folder = match folders.as_slice() {
-            [one] if !one.is_empty() => one.clone(),
-            _ => {
-                return Err(value_err(
-                    folders_flag,
-                    "folders",
-                    "exactly one folder is supported, e.g. [\"INBOX\"]".into(),
-                ));
-            }
+        let folders_problem = if folders.is_empty() {
+            Some("needs at least one folder, e.g. [\"INBOX\"]")
+        } else if folders
+            .iter()
+            .any(|f| f.is_empty() || f.bytes().any(|b| b.is_ascii_control()))
+        {
+            Some("folder names must not be empty or contain control characters")
+        } else if folders
+            .iter()
+            .enumerate()
+            .any(|(i, f)| folders[..i].contains(f))
+        {
+            Some("a folder is listed twice")
+        } else {
+            None
         };
+        if let Some(reason) = folders_problem {
+            return Err(value_err(folders_flag, "folders", reason.into()));
+        }
 
         let uidl_format = match (&flags.uidl_format, &file.uidl_format) {
             (Some(f), _) => UidlFormat::parse(f).map_err(|r| flag_err("--uidl-format", r))?,
             (None, Some(f)) => UidlFormat::parse(f).map_err(|r| file_err("uidl_format", r))?,
             (None, None) => UidlFormat::dovecot(),
         };
+
+        if Maildrop::longest_uidl(&uidl_format, folders.len()) > limits::MAX_UIDL_LEN {
+            let from_flag = flags.uidl_format.is_some();
+            let reason = format!(
+                "with {} folders (a UIDL gets -N after the first) a UIDL may exceed {} characters",
+                folders.len(),
+                limits::MAX_UIDL_LEN
+            );
+            return Err(value_err(from_flag, "uidl_format", reason));
+        }
 
         let log = match (&flags.log, &file.log) {
             (Some(l), _) => parse_log(l).map_err(|r| flag_err("--log", r))?,
@@ -527,7 +547,7 @@ impl Config {
                 .unwrap_or(default_port),
             backend_host,
             backend_tls,
-            folder,
+            folders,
             uidl_format,
             mark_seen: flags.mark_seen.or(file.mark_seen).unwrap_or(true),
             read_only: flags.read_only.or(file.read_only).unwrap_or(false),
@@ -636,7 +656,7 @@ mod tests {
             (c.backend_host.as_str(), c.backend_port),
             ("127.0.0.1", 143)
         );
-        assert_eq!(c.folder, "INBOX");
+        assert_eq!(c.folders, ["INBOX"]);
         assert_eq!(c.idle_timeout, Duration::from_secs(600));
         assert_eq!(c.lock_dir, PathBuf::from("/run/pop3server"));
         assert!(c.mark_seen && c.listen.is_empty() && !c.inetd);
@@ -699,14 +719,22 @@ mod tests {
         let e = config("log = \"loud\"\n", &[]).expect_err("bad log");
         assert_eq!(e.key, "log");
         assert_eq!(
-            config("folders = [\"A\", \"B\"]\n", &[])
-                .expect_err("two")
-                .key,
+            config("folders = []\n", &[]).expect_err("none").key,
             "folders"
         );
         assert_eq!(
-            config("", &["--folders", "A,B"]).expect_err("two").key,
+            config("", &["--folders", "A,A"]).expect_err("twice").key,
             "--folders"
+        );
+        let two = config("", &["--folders", "INBOX,Junk"]).expect("two folders");
+        assert_eq!(two.folders, ["INBOX", "Junk"]);
+        let long = format!(
+            "uidl_format = \"{}%u\"\nfolders = [\"A\", \"B\"]\n",
+            "x".repeat(59)
+        );
+        assert_eq!(
+            config(&long, &[]).expect_err("too long with suffix").key,
+            "uidl_format"
         );
         assert_eq!(
             config("", &["--max-children", "0"])

@@ -12,18 +12,18 @@ use log::{debug, error, info, warn};
 use rustls::ServerConfig;
 
 use crate::config::{BackendTls, Config};
-use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
+use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
 use crate::limits::{CLIENT_READ_CHUNK, CLIENT_WRITE_BUFFER, FETCH_CHUNK, MAX_SASL_LINE};
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
-use crate::maildrop::Maildrop;
+use crate::maildrop::{FolderDeletions, FolderSnapshot, Maildrop};
 use crate::pop3::body::BodyEncoder;
 use crate::pop3::command::known_verb;
 use crate::pop3::lines::{Line, LineReader};
 use crate::pop3::reply::Reply;
 use crate::pop3::session::{
-    CommitOutcome, Connection, Credentials, FetchKind, FetchOutcome, OpenOutcome, Request,
-    Response, Session, SessionConfig, Step,
+    CommitOutcome, Connection, Credentials, FetchKind, FetchOutcome, FetchRequest, OpenOutcome,
+    Request, Response, Session, SessionConfig, Step,
 };
 use crate::tls;
 use crate::transport::{ClientConn, ClientStream};
@@ -81,6 +81,8 @@ struct Driver<'a> {
     backend: Option<Client>,
     /// Held for the rest of the process once the maildrop is opened.
     lock: Option<LockGuard>,
+    /// Which configured folder the backend has selected.
+    selected: Option<usize>,
     backend_failed: bool,
 }
 
@@ -118,6 +120,7 @@ pub fn serve(config: &Config, conn: ClientConn) -> End {
         tls_config,
         backend: None,
         lock: None,
+        selected: None,
         backend_failed: false,
     };
     debug!("connection from {peer_text}");
@@ -225,22 +228,16 @@ impl Driver<'_> {
                     let outcome = self.open(&user, credentials);
                     self.session.on_open(&user, outcome)
                 }
-                Step::Backend(Request::Fetch {
-                    uid,
-                    size,
-                    status,
-                    kind,
-                    mark_seen,
-                }) => {
-                    let outcome = self.fetch(uid, size, &status, kind, mark_seen)?;
+                Step::Backend(Request::Fetch(request)) => {
+                    let outcome = self.fetch(request)?;
                     match self.session.on_fetch(outcome) {
                         Some(r) => r,
                         None if self.session.is_closed() => return Ok(Some(End::BackendError)),
                         None => return Ok(None),
                     }
                 }
-                Step::Backend(Request::Commit { uids }) => {
-                    let result = self.commit(&uids);
+                Step::Backend(Request::Commit { deletions }) => {
+                    let result = self.commit(&deletions);
                     self.session.on_commit(result)
                 }
             };
@@ -311,6 +308,7 @@ impl Driver<'_> {
         );
         self.backend_failed = true;
         self.backend = None;
+        self.selected = None;
     }
 
     /// The backend connection, opened on first use.
@@ -388,50 +386,84 @@ impl Driver<'_> {
                 return OpenOutcome::Unavailable("Cannot lock the maildrop".into());
             }
         }
-        let Some(client) = self.backend.as_mut() else {
-            return OpenOutcome::Unavailable("Backend server failed".into());
-        };
-        let folder = &self.config.folder;
-        let selected = match client.select(folder, self.config.read_only) {
-            Ok(s) => s,
-            Err(ImapError::Refused { info, .. }) => {
-                error!(
-                    "cannot open folder {folder:?} of user={shown_user}: {}",
-                    printable(info.text.as_bytes())
-                );
-                return OpenOutcome::Permanent(format!("Cannot open folder {folder}"));
-            }
-            Err(e) => {
-                self.backend_error("select", &e);
+        let mut folders = Vec::with_capacity(self.config.folders.len());
+        for index in 0..self.config.folders.len() {
+            let name = &self.config.folders[index];
+            let selected = match self.select_folder(index) {
+                Ok(s) => s,
+                Err(ImapError::Refused { info, .. }) => {
+                    error!(
+                        "cannot open folder {name:?} of user={shown_user}: {}",
+                        printable(info.text.as_bytes())
+                    );
+                    return OpenOutcome::Permanent(format!("Cannot open folder {name}"));
+                }
+                Err(e) => {
+                    self.backend_error("select", &e);
+                    return OpenOutcome::Unavailable("Backend server failed".into());
+                }
+            };
+            let Some(client) = self.backend.as_mut() else {
                 return OpenOutcome::Unavailable("Backend server failed".into());
-            }
-        };
-        match client.snapshot(&selected) {
-            Ok(messages) => {
-                info!("login: user={shown_user} messages={}", messages.len());
-                OpenOutcome::Opened(Maildrop::new(selected.uid_validity, messages))
-            }
-            Err(e) => {
-                self.backend_error("listing messages", &e);
-                OpenOutcome::Unavailable("Backend server failed".into())
+            };
+            match client.snapshot(&selected) {
+                Ok(messages) => folders.push(FolderSnapshot {
+                    uid_validity: selected.uid_validity,
+                    messages,
+                }),
+                Err(e) => {
+                    self.backend_error("listing messages", &e);
+                    return OpenOutcome::Unavailable("Backend server failed".into());
+                }
             }
         }
+        let maildrop = Maildrop::new(folders);
+        info!("login: user={shown_user} messages={}", maildrop.stat().0);
+        OpenOutcome::Opened(maildrop)
+    }
+
+    /// SELECT (or EXAMINE) one of the configured folders.
+    fn select_folder(&mut self, index: usize) -> Result<Selected, ImapError> {
+        let client = self.backend.as_mut().ok_or(ImapError::Closed)?;
+        let selected = client.select(&self.config.folders[index], self.config.read_only)?;
+        self.selected = Some(index);
+        Ok(selected)
+    }
+
+    /// Makes `folder` the selected one, if it is not already; `Ok(false)`
+    /// if its UIDVALIDITY changed since login (our UIDs mean nothing there).
+    fn enter_folder(&mut self, folder: usize, uid_validity: u32) -> Result<bool, ImapError> {
+        if self.selected == Some(folder) {
+            return Ok(true);
+        }
+        self.selected = None;
+        Ok(self.select_folder(folder)?.uid_validity == uid_validity)
     }
 
     /// Streams RETR/TOP in pieces; a backend failure after the first byte
     /// ends the reply without its final `.`.
-    fn fetch(
-        &mut self,
-        uid: u32,
-        size: u64,
-        status: &str,
-        kind: FetchKind,
-        mark_seen: bool,
-    ) -> Result<FetchOutcome, ClientGone> {
+    fn fetch(&mut self, request: FetchRequest) -> Result<FetchOutcome, ClientGone> {
+        let FetchRequest {
+            folder,
+            uid_validity,
+            uid,
+            size,
+            status,
+            kind,
+            mark_seen,
+        } = request;
         let mut encoder = match kind {
             FetchKind::Retr => BodyEncoder::retr(),
             FetchKind::Top(n) => BodyEncoder::top(n),
         };
+        match self.enter_folder(folder, uid_validity) {
+            Ok(true) => {}
+            Ok(false) => return Ok(FetchOutcome::Gone),
+            Err(e) => {
+                self.backend_error("select", &e);
+                return Ok(FetchOutcome::Failed { started: false });
+            }
+        }
         let mut offset = 0u64;
         let mut started = false;
         loop {
@@ -453,7 +485,7 @@ impl Driver<'_> {
                 }
             };
             if !started {
-                self.send(&Reply::ok(status))?;
+                self.send(&Reply::ok(status.as_str()))?;
                 started = true;
             }
             encoder.push(&piece, &mut self.out);
@@ -489,27 +521,52 @@ impl Driver<'_> {
         Ok(FetchOutcome::Sent)
     }
 
-    fn commit(&mut self, uids: &[u32]) -> Result<CommitOutcome, String> {
-        if uids.is_empty() {
-            return Ok(CommitOutcome::Expunged);
-        }
-        let Some(client) = self.backend.as_mut() else {
-            return Err("Backend connection lost".into());
-        };
-        match client.expunge(uids) {
-            Ok(Expunged::Done) => Ok(CommitOutcome::Expunged),
-            Ok(Expunged::LeftFlagged) => {
-                warn!(
-                    "backend has no UIDPLUS and other messages are flagged \\Deleted: left {} messages flagged, not expunged",
-                    uids.len()
-                );
-                Ok(CommitOutcome::LeftFlagged)
+    /// Expunges folder by folder. A failure in one folder leaves the
+    /// later ones untouched; the reply says whether earlier ones were done.
+    fn commit(&mut self, deletions: &[FolderDeletions]) -> Result<CommitOutcome, String> {
+        let mut outcome = CommitOutcome::Expunged;
+        for (done, d) in deletions.iter().enumerate() {
+            let failed = |done: usize| {
+                if done == 0 {
+                    "Backend failed to delete the messages".to_string()
+                } else {
+                    "Backend failed to delete the messages of one folder (those of earlier folders were deleted)"
+                        .to_string()
+                }
+            };
+            let name = &self.config.folders[d.folder];
+            match self.enter_folder(d.folder, d.uid_validity) {
+                Ok(true) => {}
+                Ok(false) => {
+                    warn!(
+                        "folder {name:?} changed UIDVALIDITY during the session: nothing deleted there"
+                    );
+                    return Err(failed(done));
+                }
+                Err(e) => {
+                    self.backend_error("select", &e);
+                    return Err(failed(done));
+                }
             }
-            Err(e) => {
-                self.backend_error("expunge", &e);
-                Err("Backend failed to delete the messages".into())
+            let Some(client) = self.backend.as_mut() else {
+                return Err(failed(done));
+            };
+            match client.expunge(&d.uids) {
+                Ok(Expunged::Done) => {}
+                Ok(Expunged::LeftFlagged) => {
+                    warn!(
+                        "backend has no UIDPLUS and other messages in {name:?} are flagged \\Deleted: left {} messages flagged, not expunged",
+                        d.uids.len()
+                    );
+                    outcome = CommitOutcome::LeftFlagged;
+                }
+                Err(e) => {
+                    self.backend_error("expunge", &e);
+                    return Err(failed(done));
+                }
             }
         }
+        Ok(outcome)
     }
 }
 

@@ -11,6 +11,31 @@ pub struct BackendMessage {
     pub size: u64,
 }
 
+/// One folder's part of the snapshot.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderSnapshot {
+    pub uid_validity: u32,
+    pub messages: Vec<BackendMessage>,
+}
+
+/// A message of the maildrop: which folder (index into the configured
+/// list), its UID there, its size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Message {
+    pub folder: usize,
+    pub uid: u32,
+    pub size: u64,
+}
+
+/// What QUIT must expunge in one folder. The UIDs mean these messages only
+/// while the folder's UIDVALIDITY is still `uid_validity`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FolderDeletions {
+    pub folder: usize,
+    pub uid_validity: u32,
+    pub uids: Vec<u32>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum MessageError {
     NoSuchMessage,
@@ -28,30 +53,64 @@ impl MessageError {
 
 #[derive(Debug)]
 pub struct Maildrop {
-    uid_validity: u32,
-    messages: Vec<BackendMessage>,
+    uid_validities: Vec<u32>,
+    /// In folder order, then UID order: message number i+1 is `messages[i]`.
+    messages: Vec<Message>,
     deleted: Vec<bool>,
 }
 
 impl Maildrop {
-    /// `messages` in backend order (ascending UID).
-    pub fn new(uid_validity: u32, mut messages: Vec<BackendMessage>) -> Self {
-        messages.sort_by_key(|m| m.uid);
-        messages.dedup_by_key(|m| m.uid);
+    /// The folders in configured order; messages in any order.
+    pub fn new(folders: Vec<FolderSnapshot>) -> Self {
+        let uid_validities = folders.iter().map(|f| f.uid_validity).collect();
+        let mut messages = Vec::new();
+        for (folder, snapshot) in folders.into_iter().enumerate() {
+            let mut part = snapshot.messages;
+            part.sort_by_key(|m| m.uid);
+            part.dedup_by_key(|m| m.uid);
+            messages.extend(part.into_iter().map(|m| Message {
+                folder,
+                uid: m.uid,
+                size: m.size,
+            }));
+        }
         let deleted = vec![false; messages.len()];
         Maildrop {
-            uid_validity,
+            uid_validities,
             messages,
             deleted,
         }
     }
 
-    pub fn uid_validity(&self) -> u32 {
-        self.uid_validity
+    /// The UIDVALIDITY of a folder at login.
+    pub fn uid_validity(&self, folder: usize) -> u32 {
+        self.uid_validities.get(folder).copied().unwrap_or(0)
+    }
+
+    /// The message's UIDL: the format applied to (UID, UIDVALIDITY); for
+    /// every folder after the first, `-<index>` makes it unique even where
+    /// two folders share a UIDVALIDITY. The first folder's UIDLs stay those
+    /// of Dovecot's POP3 server.
+    pub fn uidl(&self, m: &Message, format: &UidlFormat) -> Uidl {
+        let Uidl(mut s) = format.format(m.uid, self.uid_validity(m.folder));
+        if m.folder > 0 {
+            s.push_str(&format!("-{}", m.folder));
+        }
+        Uidl(s)
+    }
+
+    /// The longest UIDL this format can give with this many folders.
+    pub fn longest_uidl(format: &UidlFormat, folders: usize) -> usize {
+        let suffix = if folders > 1 {
+            1 + (folders - 1).to_string().len()
+        } else {
+            0
+        };
+        format.format(u32::MAX, u32::MAX).0.len() + suffix
     }
 
     /// The message with that number, unless it is out of range or deleted.
-    pub fn get(&self, n: MsgNum) -> Result<BackendMessage, MessageError> {
+    pub fn get(&self, n: MsgNum) -> Result<Message, MessageError> {
         let i = index(n)
             .filter(|&i| i < self.messages.len())
             .ok_or(MessageError::NoSuchMessage)?;
@@ -68,7 +127,7 @@ impl Maildrop {
     }
 
     /// Message numbers and messages not marked deleted, in order.
-    pub fn live(&self) -> impl Iterator<Item = (MsgNum, BackendMessage)> + '_ {
+    pub fn live(&self) -> impl Iterator<Item = (MsgNum, Message)> + '_ {
         self.messages
             .iter()
             .zip(&self.deleted)
@@ -77,7 +136,7 @@ impl Maildrop {
             .map(|(i, (m, _))| (number(i), *m))
     }
 
-    pub fn mark_deleted(&mut self, n: MsgNum) -> Result<BackendMessage, MessageError> {
+    pub fn mark_deleted(&mut self, n: MsgNum) -> Result<Message, MessageError> {
         let m = self.get(n)?;
         if let Some(i) = index(n) {
             self.deleted[i] = true;
@@ -89,13 +148,20 @@ impl Maildrop {
         self.deleted.fill(false);
     }
 
-    pub fn deleted_uids(&self) -> Vec<u32> {
-        self.messages
-            .iter()
-            .zip(&self.deleted)
-            .filter(|(_, d)| **d)
-            .map(|(m, _)| m.uid)
-            .collect()
+    /// The UIDs marked deleted, by folder (only folders that have some).
+    pub fn deleted_by_folder(&self) -> Vec<FolderDeletions> {
+        let mut out: Vec<FolderDeletions> = Vec::new();
+        for (m, _) in self.messages.iter().zip(&self.deleted).filter(|(_, d)| **d) {
+            match out.last_mut() {
+                Some(last) if last.folder == m.folder => last.uids.push(m.uid),
+                _ => out.push(FolderDeletions {
+                    folder: m.folder,
+                    uid_validity: self.uid_validity(m.folder),
+                    uids: vec![m.uid],
+                }),
+            }
+        }
+        out
     }
 
     pub fn deleted_stat(&self) -> (usize, u64) {
@@ -112,7 +178,7 @@ fn index(n: MsgNum) -> Option<usize> {
 }
 
 fn number(i: usize) -> MsgNum {
-    // A snapshot comes from one IMAP mailbox, whose sequence numbers are u32.
+    // Bounded by limits::MAX_MESSAGES per folder; u32 holds the sum.
     MsgNum::try_from(i + 1).unwrap_or(MsgNum::MAX)
 }
 
@@ -239,22 +305,36 @@ pub struct Uidl(pub String);
 mod tests {
     use super::*;
 
+    fn msg(uid: u32, size: u64) -> BackendMessage {
+        BackendMessage { uid, size }
+    }
+
     fn drop3() -> Maildrop {
-        Maildrop::new(
-            7,
-            vec![
-                BackendMessage { uid: 10, size: 100 },
-                BackendMessage { uid: 3, size: 30 },
-                BackendMessage { uid: 20, size: 200 },
-            ],
-        )
+        Maildrop::new(vec![FolderSnapshot {
+            uid_validity: 7,
+            messages: vec![msg(10, 100), msg(3, 30), msg(20, 200)],
+        }])
     }
 
     #[test]
     fn numbers_follow_uid_order_from_one() {
         let d = drop3();
-        assert_eq!(d.get(1), Ok(BackendMessage { uid: 3, size: 30 }));
-        assert_eq!(d.get(3), Ok(BackendMessage { uid: 20, size: 200 }));
+        assert_eq!(
+            d.get(1),
+            Ok(Message {
+                folder: 0,
+                uid: 3,
+                size: 30
+            })
+        );
+        assert_eq!(
+            d.get(3),
+            Ok(Message {
+                folder: 0,
+                uid: 20,
+                size: 200
+            })
+        );
         assert_eq!(d.get(0), Err(MessageError::NoSuchMessage));
         assert_eq!(d.get(4), Err(MessageError::NoSuchMessage));
         assert_eq!(d.stat(), (3, 330));
@@ -267,11 +347,58 @@ mod tests {
         assert_eq!(d.mark_deleted(2), Err(MessageError::Deleted));
         assert_eq!(d.get(2), Err(MessageError::Deleted));
         assert_eq!(d.stat(), (2, 230));
-        assert_eq!(d.deleted_uids(), vec![10]);
+        assert_eq!(
+            d.deleted_by_folder(),
+            vec![FolderDeletions {
+                folder: 0,
+                uid_validity: 7,
+                uids: vec![10]
+            }]
+        );
         assert_eq!(d.live().map(|(n, _)| n).collect::<Vec<_>>(), vec![1, 3]);
         d.reset();
         assert_eq!(d.stat(), (3, 330));
-        assert!(d.deleted_uids().is_empty());
+        assert!(d.deleted_by_folder().is_empty());
+    }
+
+    #[test]
+    fn folders_follow_each_other_and_keep_their_uidls_apart() {
+        let mut d = Maildrop::new(vec![
+            FolderSnapshot {
+                uid_validity: 5,
+                messages: vec![msg(2, 20), msg(1, 10)],
+            },
+            FolderSnapshot {
+                uid_validity: 5,
+                messages: vec![],
+            },
+            FolderSnapshot {
+                uid_validity: 5,
+                messages: vec![msg(1, 11)],
+            },
+        ]);
+        assert_eq!(
+            d.get(3),
+            Ok(Message {
+                folder: 2,
+                uid: 1,
+                size: 11
+            })
+        );
+        let f = UidlFormat::dovecot();
+        let uidls: Vec<String> = d.live().map(|(_, m)| d.uidl(&m, &f).0).collect();
+        assert_eq!(
+            uidls,
+            ["0000000100000005", "0000000200000005", "0000000100000005-2"]
+        );
+        assert!(d.mark_deleted(1).is_ok());
+        assert!(d.mark_deleted(3).is_ok());
+        let folders: Vec<(usize, Vec<u32>)> = d
+            .deleted_by_folder()
+            .into_iter()
+            .map(|f| (f.folder, f.uids))
+            .collect();
+        assert_eq!(folders, vec![(0, vec![1]), (2, vec![1])]);
     }
 
     #[test]

@@ -13,7 +13,9 @@ use super::command::{Command, ParseError, parse};
 use super::lines::Line;
 use super::reply::{Reply, RespCode};
 use crate::limits::MAX_COMMAND_LINE;
-use crate::maildrop::{Maildrop, UidlFormat};
+#[cfg(test)]
+use crate::maildrop::FolderSnapshot;
+use crate::maildrop::{FolderDeletions, Maildrop, UidlFormat};
 use crate::secret::Secret;
 
 /// What the session needs to know of the configuration.
@@ -86,18 +88,11 @@ pub enum Request {
         user: Vec<u8>,
         credentials: Credentials,
     },
-    /// Stream a message: send `+OK status`, then the body through the
-    /// encoder for `kind`; report with `on_fetch`.
-    Fetch {
-        uid: u32,
-        /// The size from the snapshot (RFC822.SIZE).
-        size: u64,
-        status: String,
-        kind: FetchKind,
-        mark_seen: bool,
-    },
-    /// Expunge these UIDs (QUIT in TRANSACTION); report with `on_commit`.
-    Commit { uids: Vec<u32> },
+    /// Stream a message; report with `on_fetch`.
+    Fetch(FetchRequest),
+    /// Expunge these UIDs, by folder (QUIT in TRANSACTION); report with
+    /// `on_commit`.
+    Commit { deletions: Vec<FolderDeletions> },
 }
 
 #[derive(Debug)]
@@ -149,6 +144,21 @@ impl Mechanism {
     fn needs_backend(self) -> bool {
         matches!(self, Mechanism::XOAuth2 | Mechanism::OAuthBearer)
     }
+}
+
+/// RETR or TOP of one message: send `+OK status`, then the body through
+/// the encoder for `kind`. `folder` indexes the configured folders; its
+/// UIDVALIDITY at login tells whether the UID still means the same message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FetchRequest {
+    pub folder: usize,
+    pub uid_validity: u32,
+    pub uid: u32,
+    /// The size from the snapshot (RFC822.SIZE).
+    pub size: u64,
+    pub status: String,
+    pub kind: FetchKind,
+    pub mark_seen: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -697,45 +707,42 @@ fn transaction(
             let lines = drop
                 .live()
                 .map(|(num, m)| {
-                    format!(
-                        "{num} {}",
-                        config.uidl_format.format(m.uid, drop.uid_validity()).0
-                    )
-                    .into_bytes()
+                    format!("{num} {}", drop.uidl(&m, &config.uidl_format).0).into_bytes()
                 })
                 .collect();
             Reply::MultiLine(String::new(), lines)
         }
         Command::Uidl(Some(n)) => match drop.get(n) {
-            Ok(m) => Reply::ok(format!(
-                "{n} {}",
-                config.uidl_format.format(m.uid, drop.uid_validity()).0
-            )),
+            Ok(m) => Reply::ok(format!("{n} {}", drop.uidl(&m, &config.uidl_format).0)),
             Err(e) => Reply::err(e.message()),
         },
         Command::Retr(n) => match drop.get(n) {
             Ok(m) => {
                 *pending_fetch = Some((FetchKind::Retr, m.size));
-                return Step::Backend(Request::Fetch {
+                return Step::Backend(Request::Fetch(FetchRequest {
+                    folder: m.folder,
+                    uid_validity: drop.uid_validity(m.folder),
                     uid: m.uid,
                     size: m.size,
                     status: format!("{} octets", m.size),
                     kind: FetchKind::Retr,
                     mark_seen: config.mark_seen && !config.read_only,
-                });
+                }));
             }
             Err(e) => Reply::err(e.message()),
         },
         Command::Top(n, lines) => match drop.get(n) {
             Ok(m) => {
                 *pending_fetch = Some((FetchKind::Top(lines), m.size));
-                return Step::Backend(Request::Fetch {
+                return Step::Backend(Request::Fetch(FetchRequest {
+                    folder: m.folder,
+                    uid_validity: drop.uid_validity(m.folder),
                     uid: m.uid,
                     size: m.size,
                     status: "Top of message follows".into(),
                     kind: FetchKind::Top(lines),
                     mark_seen: false,
-                });
+                }));
             }
             Err(e) => Reply::err(e.message()),
         },
@@ -755,7 +762,7 @@ fn transaction(
         }
         Command::Quit => {
             return Step::Backend(Request::Commit {
-                uids: drop.deleted_uids(),
+                deletions: drop.deleted_by_folder(),
             });
         }
         Command::User(_) | Command::Pass(_) | Command::Auth(_) => Reply::err("Already logged in"),
@@ -826,13 +833,13 @@ mod tests {
             panic!("PASS should open the maildrop");
         };
         assert_eq!(password.expose(), b"secret");
-        let drop = Maildrop::new(
-            0x5f3c2a10,
-            vec![
+        let drop = Maildrop::new(vec![FolderSnapshot {
+            uid_validity: 0x5f3c2a10,
+            messages: vec![
                 BackendMessage { uid: 1, size: 120 },
                 BackendMessage { uid: 5, size: 300 },
             ],
-        );
+        }]);
         let r = s.on_open(&user, OpenOutcome::Opened(drop));
         assert_eq!(wire(&r.reply), "+OK Logged in, 2 messages (420 octets)\r\n");
         s
@@ -885,12 +892,19 @@ mod tests {
     fn quit_commits_exactly_the_marked_uids() {
         let mut s = logged_in();
         say(&mut s, "DELE 2");
-        let Step::Backend(Request::Commit { uids }) =
+        let Step::Backend(Request::Commit { deletions }) =
             s.handle_line(Line::Complete(b"QUIT".to_vec()))
         else {
             panic!("QUIT should commit");
         };
-        assert_eq!(uids, vec![5]);
+        assert_eq!(
+            deletions,
+            vec![FolderDeletions {
+                folder: 0,
+                uid_validity: 0x5f3c2a10,
+                uids: vec![5]
+            }]
+        );
         let r = s.on_commit(Ok(CommitOutcome::Expunged));
         assert!(r.close);
         assert_eq!(wire(&r.reply), "+OK Logging out, 1 messages deleted\r\n");
@@ -913,13 +927,13 @@ mod tests {
     fn retr_asks_for_a_fetch_with_the_snapshot_size() {
         let mut s = logged_in();
         match s.handle_line(Line::Complete(b"RETR 2".to_vec())) {
-            Step::Backend(Request::Fetch {
+            Step::Backend(Request::Fetch(FetchRequest {
                 uid,
                 status,
                 kind,
                 mark_seen,
                 ..
-            }) => {
+            })) => {
                 assert_eq!(
                     (uid, status.as_str(), kind, mark_seen),
                     (5, "300 octets", FetchKind::Retr, true)
@@ -930,12 +944,12 @@ mod tests {
         assert!(s.on_fetch(FetchOutcome::Sent).is_none());
         assert_eq!(s.stats().retrieved, 1);
         match s.handle_line(Line::Complete(b"TOP 1 0".to_vec())) {
-            Step::Backend(Request::Fetch {
+            Step::Backend(Request::Fetch(FetchRequest {
                 uid,
                 kind,
                 mark_seen,
                 ..
-            }) => {
+            })) => {
                 assert_eq!((uid, kind, mark_seen), (1, FetchKind::Top(0), false));
             }
             other => panic!("{other:?}"),
@@ -1023,7 +1037,10 @@ mod tests {
         let _ = s.handle_line(Line::Complete(b"PASS b".to_vec()));
         let _ = s.on_open(
             b"a",
-            OpenOutcome::Opened(Maildrop::new(1, vec![BackendMessage { uid: 1, size: 1 }])),
+            OpenOutcome::Opened(Maildrop::new(vec![FolderSnapshot {
+                uid_validity: 1,
+                messages: vec![BackendMessage { uid: 1, size: 1 }],
+            }])),
         );
         assert!(say(&mut s, "DELE 1").starts_with("-ERR [SYS/PERM]"));
     }
@@ -1311,7 +1328,7 @@ mod tests {
                     Step::Backend(Request::OpenMaildrop { user, .. }) => {
                         let _ = s.on_open(&user, OpenOutcome::BadCredentials);
                     }
-                    Step::Backend(Request::Fetch { .. }) => {
+                    Step::Backend(Request::Fetch(_)) => {
                         let _ = s.on_fetch(FetchOutcome::Sent);
                     }
                     Step::Backend(Request::Commit { .. }) => {
