@@ -500,10 +500,18 @@ impl Client {
             if let Response::Fetch(FetchData {
                 uid: got,
                 body: Some(b),
+                body_origin,
                 ..
             }) = r
                 && got.is_none_or(|g| g == uid)
             {
+                // Bytes from elsewhere in the message must never be taken
+                // for the piece asked for.
+                if b.is_some() && body_origin != offset {
+                    return Err(ImapError::Protocol(format!(
+                        "got BODY[]<{body_origin}> while waiting for <{offset}>"
+                    )));
+                }
                 if let Some(bytes) = &b
                     && bytes.len() > len as usize
                 {
@@ -1001,6 +1009,17 @@ mod tests {
         }
         let sent = sent(&out);
         assert!(sent.contains("A0001 SELECT \"INBOX\"\r\nA0002 UID FETCH 1:* (UID RFC822.SIZE)\r\nA0003 UID FETCH 9 (UID BODY.PEEK[]<0.5>)\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn bytes_from_another_offset_are_never_taken_for_the_piece() {
+        let (mut c, _) = scripted(&format!(
+            "{GREETING}* 1 FETCH (UID 9 BODY[]<3> {{1}}\r\nd)\r\nA0001 OK\r\n"
+        ));
+        assert!(matches!(
+            c.fetch_piece(9, 0, 3),
+            Err(ImapError::Protocol(_))
+        ));
     }
 
     #[test]

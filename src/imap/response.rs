@@ -38,6 +38,8 @@ pub struct FetchData {
     /// `BODY[]` (or a piece of it): `None` if absent, `Some(None)` for NIL,
     /// which Dovecot sends for a message another session expunged.
     pub body: Option<Option<Vec<u8>>>,
+    /// The `<origin>` of a partial `BODY[]<origin>`, 0 for a whole one.
+    pub body_origin: u64,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -377,13 +379,34 @@ impl Parser<'_> {
                     match key.as_slice() {
                         b"UID" => data.uid = Some(self.number32()?),
                         b"RFC822.SIZE" => data.size = Some(self.number()?),
-                        k if k.starts_with(b"BODY[]") => data.body = Some(self.nstring()?),
+                        k if k.starts_with(b"BODY[]") => {
+                            data.body_origin = partial_origin(&k[6..])?;
+                            data.body = Some(self.nstring()?);
+                        }
                         _ => self.skip_value()?,
                     }
                 }
             }
         }
     }
+}
+
+/// `<123>` after `BODY[]`: the offset the piece starts at; nothing: 0.
+fn partial_origin(suffix: &[u8]) -> PResult<u64> {
+    if suffix.is_empty() {
+        return Ok(0);
+    }
+    let digits = suffix
+        .strip_prefix(b"<")
+        .and_then(|s| s.strip_suffix(b">"))
+        .filter(|d| !d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit))
+        .ok_or("bad partial origin after BODY[]")?;
+    digits
+        .iter()
+        .try_fold(0u64, |acc, &d| {
+            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+        })
+        .ok_or("partial origin overflows")
 }
 
 fn status_of(word: &[u8]) -> Option<Status> {
@@ -499,7 +522,8 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(17),
                 size: None,
-                body: Some(Some(b"a\r\n\"{1}".to_vec()))
+                body: Some(Some(b"a\r\n\"{1}".to_vec())),
+                body_origin: 0
             }))
         );
         assert_eq!(
@@ -507,7 +531,8 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(18),
                 size: Some(1234),
-                body: None
+                body: None,
+                body_origin: 0
             }))
         );
     }
@@ -521,7 +546,8 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(1),
                 size: None,
-                body: Some(Some(Vec::new()))
+                body: Some(Some(Vec::new())),
+                body_origin: 300
             }))
         );
         assert_eq!(
@@ -529,7 +555,8 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(1),
                 size: None,
-                body: Some(None)
+                body: Some(None),
+                body_origin: 0
             }))
         );
     }
@@ -562,6 +589,8 @@ pub(crate) mod tests {
             b"* 99999999999 EXISTS\r\n",
             b"A1 MAYBE\r\n",
             b"* OK [UIDVALIDITY 1\r\n",
+            b"* 1 FETCH (UID 1 BODY[]<x> NIL)\r\n",
+            b"* 1 FETCH (UID 1 BODY[]<99999999999999999999> NIL)\r\n",
         ] {
             let r = parse_all(junk);
             assert!(
@@ -585,7 +614,8 @@ pub(crate) mod tests {
             Ok(Response::Fetch(FetchData {
                 uid: Some(7),
                 size: None,
-                body: None
+                body: None,
+                body_origin: 0
             }))
         );
     }
