@@ -476,7 +476,48 @@ class StandaloneServer(ServerBase):
         self.logf.close()
 
 
-class InetdServer(ServerBase):
+class LoopbackAcceptor:
+    """A listening socket on 127.0.0.1 with a thread that accepts at most
+    ``max_conns`` connections (polling every 0.2 s, so stop() is prompt)
+    and hands each to ``_on_connection``."""
+
+    def __init__(self, max_conns: int, backlog: int = 16):
+        self.max_conns = max_conns
+        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.listener.bind(("127.0.0.1", 0))
+        self.listener.listen(backlog)
+        self.listener.settimeout(0.2)
+        self.port = self.listener.getsockname()[1]
+        self.stopping = threading.Event()
+        self.thread = threading.Thread(target=self._accept_loop, daemon=True)
+        self.thread.start()
+
+    def _accept_loop(self) -> None:
+        count = 0
+        while not self.stopping.is_set() and count < self.max_conns:
+            try:
+                conn, peer = self.listener.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            count += 1
+            self._on_connection(conn, peer)
+
+    def _on_connection(self, conn: socket.socket, peer) -> None:
+        raise NotImplementedError
+
+    def _stop_accepting(self) -> None:
+        self.stopping.set()
+        self.thread.join(5)
+        try:
+            self.listener.close()
+        except OSError:
+            pass
+
+
+class InetdServer(LoopbackAcceptor):
     """What inetd does: accept on 127.0.0.1:PORT, and for each connection run
     ``pop3server --inetd ...`` with the socket as stdin and stdout."""
 
@@ -491,38 +532,21 @@ class InetdServer(ServerBase):
         self.logf = open(self.log_path, "ab")
         self.children: Dict[int, subprocess.Popen] = {}  # client port -> process
         self.lock = threading.Lock()
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(64)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        super().__init__(self.MAX_CONNECTIONS, backlog=64)
 
-    def _loop(self) -> None:
-        count = 0
-        while not self.stopping.is_set() and count < self.MAX_CONNECTIONS:
-            try:
-                conn, peer = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            count += 1
-            conn.setblocking(True)  # the child gets a blocking socket, as from inetd
-            try:
-                p = subprocess.Popen(self.cmd, stdin=conn.fileno(), stdout=conn.fileno(),
-                                     stderr=self.logf, close_fds=True)
-                with self.lock:
-                    self.children[peer[1]] = p
-            finally:
-                conn.close()
+    def _on_connection(self, conn: socket.socket, peer) -> None:
+        conn.setblocking(True)  # the child gets a blocking socket, as from inetd
+        try:
+            p = subprocess.Popen(self.cmd, stdin=conn.fileno(), stdout=conn.fileno(),
+                                 stderr=self.logf, close_fds=True)
             with self.lock:
-                if len(self.children) > 200:
-                    for k in [k for k, c in self.children.items() if c.poll() is not None]:
-                        del self.children[k]
+                self.children[peer[1]] = p
+        finally:
+            conn.close()
+        with self.lock:
+            if len(self.children) > 200:
+                for k in [k for k, c in self.children.items() if c.poll() is not None]:
+                    del self.children[k]
 
     def child_for(self, client: Pop3, timeout: float = 5.0) -> subprocess.Popen:
         port = client.local_port()
@@ -532,12 +556,7 @@ class InetdServer(ServerBase):
             return self.children[port]
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
-        try:
-            self.listener.close()
-        except OSError:
-            pass
+        self._stop_accepting()
         with self.lock:
             kids = list(self.children.values())
         for p in kids:
@@ -559,38 +578,20 @@ class InetdServer(ServerBase):
 # fake IMAP backends
 # --------------------------------------------------------------------------
 
-class FakeBackend:
+class FakeBackend(LoopbackAcceptor):
     """A tiny threaded TCP server on 127.0.0.1; ``handler(sock)`` serves one
     connection.  Bounded: at most ``max_conns`` connections."""
 
     def __init__(self, handler: Callable[[socket.socket], None], max_conns: int = 50):
         self.handler = handler
-        self.max_conns = max_conns
-        self.listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        self.listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        self.listener.bind(("127.0.0.1", 0))
-        self.listener.listen(16)
-        self.listener.settimeout(0.2)
-        self.port = self.listener.getsockname()[1]
-        self.stopping = threading.Event()
         self.conns: List[socket.socket] = []
         self.received: List[bytes] = []
-        self.thread = threading.Thread(target=self._loop, daemon=True)
-        self.thread.start()
+        super().__init__(max_conns)
 
-    def _loop(self) -> None:
-        n = 0
-        while not self.stopping.is_set() and n < self.max_conns:
-            try:
-                c, _ = self.listener.accept()
-            except socket.timeout:
-                continue
-            except OSError:
-                break
-            n += 1
-            c.settimeout(30)
-            self.conns.append(c)
-            threading.Thread(target=self._serve, args=(c,), daemon=True).start()
+    def _on_connection(self, c: socket.socket, peer) -> None:
+        c.settimeout(30)
+        self.conns.append(c)
+        threading.Thread(target=self._serve, args=(c,), daemon=True).start()
 
     def _serve(self, c: socket.socket) -> None:
         try:
@@ -599,14 +600,12 @@ class FakeBackend:
             pass
 
     def stop(self) -> None:
-        self.stopping.set()
-        self.thread.join(5)
+        self._stop_accepting()
         for c in self.conns:
             try:
                 c.close()
             except OSError:
                 pass
-        self.listener.close()
 
 
 def silent_handler(c: socket.socket, fb: FakeBackend) -> None:
