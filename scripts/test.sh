@@ -5,11 +5,24 @@
 # test fixtures). Exits non-zero on the first failure.
 #
 # Environment:
+# What it does to the machine: installs the Debian packages below with
+# apt-get and creates the system users dovecot, dovenull and pop3test (the
+# testbed's mail user); Dovecot, inetd and the servers under test run from
+# temp dirs on loopback ports and are stopped at the end. Nothing in /etc is
+# changed and no service of the machine is started.
+#
+# The package tests change more, so they run only when CI=true or
+# POP3SERVER_PACKAGE_TESTS=1: they install cargo-deb and cargo-generate-rpm
+# (cargo install, a few minutes once), build the .deb and .rpm, install the
+# .deb on this machine (dpkg -i, user pop3server) and purge it, and boot a
+# cached fresh Debian root under systemd-nspawn to test the package under a
+# real systemd (debootstrap the first time, about a minute).
+#
+# Environment:
 #   SKIP_APT=1          do not apt-get install (packages already present)
-#   POP3SERVER_PACKAGE_TESTS=0
-#                       skip building/installing the .deb and .rpm (on by
-#                       default when run as root; the first run installs
-#                       cargo-deb and cargo-generate-rpm, a few minutes)
+#   POP3SERVER_PACKAGE_TESTS=1|0
+#                       run / do not run the package tests (default: on when
+#                       CI=true, off otherwise)
 #   PYTEST_ARGS="..."   extra arguments for pytest (e.g. "-k retr -x")
 set -euo pipefail
 
@@ -32,16 +45,38 @@ command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+# Debian's python3 has no pip and refuses `pip install` (PEP 668): pytest
+# comes from Debian too. A Python that already has pytest is used as it is.
+python3 -c 'import pytest' >/dev/null 2>&1 || need_pkgs+=(python3-pytest)
+
+if [ -z "${POP3SERVER_PACKAGE_TESTS:-}" ]; then
+    if [ "${CI:-}" = true ]; then POP3SERVER_PACKAGE_TESTS=1; else POP3SERVER_PACKAGE_TESTS=0; fi
+fi
+export POP3SERVER_PACKAGE_TESTS
+# A chroot or container cannot boot another one here.
+if [ -z "${POP3SERVER_SYSTEMD_TESTS:-}" ]; then
+    if [ "$(stat -c %d:%i /)" != "$(stat -c %d:%i /proc/1/root/. 2>/dev/null || true)" ] \
+            || systemd-detect-virt -q -c 2>/dev/null; then
+        POP3SERVER_SYSTEMD_TESTS=0
+    else
+        POP3SERVER_SYSTEMD_TESTS=$POP3SERVER_PACKAGE_TESTS
+    fi
+fi
+export POP3SERVER_SYSTEMD_TESTS
+if [ "$POP3SERVER_SYSTEMD_TESTS" = 1 ]; then
+    command -v systemd-nspawn >/dev/null 2>&1 || need_pkgs+=(systemd-container)
+    command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+fi
 
 if [ "${#need_pkgs[@]}" -gt 0 ] && [ -z "${SKIP_APT:-}" ]; then
     step "apt-get install ${need_pkgs[*]}"
     install_debs "${need_pkgs[@]}"
 fi
 
-step "python test dependencies"
-if ! python3 -c 'import pytest' >/dev/null 2>&1; then
-    python3 -m pip install -q --disable-pip-version-check pytest
-fi
+python3 -c 'import pytest' >/dev/null 2>&1 || {
+    echo "python3 has no pytest: apt-get install python3-pytest" >&2
+    exit 1
+}
 
 step "rust toolchain"
 ensure_cargo
@@ -59,13 +94,15 @@ cargo test --all-targets
 step "cargo build --release"
 cargo build --release
 
-export POP3SERVER_PACKAGE_TESTS="${POP3SERVER_PACKAGE_TESTS:-$([ "$(id -u)" -eq 0 ] && echo 1 || echo 0)}"
 if [ "$POP3SERVER_PACKAGE_TESTS" = 1 ]; then
     step "packages (.deb, .rpm)"
     ./scripts/package.sh
     export POP3SERVER_PACKAGE_REUSE=1
     # Everything the tests need is installed now: a skipped test is a failure.
     export POP3SERVER_REQUIRE_ALL="${POP3SERVER_REQUIRE_ALL:-1}"
+    [ "$POP3SERVER_SYSTEMD_TESTS" = 1 ] || echo "package test under systemd-nspawn left out: this is a chroot or container, and containers do not nest here"
+else
+    echo "package tests (.deb/.rpm install, systemd-nspawn) left out: they change the machine; CI=true or POP3SERVER_PACKAGE_TESTS=1 runs them"
 fi
 
 step "integration tests"

@@ -67,7 +67,10 @@ impl Listener {
                         Err(e) => return Err(e),
                     };
                     if let Err(e) = this.start_child(&exe, stream) {
-                        log::error!("cannot start a session process for {peer}: {e}");
+                        log::error!(
+                            "cannot start a session process for {}: {e}",
+                            super::canonical_peer(peer)
+                        );
                     }
                 }
             }));

@@ -28,9 +28,17 @@ impl ClientConn {
     ) -> Self {
         ClientConn {
             stream: ClientStream::Plain(Duplex { reader, writer }),
-            peer,
+            peer: peer.map(canonical_peer),
         }
     }
+}
+
+/// A dual-stack socket (systemd's `ListenStream=110`, `[::]` in the
+/// listener) reports IPv4 clients as `::ffff:a.b.c.d`. Everything that looks
+/// at the client address (logs, the loopback rule for plaintext logins, the
+/// IMAP `ID` forwarding) must see the IPv4 address the client really has.
+pub fn canonical_peer(addr: SocketAddr) -> SocketAddr {
+    SocketAddr::new(addr.ip().to_canonical(), addr.port())
 }
 
 /// The two directions of the client connection (one socket, or stdin and
@@ -197,4 +205,21 @@ fn remote_addr_from_env() -> Option<SocketAddr> {
         .and_then(|p| p.parse().ok())
         .unwrap_or(0);
     Some(SocketAddr::new(ip.parse().ok()?, port))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ipv4_mapped_peer_is_the_ipv4_address() {
+        let mapped: SocketAddr = "[::ffff:127.0.0.1]:4711".parse().unwrap();
+        let peer = canonical_peer(mapped);
+        assert_eq!(peer.to_string(), "127.0.0.1:4711");
+        assert!(peer.ip().is_loopback());
+        let v6: SocketAddr = "[::1]:110".parse().unwrap();
+        assert_eq!(canonical_peer(v6), v6);
+        let v4: SocketAddr = "192.0.2.7:995".parse().unwrap();
+        assert_eq!(canonical_peer(v4), v4);
+    }
 }

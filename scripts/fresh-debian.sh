@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# fresh-debian.sh: runs the README's two commands, exactly as written, on a
+# bare Debian 12 machine, the way a newcomer would: a fresh root made by
+# `debootstrap --variant=minbase` with only ca-certificates, git,
+# build-essential, python3, procps and iproute2, the Rust toolchain of this
+# machine bound in read-only, an empty cargo registry, and a fresh
+# `git clone` of this repository's HEAD (commit first: uncommitted changes
+# are not in the clone). Run it before a release; it needs root and takes
+# about 15 minutes (the tests download and build every crate from scratch).
+#
+# In the root: `./scripts/demo.sh` is started, `curl pop3://` must list and
+# fetch the demo's messages through it, then it is stopped with Ctrl-C
+# (SIGINT); then `./scripts/test.sh` must pass. The package-under-systemd test
+# cannot run there (containers do not nest here): test.sh says so in one line.
+#
+# Environment:
+#   RUSTUP_HOME, CARGO_BIN   the toolchain to bind in (default ~/.rustup and
+#                            the directory of `cargo` on PATH)
+#   KEEP_ROOT=1              keep the root (its path is printed)
+#   DEMO_TIMEOUT, TEST_TIMEOUT   seconds, default 1200 and 2400
+set -euo pipefail
+
+cd "$(dirname "$0")/.."
+REPO=$(pwd)
+# shellcheck source=scripts/lib.sh
+. "$REPO/scripts/lib.sh"
+
+[ "$(id -u)" -eq 0 ] || { echo "$0: needs root (debootstrap, chroot)" >&2; exit 1; }
+ensure_cargo
+RUSTUP_HOME=${RUSTUP_HOME:-$HOME/.rustup}
+CARGO_BIN=${CARGO_BIN:-$(dirname "$(command -v cargo)")}
+[ -d "$RUSTUP_HOME/toolchains" ] || { echo "$0: no rustup toolchains in $RUSTUP_HOME" >&2; exit 1; }
+DEMO_TIMEOUT=${DEMO_TIMEOUT:-1200}
+TEST_TIMEOUT=${TEST_TIMEOUT:-2400}
+
+WORK=$(mktemp -d /var/tmp/pop3server-fresh.XXXXXX)
+ROOTFS="$WORK/root"
+cleanup() {
+    if [ -n "${KEEP_ROOT:-}" ]; then
+        echo "root kept in $ROOTFS"
+    else
+        rm -rf "$WORK"
+    fi
+}
+trap cleanup EXIT
+
+printf '\n=== fresh Debian 12 root ===\n'
+"$REPO/scripts/debian-root.sh" "$ROOTFS" ca-certificates git build-essential python3 procps iproute2
+cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+git clone -q --no-local "$REPO" "$ROOTFS/root/pop3server"
+echo "cloned $(git -C "$REPO" rev-parse --short HEAD) into /root/pop3server"
+mkdir -p "$ROOTFS/root/.rustup" "$ROOTFS/root/.cargo/bin"
+
+# What runs inside: the two README commands, timed, with plain Debian
+# settings (no cargo on PATH, as right after rustup's installer in a new
+# shell without ~/.profile read: the scripts must find it themselves).
+cat > "$ROOTFS/root/fresh-check.sh" <<'INNER'
+#!/bin/bash
+set -u
+cd /root/pop3server
+fail() { echo "FRESH-DEBIAN: FAILED: $*"; exit 1; }
+
+echo "=== ./scripts/demo.sh ==="
+start=$SECONDS
+setsid ./scripts/demo.sh > /root/demo.log 2>&1 < /dev/null &
+demo=$!
+listing=""
+while [ $((SECONDS - start)) -lt "$DEMO_TIMEOUT" ]; do
+    kill -0 "$demo" 2>/dev/null || break
+    if listing=$(curl -s -S --max-time 10 pop3://demo:demo@127.0.0.1:10110/ 2>/dev/null) \
+            && [ -n "$listing" ]; then
+        break
+    fi
+    sleep 2
+done
+demo_up=$((SECONDS - start))
+message=$(curl -s -S --max-time 10 pop3://demo:demo@127.0.0.1:10110/1 2>&1 || true)
+kill -INT -- "-$demo" 2>/dev/null
+for _ in $(seq 1 30); do kill -0 "$demo" 2>/dev/null || break; sleep 1; done
+kill -0 "$demo" 2>/dev/null && { kill -KILL -- "-$demo"; fail "demo.sh did not stop on SIGINT"; }
+tail -n 25 /root/demo.log
+[ -n "$listing" ] || fail "demo.sh: no LIST answer on 127.0.0.1:10110 within ${demo_up}s"
+echo "LIST through the demo: $(echo "$listing" | tr '\r\n' '  ')"
+echo "$message" | grep -q '^Subject:' || fail "demo.sh: RETR 1 gave no message: $message"
+grep -q "demo stopped." /root/demo.log || fail "demo.sh did not clean up after SIGINT"
+echo "FRESH-DEBIAN: demo.sh served mail after ${demo_up}s"
+
+echo "=== ./scripts/test.sh ==="
+start=$SECONDS
+timeout "$TEST_TIMEOUT" ./scripts/test.sh
+rc=$?
+echo "FRESH-DEBIAN: test.sh exited $rc after $((SECONDS - start))s"
+[ "$rc" -eq 0 ] || fail "test.sh"
+echo "FRESH-DEBIAN: both README commands passed"
+INNER
+chmod 755 "$ROOTFS/root/fresh-check.sh"
+
+printf '\n=== both README commands inside the root ===\n'
+# A private mount and PID namespace: every process started inside (Dovecot
+# included) ends with it, and nothing is mounted on this machine.
+unshare --mount --pid --fork --propagation private /bin/bash -euc '
+    R=$1
+    mount -t proc proc "$R/proc"
+    mount -t sysfs sys "$R/sys"
+    mount --rbind /dev "$R/dev"
+    mount -t tmpfs -o mode=755 tmpfs "$R/run"
+    mount -t tmpfs -o mode=1777 tmpfs "$R/tmp"
+    mount --bind -o ro "$2" "$R/root/.rustup"
+    mount --bind -o ro "$3" "$R/root/.cargo/bin"
+    # Not exec: PID 1 stays outside the chroot, which is how test.sh tells
+    # that it runs in one.
+    chroot "$R" /usr/bin/env -i HOME=/root TERM=dumb LANG=C.UTF-8 \
+        PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+        DEMO_TIMEOUT="$4" TEST_TIMEOUT="$5" /root/fresh-check.sh
+' fresh "$ROOTFS" "$RUSTUP_HOME" "$CARGO_BIN" "$DEMO_TIMEOUT" "$TEST_TIMEOUT"
