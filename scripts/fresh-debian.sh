@@ -47,6 +47,13 @@ trap cleanup EXIT
 printf '\n=== fresh Debian 12 root ===\n'
 "$REPO/scripts/debian-root.sh" "$ROOTFS" ca-certificates git build-essential python3 procps iproute2
 cp /etc/resolv.conf "$ROOTFS/etc/resolv.conf"
+# A machine on this network trusts what this one trusts locally (a site CA,
+# a TLS-inspecting proxy's CA): without it cargo cannot reach crates.io.
+if ls /usr/local/share/ca-certificates/*.crt >/dev/null 2>&1; then
+    cp /usr/local/share/ca-certificates/*.crt "$ROOTFS/usr/local/share/ca-certificates/"
+    chroot "$ROOTFS" update-ca-certificates >/dev/null
+    echo "local CAs copied in: $(cd /usr/local/share/ca-certificates && echo *.crt)"
+fi
 git clone -q --no-local "$REPO" "$ROOTFS/root/pop3server"
 echo "cloned $(git -C "$REPO" rev-parse --short HEAD) into /root/pop3server"
 mkdir -p "$ROOTFS/root/.rustup" "$ROOTFS/root/.cargo/bin"

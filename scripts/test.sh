@@ -107,7 +107,9 @@ fi
 
 step "integration tests"
 export POP3SERVER_BIN="${POP3SERVER_BIN:-$ROOT/target/release/pop3server}"
+ignore=()
+[ "$POP3SERVER_SYSTEMD_TESTS" = 1 ] || ignore=(--ignore=tests/integration/test_systemd_package.py)
 # shellcheck disable=SC2086
-python3 -m pytest -q -p no:cacheprovider tests/integration ${PYTEST_ARGS:-}
+python3 -m pytest "${ignore[@]}" -q -p no:cacheprovider tests/integration ${PYTEST_ARGS:-}
 
 step "all checks passed"
