@@ -11,7 +11,11 @@ POP3_PORT=${POP3_PORT:-10110}
 
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
-[ -x /usr/sbin/dovecot ] || install_debs dovecot-imapd
+# Dovecot is the backend; curl is what the lines below tell you to try.
+demo_pkgs=()
+[ -x /usr/sbin/dovecot ] || demo_pkgs+=(dovecot-imapd)
+command -v curl >/dev/null 2>&1 || demo_pkgs+=(curl)
+install_debs "${demo_pkgs[@]}"
 ensure_cargo
 
 DEMO_DIR=$(mktemp -d /tmp/pop3demo.XXXXXX)

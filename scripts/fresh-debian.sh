@@ -71,6 +71,12 @@ echo "=== ./scripts/demo.sh ==="
 start=$SECONDS
 setsid ./scripts/demo.sh > /root/demo.log 2>&1 < /dev/null &
 demo=$!
+# demo.sh installs curl with Dovecot: the lines it prints use it.
+while [ $((SECONDS - start)) -lt "$DEMO_TIMEOUT" ] && ! command -v curl >/dev/null 2>&1; do
+    kill -0 "$demo" 2>/dev/null || break
+    sleep 2
+done
+command -v curl >/dev/null 2>&1 || { tail -n 25 /root/demo.log; fail "demo.sh did not install curl"; }
 listing=""
 while [ $((SECONDS - start)) -lt "$DEMO_TIMEOUT" ]; do
     kill -0 "$demo" 2>/dev/null || break

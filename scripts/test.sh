@@ -46,8 +46,13 @@ command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 # Debian's python3 has no pip and refuses `pip install` (PEP 668): pytest
-# comes from Debian too. A Python that already has pytest is used as it is.
-python3 -c 'import pytest' >/dev/null 2>&1 || need_pkgs+=(python3-pytest)
+# comes from Debian (python3-pytest, for /usr/bin/python3). A python3 on PATH
+# that already has pytest is used as it is.
+PYTHON=python3
+if ! python3 -c 'import pytest' >/dev/null 2>&1; then
+    PYTHON=/usr/bin/python3
+    "$PYTHON" -c 'import pytest' >/dev/null 2>&1 || need_pkgs+=(python3-pytest)
+fi
 
 if [ -z "${POP3SERVER_PACKAGE_TESTS:-}" ]; then
     if [ "${CI:-}" = true ]; then POP3SERVER_PACKAGE_TESTS=1; else POP3SERVER_PACKAGE_TESTS=0; fi
@@ -73,8 +78,8 @@ if [ "${#need_pkgs[@]}" -gt 0 ] && [ -z "${SKIP_APT:-}" ]; then
     install_debs "${need_pkgs[@]}"
 fi
 
-python3 -c 'import pytest' >/dev/null 2>&1 || {
-    echo "python3 has no pytest: apt-get install python3-pytest" >&2
+"$PYTHON" -c 'import pytest' >/dev/null 2>&1 || {
+    echo "$PYTHON has no pytest: apt-get install python3-pytest" >&2
     exit 1
 }
 
@@ -110,6 +115,6 @@ export POP3SERVER_BIN="${POP3SERVER_BIN:-$ROOT/target/release/pop3server}"
 ignore=()
 [ "$POP3SERVER_SYSTEMD_TESTS" = 1 ] || ignore=(--ignore=tests/integration/test_systemd_package.py)
 # shellcheck disable=SC2086
-python3 -m pytest "${ignore[@]}" -q -p no:cacheprovider tests/integration ${PYTEST_ARGS:-}
+"$PYTHON" -m pytest "${ignore[@]}" -q -p no:cacheprovider tests/integration ${PYTEST_ARGS:-}
 
 step "all checks passed"
