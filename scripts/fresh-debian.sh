@@ -69,8 +69,13 @@ fail() { echo "FRESH-DEBIAN: FAILED: $*"; exit 1; }
 
 echo "=== ./scripts/demo.sh ==="
 start=$SECONDS
-setsid ./scripts/demo.sh > /root/demo.log 2>&1 < /dev/null &
+# Job control: the demo gets its own process group and, unlike a plain
+# background job of a script, does not ignore SIGINT, so the interrupt below
+# is the Ctrl-C a person would type.
+set -m
+./scripts/demo.sh > /root/demo.log 2>&1 < /dev/null &
 demo=$!
+set +m
 # demo.sh installs curl with Dovecot: the lines it prints use it.
 while [ $((SECONDS - start)) -lt "$DEMO_TIMEOUT" ] && ! command -v curl >/dev/null 2>&1; do
     kill -0 "$demo" 2>/dev/null || break
