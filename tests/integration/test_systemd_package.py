@@ -50,6 +50,7 @@ ROOT_PACKAGES = ["systemd", "dovecot-imapd", "python3", "openssl", "ca-certifica
                  "adduser", "iproute2"]
 IMAP_PORT = 10143
 BOOT_TIMEOUT = 120
+HALT_TIMEOUT = 20
 UNITS = ["pop3server.socket", "pop3s.socket", "pop3server-listener.socket",
          "pop3server-listener.service"]
 
@@ -193,6 +194,23 @@ class Container:
                 return int(stat_path.split("/")[2])
         return 0
 
+    def _kill_leader(self) -> None:
+        """SIGKILL the container's PID 1, if that PID is still the systemd
+        whose root is this container's (a PID can be reused)."""
+        if not self.leader:
+            return
+        try:
+            with open("/proc/%d/comm" % self.leader) as f:
+                comm = f.read().strip()
+            root = os.readlink("/proc/%d/root" % self.leader)
+        except OSError:
+            return
+        if comm == "systemd" and root.startswith(self.root):
+            try:
+                os.kill(self.leader, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
     def sh(self, script: str, check: bool = True, timeout: float = 120,
            input: Optional[str] = None) -> subprocess.CompletedProcess:
         cmd = ["nsenter", "-t", str(self.leader), "-a", "-r", "-w",
@@ -220,6 +238,10 @@ class Container:
             return ""
 
     def stop(self) -> None:
+        """Halts the container; if it does not halt in time, kills its PID 1,
+        which ends every process in it (the container's init is in a PID
+        namespace of its own: killing systemd-nspawn alone would leave it
+        running, reparented to this machine's init)."""
         if self.proc and self.proc.poll() is None:
             if self.leader:
                 # SIGRTMIN+3 asks systemd in a container to halt cleanly.
@@ -228,10 +250,17 @@ class Container:
                 except ProcessLookupError:
                     pass
             try:
-                self.proc.wait(30)
+                self.proc.wait(HALT_TIMEOUT)
             except subprocess.TimeoutExpired:
-                os.killpg(self.proc.pid, signal.SIGKILL)
+                print("container did not halt in %d s: killing it" % HALT_TIMEOUT)
+                self._kill_leader()
+                try:
+                    os.kill(self.proc.pid, signal.SIGKILL)
+                except ProcessLookupError:
+                    pass
                 self.proc.wait(10)
+        # Nothing of the container may outlive the test.
+        self._kill_leader()
         if getattr(self, "logf", None):
             self.logf.close()
 
