@@ -4,8 +4,8 @@
 
 use std::io::Write;
 
+use crate::backend::imap::endpoint as backend_endpoint;
 use crate::config::{BackendTls, CheckRequest, Config};
-use crate::driver::backend_endpoint;
 use crate::imap::{Client, ImapError, Login};
 use crate::secret::Secret;
 

@@ -12,7 +12,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::limits;
-use crate::maildrop::{Maildrop, UidlFormat};
+use crate::uidl::UidlFormat;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
 pub const DEFAULT_LOCK_DIR: &str = "/run/pop3server";
@@ -347,7 +347,7 @@ impl Config {
             (None, None) => UidlFormat::dovecot(),
         };
 
-        if Maildrop::longest_uidl(&uidl_format, folders.len()) > limits::MAX_UIDL_LEN {
+        if uidl_format.longest(folders.len()) > limits::MAX_UIDL_LEN {
             let from_flag = flags.uidl_format.is_some();
             let reason = format!(
                 "with {} folders (a UIDL gets -N after the first) a UIDL may exceed {} characters",

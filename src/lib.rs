@@ -5,7 +5,9 @@
 //! - [`pop3`]: POP3 command parsing, replies, body encoding and the session
 //!   state machine, all without I/O.
 //! - [`maildrop`]: the session's snapshot: message numbers, UIDs, sizes,
-//!   deletion marks, UIDL strings.
+//!   deletion marks; [`uidl`]: UIDL strings.
+//! - [`backend`]: the boundary between session and mail store: requests,
+//!   typed answers and failures, and their IMAP implementation.
 //! - [`imap`]: the backend client, the only code that speaks IMAP.
 //! - [`lock`]: the per-user `flock`.
 //! - [`check`]: the `--check` health probe.
@@ -16,9 +18,13 @@
 //! - [`driver`]: the thin I/O loop that runs one session.
 //! - [`tls`]: rustls set-up for both sides.
 //! - [`limits`]: every limit and default timeout, with reasons.
+//! - [`decimal`], [`timeout`], [`secret`]: the one decimal parser, what a
+//!   socket timeout looks like, secrets that never print.
 
+pub mod backend;
 pub mod check;
 pub mod config;
+pub mod decimal;
 pub mod driver;
 pub mod imap;
 pub mod limits;
@@ -27,5 +33,9 @@ pub mod logging;
 pub mod maildrop;
 pub mod pop3;
 pub mod secret;
+#[cfg(test)]
+mod test_support;
+pub mod timeout;
 pub mod tls;
 pub mod transport;
+pub mod uidl;

@@ -73,6 +73,24 @@ pub const MAX_IMAP_LITERAL: usize = 64 * 1024;
 /// piece is at most `FETCH_CHUNK`; the rest is slack for the response syntax.
 pub const MAX_IMAP_RESPONSE: usize = FETCH_CHUNK as usize + 2 * MAX_IMAP_LINE;
 
+/// Deepest IMAP list nesting the parser skips over; real responses
+/// (BODYSTRUCTURE) stay far below, and the parser recurses per level.
+pub const MAX_IMAP_NESTING: usize = 64;
+
+/// Snapshot entries reserved up front at most, whatever EXISTS says: a
+/// backend's number must not decide how much memory is taken before any
+/// message is seen.
+pub const SNAPSHOT_RESERVE: u32 = 65_536;
+
+/// FETCH responses accepted beyond twice what SELECT announced (mail that
+/// arrived meanwhile); more is a broken backend, not a mailbox.
+pub const SNAPSHOT_SLACK: usize = 1000;
+
+/// How much of a backend's own text (a `NO` to one message's FETCH) is
+/// shown in a POP3 reply: enough to name the cause, short enough for one
+/// line of a client's error dialog.
+pub const MAX_BACKEND_TEXT: usize = 160;
+
 /// Largest maildrop served: the snapshot keeps 16 bytes a message, and a
 /// backend's EXISTS count must not decide how much memory we reserve.
 pub const MAX_MESSAGES: u32 = 1_000_000;

@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::ImapError;
 use crate::limits::BACKEND_READ_CHUNK;
+use crate::timeout::is_timeout;
 
 /// A stream to the backend: plain TCP now, TLS later, a scripted peer in
 /// tests. Timeouts apply to the underlying socket.
@@ -132,11 +133,4 @@ impl Conn {
                 }
             })
     }
-}
-
-fn is_timeout(e: &io::Error) -> bool {
-    matches!(
-        e.kind(),
-        io::ErrorKind::WouldBlock | io::ErrorKind::TimedOut
-    )
 }

@@ -6,12 +6,6 @@
 mod conn;
 mod response;
 
-/// Test helpers shared with other modules' tests.
-#[cfg(test)]
-pub(crate) mod tests_support {
-    pub(crate) use super::response::tests::Rng;
-}
-
 pub use conn::Transport;
 
 use std::fmt;
@@ -26,7 +20,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::limits::MAX_MESSAGES;
+use crate::limits::{MAX_MESSAGES, SNAPSHOT_RESERVE, SNAPSHOT_SLACK};
 use crate::maildrop::BackendMessage;
 use crate::secret::Secret;
 use conn::Conn;
@@ -450,10 +444,10 @@ impl Client {
                 selected.exists
             )));
         }
-        let mut messages = Vec::with_capacity(selected.exists.min(65_536) as usize);
+        let mut messages = Vec::with_capacity(selected.exists.min(SNAPSHOT_RESERVE) as usize);
         let limit = (selected.exists as usize)
             .saturating_mul(2)
-            .saturating_add(1000)
+            .saturating_add(SNAPSHOT_SLACK)
             .min(MAX_MESSAGES as usize);
         if selected.exists == 0 {
             return Ok(messages);

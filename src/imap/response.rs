@@ -5,7 +5,10 @@
 
 use super::ImapError;
 use super::conn::Conn;
-use crate::limits::{FETCH_CHUNK, MAX_IMAP_LINE, MAX_IMAP_LITERAL, MAX_IMAP_RESPONSE};
+use crate::decimal::parse_u64;
+use crate::limits::{
+    FETCH_CHUNK, MAX_IMAP_LINE, MAX_IMAP_LITERAL, MAX_IMAP_NESTING, MAX_IMAP_RESPONSE,
+};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Status {
@@ -96,10 +99,7 @@ fn literal_size(line: &[u8]) -> Option<usize> {
     let digits = body[open + 1..]
         .strip_suffix(b"+")
         .unwrap_or(&body[open + 1..]);
-    if digits.is_empty() || digits.len() > 10 || !digits.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    std::str::from_utf8(digits).ok()?.parse().ok()
+    usize::try_from(parse_u64(digits)?).ok()
 }
 
 pub fn read_response(conn: &mut Conn) -> Result<Response, ImapError> {
@@ -124,10 +124,6 @@ struct Parser<'a> {
 }
 
 type PResult<T> = Result<T, &'static str>;
-
-/// Deepest list nesting we skip over; real responses (BODYSTRUCTURE) stay
-/// far below.
-const MAX_NESTING: usize = 64;
 
 impl Parser<'_> {
     fn peek(&self) -> Option<u8> {
@@ -173,15 +169,10 @@ impl Parser<'_> {
             self.pos += 1;
         }
         let digits = &self.text[start..self.pos];
-        if digits.is_empty() || digits.len() > 20 {
+        if digits.is_empty() {
             return Err("expected a number");
         }
-        digits
-            .iter()
-            .try_fold(0u64, |acc, &d| {
-                acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-            })
-            .ok_or("number overflows")
+        parse_u64(digits).ok_or("number overflows")
     }
 
     fn number32(&mut self) -> PResult<u32> {
@@ -244,7 +235,7 @@ impl Parser<'_> {
                 None if depth > 0 => return Err("unterminated list"),
                 Some(b'(') => {
                     depth += 1;
-                    if depth > MAX_NESTING {
+                    if depth > MAX_IMAP_NESTING {
                         return Err("lists nested too deeply");
                     }
                     self.pos += 1;
@@ -396,17 +387,11 @@ fn partial_origin(suffix: &[u8]) -> PResult<u64> {
     if suffix.is_empty() {
         return Ok(0);
     }
-    let digits = suffix
+    suffix
         .strip_prefix(b"<")
         .and_then(|s| s.strip_suffix(b">"))
-        .filter(|d| !d.is_empty() && d.len() <= 19 && d.iter().all(u8::is_ascii_digit))
-        .ok_or("bad partial origin after BODY[]")?;
-    digits
-        .iter()
-        .try_fold(0u64, |acc, &d| {
-            acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-        })
-        .ok_or("partial origin overflows")
+        .and_then(parse_u64)
+        .ok_or("bad partial origin after BODY[]")
 }
 
 fn status_of(word: &[u8]) -> Option<Status> {
@@ -430,6 +415,7 @@ pub fn capability_list(text: &str) -> Vec<String> {
 pub(crate) mod tests {
     use super::*;
     use crate::imap::conn::Transport;
+    use crate::test_support::Rng;
     use std::io::{self, Cursor, Read, Write};
     use std::time::Duration;
 
@@ -624,22 +610,6 @@ pub(crate) mod tests {
     fn oversized_literal_is_refused_before_reading_it() {
         let r = parse_all(b"* 1 FETCH (BODY[] {999999999}\r\n");
         assert!(matches!(&r[0], Err(e) if e.contains("over the limit")));
-    }
-
-    /// Deterministic pseudo-random numbers (xorshift), no extra dependency.
-    pub(crate) struct Rng(pub u64);
-
-    impl Rng {
-        pub(crate) fn next(&mut self) -> u64 {
-            self.0 ^= self.0 << 13;
-            self.0 ^= self.0 >> 7;
-            self.0 ^= self.0 << 17;
-            self.0
-        }
-
-        pub(crate) fn below(&mut self, n: usize) -> usize {
-            (self.next() % n as u64) as usize
-        }
     }
 
     #[test]

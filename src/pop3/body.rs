@@ -238,7 +238,7 @@ mod tests {
 
     #[test]
     fn line_at_a_time_matches_byte_at_a_time_on_random_input() {
-        use crate::imap::tests_support::Rng;
+        use crate::test_support::Rng;
         let mut rng = Rng(0x1234_5678_9abc_def1);
         for _ in 0..5000 {
             let len = rng.below(40);

@@ -4,8 +4,9 @@
 
 use crate::secret::Secret;
 
+use crate::decimal::parse_u64;
 /// A message number as the client gave it (1-based, never 0).
-pub type MsgNum = u32;
+pub use crate::maildrop::MsgNum;
 
 #[derive(Debug)]
 pub enum Command {
@@ -177,23 +178,14 @@ fn one_number(args: &[&[u8]]) -> Result<MsgNum, ParseError> {
 
 /// Digits only: no sign, no junk, no overflow (`4294967297` is not `1`), not 0.
 fn msg_num(arg: &[u8]) -> Result<MsgNum, ParseError> {
-    match decimal(arg) {
+    match parse_u64(arg) {
         Some(0) | None => Err(ParseError::Syntax("Invalid message number")),
         Some(n) => MsgNum::try_from(n).map_err(|_| ParseError::Syntax("Invalid message number")),
     }
 }
 
 fn line_count(arg: &[u8]) -> Result<u64, ParseError> {
-    decimal(arg).ok_or(ParseError::Syntax("Invalid line count"))
-}
-
-fn decimal(arg: &[u8]) -> Option<u64> {
-    if arg.is_empty() || arg.len() > 19 || !arg.iter().all(u8::is_ascii_digit) {
-        return None;
-    }
-    arg.iter().try_fold(0u64, |acc, &d| {
-        acc.checked_mul(10)?.checked_add(u64::from(d - b'0'))
-    })
+    parse_u64(arg).ok_or(ParseError::Syntax("Invalid line count"))
 }
 
 #[cfg(test)]

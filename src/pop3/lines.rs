@@ -26,6 +26,11 @@ impl LineReader {
         }
     }
 
+    /// The limit for the lines from now on (the session's `line_limit`).
+    pub fn set_limit(&mut self, max: usize) {
+        self.max = max;
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }

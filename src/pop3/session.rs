@@ -1,22 +1,30 @@
 //! The POP3 session state machine (RFC 1939 AUTHORIZATION -> TRANSACTION ->
-//! UPDATE, RFC 2449 CAPA, RFC 2595 STLS, RFC 5034 SASL AUTH), without I/O.
-//! It takes command lines and the outcomes of work it asked for, and returns
-//! replies and requests for work. The driver does the reading, writing,
-//! sleeping, TLS and IMAP.
+//! UPDATE, RFC 2449 CAPA), without I/O. It takes command lines and the
+//! backend's answers to what it asked for, and returns replies, bytes of a
+//! message being sent, and backend requests. The states themselves live in
+//! `auth` (AUTHORIZATION, STLS, SASL), `transaction` and `retrieval`
+//! (RETR/TOP); this module strings them together: the login sequence
+//! (log in, lock, open each folder), the commit at QUIT, and what each backend
+//! answer means for the client. The driver does the reading, writing,
+//! sleeping, TLS and the backend calls.
 
+use std::mem;
 use std::time::Duration;
 
-use base64::Engine as _;
-use base64::engine::general_purpose::STANDARD as BASE64;
+use log::{error, info, warn};
 
+use super::auth::{Auth, AuthStep, Connection};
 use super::command::{Command, ParseError, parse};
 use super::lines::Line;
 use super::reply::{Reply, RespCode};
-use crate::limits::MAX_COMMAND_LINE;
-#[cfg(test)]
-use crate::maildrop::FolderSnapshot;
-use crate::maildrop::{FolderDeletions, Maildrop, UidlFormat};
-use crate::secret::Secret;
+use super::retrieval::{Kind, Next, Retrieval};
+use super::transaction::{self, Rules, TxStep};
+use crate::backend::{
+    ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome, PieceAnswer, Request,
+};
+use crate::limits::{MAX_COMMAND_LINE, MAX_SASL_LINE};
+use crate::logging::printable;
+use crate::maildrop::{FolderDeletions, FolderSnapshot, Maildrop, UidlFormat};
 
 /// What the session needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -32,13 +40,8 @@ pub struct SessionConfig {
     pub allow_plaintext_auth: bool,
     /// A certificate is configured and loaded: STLS can be offered.
     pub stls_available: bool,
-}
-
-/// What is known of the connection when the session starts.
-#[derive(Debug, Clone, Copy)]
-pub struct Connection {
-    pub tls: bool,
-    pub loopback: bool,
+    /// The IMAP folders that form the maildrop, in order (for messages).
+    pub folders: Vec<String>,
 }
 
 /// A reply to send, possibly after a delay, possibly as the last one.
@@ -73,144 +76,21 @@ pub enum Step {
     /// Send this reply, then run the TLS handshake (STLS); report with
     /// `on_tls_started`. Bytes the client sent after STLS are dropped.
     StartTls(Reply),
+    /// Hand this to the backend and report the answer with the matching
+    /// `on_*` call (see `Request`).
     Backend(Request),
-}
-
-/// Backend work the driver must do and report back.
-#[derive(Debug)]
-pub enum Request {
-    /// Connect to the backend to learn its SASL mechanisms; report with
-    /// `on_probe`.
-    Probe,
-    /// Log in, take the maildrop lock, select the folder, take the snapshot;
-    /// report with `on_open`. `user` names the maildrop (lock, logs).
-    OpenMaildrop {
-        user: Vec<u8>,
-        credentials: Credentials,
+    /// Bytes of a reply in progress (a message): write them, then hand
+    /// `next` to the backend, if any. Without `next` the reply is complete.
+    Write {
+        bytes: Vec<u8>,
+        next: Option<Request>,
     },
-    /// Stream a message; report with `on_fetch`.
-    Fetch(FetchRequest),
-    /// Expunge these UIDs, by folder (QUIT in TRANSACTION); report with
-    /// `on_commit`.
-    Commit { deletions: Vec<FolderDeletions> },
-}
-
-#[derive(Debug)]
-pub enum Credentials {
-    /// USER/PASS, SASL PLAIN or LOGIN. `authzid` is PLAIN's authorization
-    /// identity (a master-user login), passed on to the backend.
-    Password {
-        login: Vec<u8>,
-        authzid: Option<Vec<u8>>,
-        password: Secret,
-    },
-    /// An OAuth SASL response, passed through as it came.
-    Token {
-        mechanism: Mechanism,
-        response: Secret,
-    },
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Mechanism {
-    Plain,
-    Login,
-    XOAuth2,
-    OAuthBearer,
-}
-
-impl Mechanism {
-    pub fn name(self) -> &'static str {
-        match self {
-            Mechanism::Plain => "PLAIN",
-            Mechanism::Login => "LOGIN",
-            Mechanism::XOAuth2 => "XOAUTH2",
-            Mechanism::OAuthBearer => "OAUTHBEARER",
-        }
-    }
-
-    fn from_name(name: &str) -> Option<Mechanism> {
-        [
-            Mechanism::Plain,
-            Mechanism::Login,
-            Mechanism::XOAuth2,
-            Mechanism::OAuthBearer,
-        ]
-        .into_iter()
-        .find(|m| m.name() == name)
-    }
-
-    /// Mechanisms passed through to the backend, offered only if it has them.
-    fn needs_backend(self) -> bool {
-        matches!(self, Mechanism::XOAuth2 | Mechanism::OAuthBearer)
-    }
-}
-
-/// RETR or TOP of one message: send `+OK status`, then the body through
-/// the encoder for `kind`. `folder` indexes the configured folders; its
-/// UIDVALIDITY at login tells whether the UID still means the same message.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct FetchRequest {
-    pub folder: usize,
-    pub uid_validity: u32,
-    pub uid: u32,
-    /// The size from the snapshot (RFC822.SIZE).
-    pub size: u64,
-    pub status: String,
-    pub kind: FetchKind,
-    pub mark_seen: bool,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum FetchKind {
-    Retr,
-    Top(u64),
-}
-
-#[derive(Debug)]
-pub enum OpenOutcome {
-    Opened(Maildrop),
-    /// The backend refused the credentials.
-    BadCredentials,
-    /// Another session holds the maildrop lock.
-    InUse,
-    /// The backend could not be reached or failed; worth trying later.
-    Unavailable(String),
-    /// A fault that will not go away by itself (e.g. the folder is missing).
-    Permanent(String),
-}
-
-/// What became of the messages marked at QUIT.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum CommitOutcome {
-    Expunged,
-    /// Flagged `\Deleted` but not expunged (a backend without UIDPLUS where
-    /// other messages were flagged too).
-    LeftFlagged,
-}
-
-#[derive(Debug)]
-pub enum FetchOutcome {
-    /// The whole reply went out.
-    Sent,
-    /// The message no longer exists on the backend; nothing was sent.
-    Gone,
-    /// The backend failed; `started` says whether part of the reply went out.
-    Failed { started: bool },
-}
-
-enum State {
-    Authorization { user: Option<Vec<u8>> },
-    Transaction(Maildrop),
-    Closed,
-}
-
-/// Where a SASL exchange stands while waiting for the client's next line.
-enum Sasl {
-    Plain,
-    LoginUser,
-    LoginPassword(Vec<u8>),
-    Token(Mechanism),
+    /// The command is done and nothing more is to be sent for it.
+    Done,
+    /// A reply was cut short by the backend: close the connection now,
+    /// without another byte, so the client cannot take a partial message for
+    /// a whole one.
+    Cut,
 }
 
 /// Counts for the session summary log line.
@@ -223,36 +103,62 @@ pub struct Stats {
     pub deleted_bytes: u64,
 }
 
-pub struct Session {
-    config: SessionConfig,
-    connection: Connection,
-    state: State,
-    sasl: Option<Sasl>,
-    /// The backend's pass-through SASL mechanisms, once probed.
-    backend_mechanisms: Option<Vec<Mechanism>>,
-    /// A command waiting for the probe.
-    waiting_for_probe: Option<Command>,
-    failed_logins: u32,
-    stats: Stats,
-    /// Size of the message being fetched, for the statistics.
-    pending_fetch: Option<(FetchKind, u64)>,
+enum State {
+    Authorization,
+    Transaction(Maildrop),
+    Closed,
 }
 
-const LOGIN_USER_PROMPT: &str = "VXNlcm5hbWU6"; // base64 "Username:"
-const LOGIN_PASSWORD_PROMPT: &str = "UGFzc3dvcmQ6"; // base64 "Password:"
+/// The backend work in flight, and what it is for.
+enum Pending {
+    Nothing,
+    /// The backend's mechanisms, for this command.
+    Capabilities(Command),
+    Login {
+        user: Vec<u8>,
+    },
+    Lock {
+        user: Vec<u8>,
+    },
+    /// Opening folder `folders.len()`.
+    Folders {
+        user: Vec<u8>,
+        folders: Vec<FolderSnapshot>,
+    },
+    Retrieval(Retrieval),
+    /// `\Seen` for a message that went out whole.
+    Seen,
+    /// Expunging `deletions[done]`.
+    Commit {
+        deletions: Vec<FolderDeletions>,
+        done: usize,
+        left_flagged: bool,
+    },
+}
+
+pub struct Session {
+    config: SessionConfig,
+    auth: Auth,
+    state: State,
+    pending: Pending,
+    failed_logins: u32,
+    stats: Stats,
+}
 
 impl Session {
     pub fn new(config: SessionConfig, connection: Connection) -> Self {
+        let auth = Auth::new(
+            connection,
+            config.allow_plaintext_auth,
+            config.stls_available,
+        );
         Session {
             config,
-            connection,
-            state: State::Authorization { user: None },
-            sasl: None,
-            backend_mechanisms: None,
-            waiting_for_probe: None,
+            auth,
+            state: State::Authorization,
+            pending: Pending::Nothing,
             failed_logins: 0,
             stats: Stats::default(),
-            pending_fetch: None,
         }
     }
 
@@ -267,54 +173,37 @@ impl Session {
 
     /// The next line is a SASL response (credentials), not a command.
     pub fn awaits_sasl_response(&self) -> bool {
-        self.sasl.is_some()
+        self.auth.awaits_sasl_response()
     }
 
     pub fn is_closed(&self) -> bool {
         matches!(self.state, State::Closed)
     }
 
-    /// Plaintext credentials are acceptable on this connection.
-    fn plaintext_ok(&self) -> bool {
-        self.connection.tls || self.connection.loopback || self.config.allow_plaintext_auth
-    }
-
-    fn plaintext_refused(&self) -> Reply {
-        if self.config.stls_available && !self.connection.tls {
-            Reply::err(
-                "Plaintext authentication is disabled on unencrypted connections: use STLS first",
-            )
-        } else {
-            Reply::err(
-                "Plaintext authentication is disabled on unencrypted connections: connect with TLS",
-            )
+    /// The longest line (CRLF included) the reader should hand over now:
+    /// RFC 2449's 255 octets for commands, more while an AUTH line or a
+    /// SASL response may come, as they carry tokens of several KiB.
+    pub fn line_limit(&self) -> usize {
+        match self.state {
+            State::Authorization => MAX_SASL_LINE,
+            State::Transaction(_) | State::Closed => MAX_COMMAND_LINE,
         }
     }
 
     pub fn handle_line(&mut self, line: Line) -> Step {
         let line = match line {
             Line::Complete(line) => line,
-            Line::TooLong => {
-                let text = if self.sasl.take().is_some() {
-                    "SASL response too long, AUTH cancelled"
-                } else {
-                    "Line too long"
-                };
-                return respond(Reply::err(text));
-            }
+            Line::TooLong => return respond(self.auth.too_long()),
         };
-        if let Some(sasl) = self.sasl.take() {
-            return self.sasl_response(sasl, &line);
+        if let Some(step) = self.auth.sasl_line(&line) {
+            return self.authorized(step);
         }
+        let parsed = parse(&line);
         // Only AUTH lines may exceed the RFC 2449 limit: they carry tokens.
-        if line.len() + 2 > MAX_COMMAND_LINE
-            && !line
-                .get(..5)
-                .is_some_and(|p| p.eq_ignore_ascii_case(b"AUTH "))
-        {
+        if line.len() + 2 > MAX_COMMAND_LINE && !matches!(parsed, Ok(Command::Auth(_))) {
             return respond(Reply::err("Line too long"));
         }
-        match parse(&line) {
+        match parsed {
             Ok(cmd) => self.handle(cmd),
             // SPEC: NUL in a credential is an authentication error.
             Err(e @ ParseError::Nul) if is_credential_line(&line) => {
@@ -325,307 +214,309 @@ impl Session {
     }
 
     pub fn handle(&mut self, cmd: Command) -> Step {
-        let authorization = matches!(self.state, State::Authorization { .. });
-        // CAPA and AUTH list the backend's OAuth mechanisms: learn them first.
-        let needs_probe = match &cmd {
-            Command::Capa => authorization && self.plaintext_ok(),
-            Command::Auth(None) => authorization && self.plaintext_ok(),
-            Command::Auth(Some((name, _))) => {
-                authorization
-                    && self.plaintext_ok()
-                    && Mechanism::from_name(name).is_some_and(Mechanism::needs_backend)
-            }
-            _ => false,
-        };
-        if needs_probe && self.backend_mechanisms.is_none() {
-            self.waiting_for_probe = Some(cmd);
-            return Step::Backend(Request::Probe);
-        }
-        if let Command::Capa = cmd {
-            return respond(self.capa());
-        }
         match &mut self.state {
-            State::Authorization { .. } => self.authorization(cmd),
+            State::Authorization => {
+                if self.auth.needs_backend_mechanisms(&cmd) {
+                    self.pending = Pending::Capabilities(cmd);
+                    return Step::Backend(Request::Capabilities);
+                }
+                if let Command::Capa = cmd {
+                    return respond(self.capa());
+                }
+                let step = self.auth.command(cmd);
+                self.authorized(step)
+            }
+            State::Transaction(_) if matches!(cmd, Command::Capa) => respond(self.capa()),
             State::Transaction(drop) => {
-                transaction(&self.config, drop, cmd, &mut self.pending_fetch)
+                let rules = Rules {
+                    uidl_format: &self.config.uidl_format,
+                    read_only: self.config.read_only,
+                };
+                match transaction::command(&rules, drop, cmd) {
+                    TxStep::Reply(reply) => respond(reply),
+                    TxStep::Retrieve(retrieval) => {
+                        let piece = retrieval.piece();
+                        self.pending = Pending::Retrieval(retrieval);
+                        Step::Backend(Request::Piece(piece))
+                    }
+                    TxStep::Quit(deletions) => self.commit(deletions, 0, false),
+                }
             }
             State::Closed => Step::Respond(Response::last(Reply::err("Session is closed"))),
         }
     }
 
-    fn authorization(&mut self, cmd: Command) -> Step {
-        match cmd {
-            Command::User(_) | Command::Pass(_) | Command::Auth(Some(_))
-                if !self.plaintext_ok() =>
-            {
-                respond(self.plaintext_refused())
+    fn authorized(&mut self, step: AuthStep) -> Step {
+        match step {
+            AuthStep::Reply(reply) => respond(reply),
+            AuthStep::StartTls(reply) => Step::StartTls(reply),
+            AuthStep::Login { user, credentials } => {
+                self.pending = Pending::Login { user };
+                Step::Backend(Request::Login(credentials))
             }
-            Command::User(name) => {
-                self.state = State::Authorization { user: Some(name) };
-                respond(Reply::ok("Send PASS"))
-            }
-            Command::Pass(password) => {
-                let State::Authorization { user } = &mut self.state else {
-                    return respond(Reply::err("Not in AUTHORIZATION state"));
-                };
-                match user.take() {
-                    Some(user) => Step::Backend(Request::OpenMaildrop {
-                        user: user.clone(),
-                        credentials: Credentials::Password {
-                            login: user,
-                            authzid: None,
-                            password,
-                        },
-                    }),
-                    None => respond(Reply::err("Send USER first")),
-                }
-            }
-            Command::Stls if self.connection.tls => respond(Reply::err("TLS is already active")),
-            Command::Stls if !self.config.stls_available => {
-                respond(Reply::err("STLS is not available on this server"))
-            }
-            Command::Stls => {
-                self.state = State::Authorization { user: None };
-                Step::StartTls(Reply::ok("Begin TLS negotiation"))
-            }
-            Command::Auth(None) => {
-                let names = self
-                    .mechanisms()
-                    .iter()
-                    .map(|m| m.name().as_bytes().to_vec())
-                    .collect();
-                respond(Reply::MultiLine("Mechanisms follow".into(), names))
-            }
-            Command::Auth(Some((name, initial))) => {
-                let Some(mechanism) =
-                    Mechanism::from_name(&name).filter(|m| self.mechanisms().contains(m))
-                else {
-                    return respond(Reply::err(format!(
-                        "Unsupported authentication mechanism {name}"
-                    )));
-                };
-                let sasl = match mechanism {
-                    Mechanism::Plain => Sasl::Plain,
-                    Mechanism::Login => Sasl::LoginUser,
-                    m => Sasl::Token(m),
-                };
-                match initial {
-                    Some(initial) => self.sasl_response(sasl, &initial),
-                    None => {
-                        let prompt = if matches!(sasl, Sasl::LoginUser) {
-                            LOGIN_USER_PROMPT
-                        } else {
-                            ""
-                        };
-                        self.sasl = Some(sasl);
-                        respond(Reply::Continuation(prompt.into()))
-                    }
-                }
-            }
-            Command::Quit => {
+            AuthStep::Quit => {
                 self.state = State::Closed;
                 Step::Respond(Response::last(Reply::ok("Logging out")))
             }
-            _ => respond(Reply::err("Not logged in: authenticate first")),
         }
     }
 
-    /// Mechanisms offered now: PLAIN and LOGIN, and the backend's OAuth ones.
-    fn mechanisms(&self) -> Vec<Mechanism> {
-        if !self.plaintext_ok() {
-            return Vec::new();
-        }
-        let mut list = vec![Mechanism::Plain, Mechanism::Login];
-        list.extend(self.backend_mechanisms.iter().flatten().copied());
-        list
-    }
-
-    fn sasl_response(&mut self, sasl: Sasl, line: &[u8]) -> Step {
-        if line == b"*" {
-            return respond(Reply::err("AUTH cancelled"));
-        }
-        let decoded = if line == b"=" {
-            Ok(Vec::new())
-        } else {
-            BASE64.decode(line)
-        };
-        let Ok(decoded) = decoded else {
-            return respond(Reply::err(
-                "Invalid base64 in SASL response, AUTH cancelled",
-            ));
-        };
-        let decoded = Secret::new(decoded);
-        match sasl {
-            Sasl::Plain => {
-                let parts: Vec<&[u8]> = decoded.expose().split(|&b| b == 0).collect();
-                let [authzid, login, password] = parts.as_slice() else {
-                    return respond(Reply::err("Malformed PLAIN response, AUTH cancelled"));
-                };
-                if login.is_empty() {
-                    return respond(Reply::err_code(RespCode::Auth, "Empty user name"));
-                }
-                let authzid = (!authzid.is_empty() && authzid != login).then(|| authzid.to_vec());
-                Step::Backend(Request::OpenMaildrop {
-                    user: authzid.clone().unwrap_or_else(|| login.to_vec()),
-                    credentials: Credentials::Password {
-                        login: login.to_vec(),
-                        authzid,
-                        password: Secret::new(password.to_vec()),
-                    },
-                })
-            }
-            Sasl::LoginUser => {
-                self.sasl = Some(Sasl::LoginPassword(decoded.expose().to_vec()));
-                respond(Reply::Continuation(LOGIN_PASSWORD_PROMPT.into()))
-            }
-            Sasl::LoginPassword(user) => Step::Backend(Request::OpenMaildrop {
-                user: user.clone(),
-                credentials: Credentials::Password {
-                    login: user,
-                    authzid: None,
-                    password: decoded,
-                },
-            }),
-            Sasl::Token(mechanism) => match token_user(mechanism, decoded.expose()) {
-                Some(user) => Step::Backend(Request::OpenMaildrop {
-                    user,
-                    credentials: Credentials::Token {
-                        mechanism,
-                        response: decoded,
-                    },
-                }),
-                None => respond(Reply::err_code(
-                    RespCode::Auth,
-                    "The token names no user, AUTH cancelled",
-                )),
-            },
-        }
-    }
-
-    /// Reports the backend's SASL capabilities (empty if it could not be
-    /// reached: the login will report that) and runs the waiting command.
-    pub fn on_probe(&mut self, backend_capabilities: &[String]) -> Step {
-        let list = [Mechanism::XOAuth2, Mechanism::OAuthBearer]
-            .into_iter()
-            .filter(|m| {
-                backend_capabilities
-                    .iter()
-                    .any(|c| c.strip_prefix("AUTH=") == Some(m.name()))
-            })
-            .collect();
-        self.backend_mechanisms = Some(list);
-        match self.waiting_for_probe.take() {
-            Some(cmd) => self.handle(cmd),
-            None => respond(Reply::err("Nothing to do")),
-        }
-    }
-
-    /// The TLS handshake after STLS succeeded.
+    /// The TLS handshake after STLS succeeded (or implicit TLS).
     pub fn on_tls_started(&mut self) {
-        self.connection.tls = true;
+        self.auth.on_tls_started();
     }
 
-    pub fn on_open(&mut self, user: &[u8], outcome: OpenOutcome) -> Response {
+    /// The backend's capabilities, asked for a command that lists or needs
+    /// its SASL mechanisms. A backend that cannot be reached offers none:
+    /// the login will say it is unreachable.
+    pub fn on_capabilities(&mut self, outcome: Outcome<Vec<String>>) -> Step {
+        let Pending::Capabilities(cmd) = self.take_pending() else {
+            return self.out_of_order("capabilities");
+        };
+        self.auth
+            .set_backend_capabilities(&outcome.unwrap_or_default());
+        self.handle(cmd)
+    }
+
+    pub fn on_login(&mut self, outcome: Outcome<LoginAnswer>) -> Step {
+        let Pending::Login { user } = self.take_pending() else {
+            return self.out_of_order("login");
+        };
+        let shown = printable(&user);
         match outcome {
-            OpenOutcome::Opened(drop) => {
-                let (n, size) = drop.stat();
-                self.stats.user = Some(String::from_utf8_lossy(user).into_owned());
-                self.state = State::Transaction(drop);
-                Response::send(Reply::ok(format!(
-                    "Logged in, {n} messages ({size} octets)"
-                )))
+            Ok(LoginAnswer::LoggedIn) => {
+                self.pending = Pending::Lock { user: user.clone() };
+                Step::Backend(Request::Lock { user })
             }
-            OpenOutcome::BadCredentials => {
-                self.failed_logins += 1;
-                let close = self.failed_logins >= self.config.max_login_failures;
-                if close {
-                    self.state = State::Closed;
-                }
-                let text = if close {
-                    "Authentication failed; too many failures, closing"
-                } else {
-                    "Authentication failed"
-                };
-                Response {
-                    reply: Reply::err_code(RespCode::Auth, text),
-                    delay: self.config.login_failure_delay,
-                    close,
-                }
+            Ok(LoginAnswer::Rejected) => {
+                info!("login failed: user={shown}");
+                self.bad_credentials()
             }
-            OpenOutcome::InUse => {
-                self.state = State::Closed;
-                Response::last(Reply::err_code(
+            Ok(LoginAnswer::Unavailable(text)) => {
+                warn!(
+                    "login of user={shown} failed temporarily: {}",
+                    printable(text.as_bytes())
+                );
+                self.close(
+                    RespCode::SysTemp,
+                    "Backend cannot log you in now, try again later",
+                )
+            }
+            Err(Failure {
+                kind: FailureKind::Unreachable,
+                ..
+            }) => self.close(
+                RespCode::SysTemp,
+                "Backend server unreachable, try again later",
+            ),
+            Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
+        }
+    }
+
+    pub fn on_lock(&mut self, outcome: Outcome<LockAnswer>) -> Step {
+        let Pending::Lock { user } = self.take_pending() else {
+            return self.out_of_order("lock");
+        };
+        match outcome {
+            Ok(LockAnswer::Locked) => self.open_folder(user, Vec::new()),
+            Ok(LockAnswer::InUse) => {
+                info!("maildrop in use: user={}", printable(&user));
+                self.close(
                     RespCode::InUse,
                     "Mailbox is locked by another POP3 session, try again later",
-                ))
+                )
             }
-            OpenOutcome::Unavailable(why) => {
-                self.state = State::Closed;
-                Response::last(Reply::err_code(
-                    RespCode::SysTemp,
-                    format!("{why}, try again later"),
-                ))
-            }
-            OpenOutcome::Permanent(why) => {
-                self.state = State::Closed;
-                Response::last(Reply::err_code(RespCode::SysPerm, why))
-            }
+            Err(_) => self.close(
+                RespCode::SysTemp,
+                "Cannot lock the maildrop, try again later",
+            ),
         }
     }
 
-    /// Reports a fetch. `None` when the reply is already complete on the wire.
-    pub fn on_fetch(&mut self, outcome: FetchOutcome) -> Option<Response> {
-        let pending = self.pending_fetch.take();
+    pub fn on_folder(&mut self, outcome: Outcome<FolderSnapshot>) -> Step {
+        let Pending::Folders { user, mut folders } = self.take_pending() else {
+            return self.out_of_order("folder");
+        };
+        let index = folders.len();
+        let name = self.config.folders.get(index).cloned().unwrap_or_default();
         match outcome {
-            FetchOutcome::Sent => {
-                if let Some((FetchKind::Retr, size)) = pending {
-                    self.stats.retrieved += 1;
-                    self.stats.retrieved_bytes = self.stats.retrieved_bytes.saturating_add(size);
-                }
-                None
+            Ok(snapshot) => {
+                folders.push(snapshot);
+                self.open_folder(user, folders)
             }
-            FetchOutcome::Gone => Some(Response::send(Reply::err(
-                "Message was removed by another client meanwhile",
-            ))),
-            FetchOutcome::Failed { started } => {
-                self.state = State::Closed;
-                if started {
-                    // The reply was cut off: closing without the final `.`
-                    // is the only way to tell the client it is incomplete.
-                    None
-                } else {
-                    Some(Response::last(Reply::err_code(
-                        RespCode::SysTemp,
-                        "Backend failed, try again later",
-                    )))
+            Err(Failure {
+                kind: FailureKind::Refused,
+                text,
+            }) => {
+                error!(
+                    "cannot open folder {name:?} of user={}: {text}",
+                    printable(&user)
+                );
+                self.close(RespCode::SysPerm, format!("Cannot open folder {name}"))
+            }
+            Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
+        }
+    }
+
+    /// Opens the next configured folder, or enters TRANSACTION once all are.
+    fn open_folder(&mut self, user: Vec<u8>, folders: Vec<FolderSnapshot>) -> Step {
+        if folders.len() < self.config.folders.len() {
+            let folder = folders.len();
+            self.pending = Pending::Folders { user, folders };
+            return Step::Backend(Request::OpenFolder { folder });
+        }
+        let drop = Maildrop::new(folders);
+        let (n, size) = drop.stat();
+        let shown = printable(&user);
+        info!("login: user={shown} messages={n}");
+        self.stats.user = Some(String::from_utf8_lossy(&user).into_owned());
+        self.state = State::Transaction(drop);
+        respond(Reply::ok(format!(
+            "Logged in, {n} messages ({size} octets)"
+        )))
+    }
+
+    pub fn on_piece(&mut self, outcome: Outcome<PieceAnswer>) -> Step {
+        let Pending::Retrieval(mut retrieval) = self.take_pending() else {
+            return self.out_of_order("piece");
+        };
+        match retrieval.on_piece(outcome) {
+            Next::More { bytes, piece } => {
+                self.pending = Pending::Retrieval(retrieval);
+                Step::Write {
+                    bytes,
+                    next: Some(Request::Piece(piece)),
                 }
+            }
+            Next::Done(bytes) => {
+                let message = retrieval.message();
+                if retrieval.kind() != Kind::Retr {
+                    return Step::Write { bytes, next: None };
+                }
+                self.stats.retrieved += 1;
+                self.stats.retrieved_bytes =
+                    self.stats.retrieved_bytes.saturating_add(message.size);
+                if !self.config.mark_seen || self.config.read_only {
+                    return Step::Write { bytes, next: None };
+                }
+                self.pending = Pending::Seen;
+                Step::Write {
+                    bytes,
+                    next: Some(Request::MarkSeen {
+                        folder: message.folder,
+                        uid_validity: retrieval.uid_validity(),
+                        uid: message.uid,
+                    }),
+                }
+            }
+            Next::Refuse(reply) => respond(reply),
+            Next::Fail(reply) => {
+                self.state = State::Closed;
+                Step::Respond(Response::last(reply))
+            }
+            Next::Cut => {
+                self.state = State::Closed;
+                Step::Cut
             }
         }
     }
 
-    /// Reports the expunge run for QUIT.
-    pub fn on_commit(&mut self, result: Result<CommitOutcome, String>) -> Response {
-        let State::Transaction(drop) = &self.state else {
-            return Response::last(Reply::err("Session is closed"));
+    /// `\Seen` after a RETR. The message went out whole, so the reply stands
+    /// whatever the backend said: a refusal (a read-only or ACL-limited
+    /// mailbox) was logged and the session goes on; a lost backend shows at
+    /// the next command that needs it.
+    pub fn on_seen(&mut self, _outcome: Outcome<()>) -> Step {
+        let Pending::Seen = self.take_pending() else {
+            return self.out_of_order("seen");
+        };
+        Step::Done
+    }
+
+    pub fn on_expunge(&mut self, outcome: Outcome<ExpungeAnswer>) -> Step {
+        let Pending::Commit {
+            deletions,
+            done,
+            left_flagged,
+        } = self.take_pending()
+        else {
+            return self.out_of_order("expunge");
+        };
+        match outcome {
+            Ok(ExpungeAnswer::Expunged) => self.commit(deletions, done + 1, left_flagged),
+            Ok(ExpungeAnswer::LeftFlagged) => self.commit(deletions, done + 1, true),
+            Ok(ExpungeAnswer::FolderChanged) | Err(_) => {
+                let text = if done == 0 {
+                    "Backend failed to delete the messages"
+                } else {
+                    "Backend failed to delete the messages of one folder (those of earlier folders were deleted)"
+                };
+                self.close(
+                    RespCode::SysTemp,
+                    format!("{text}; no message was deleted, try again later"),
+                )
+            }
+        }
+    }
+
+    /// UPDATE: expunges folder by folder from `done` on. A failure in one
+    /// folder leaves the later ones untouched.
+    fn commit(&mut self, deletions: Vec<FolderDeletions>, done: usize, left_flagged: bool) -> Step {
+        if let Some(next) = deletions.get(done) {
+            let request = Request::Expunge(next.clone());
+            self.pending = Pending::Commit {
+                deletions,
+                done,
+                left_flagged,
+            };
+            return Step::Backend(request);
+        }
+        let State::Transaction(drop) = mem::replace(&mut self.state, State::Closed) else {
+            return self.out_of_order("commit");
         };
         let (deleted, deleted_bytes) = drop.deleted_stat();
-        self.state = State::Closed;
-        match result {
-            Ok(CommitOutcome::Expunged) => {
-                self.stats.deleted = deleted as u64;
-                self.stats.deleted_bytes = deleted_bytes;
-                Response::last(Reply::ok(format!(
-                    "Logging out, {deleted} messages deleted"
-                )))
-            }
-            Ok(CommitOutcome::LeftFlagged) => Response::last(Reply::ok(format!(
+        let text = if left_flagged {
+            format!(
                 "Logging out, {deleted} messages flagged \\Deleted: the mail server removes them at its next expunge"
-            ))),
-            Err(why) => Response::last(Reply::err_code(
-                RespCode::SysTemp,
-                format!("{why}; no message was deleted, try again later"),
-            )),
+            )
+        } else {
+            self.stats.deleted = deleted as u64;
+            self.stats.deleted_bytes = deleted_bytes;
+            format!("Logging out, {deleted} messages deleted")
+        };
+        Step::Respond(Response::last(Reply::ok(text)))
+    }
+
+    fn bad_credentials(&mut self) -> Step {
+        self.failed_logins += 1;
+        let close = self.failed_logins >= self.config.max_login_failures;
+        if close {
+            self.state = State::Closed;
         }
+        let text = if close {
+            "Authentication failed; too many failures, closing"
+        } else {
+            "Authentication failed"
+        };
+        Step::Respond(Response {
+            reply: Reply::err_code(RespCode::Auth, text),
+            delay: self.config.login_failure_delay,
+            close,
+        })
+    }
+
+    fn close(&mut self, code: RespCode, text: impl Into<String>) -> Step {
+        self.state = State::Closed;
+        Step::Respond(Response::last(Reply::err_code(code, text)))
+    }
+
+    fn take_pending(&mut self) -> Pending {
+        mem::replace(&mut self.pending, Pending::Nothing)
+    }
+
+    /// An answer to a request that was not asked: a bug in the caller.
+    fn out_of_order(&mut self, what: &str) -> Step {
+        error!("internal error: backend answer ({what}) without a request");
+        self.close(RespCode::SysTemp, "Internal error, try again later")
     }
 
     fn capa(&self) -> Reply {
@@ -633,42 +524,14 @@ impl Session {
             .iter()
             .map(|s| s.as_bytes().to_vec())
             .collect();
-        if matches!(self.state, State::Authorization { .. }) {
-            if self.plaintext_ok() {
-                lines.push(b"USER".to_vec());
-                let names: Vec<&str> = self.mechanisms().iter().map(|m| m.name()).collect();
-                lines.push(format!("SASL {}", names.join(" ")).into_bytes());
-            }
-            if self.config.stls_available && !self.connection.tls {
-                lines.push(b"STLS".to_vec());
-            }
+        if let State::Authorization = self.state {
+            self.auth.capa(&mut lines);
         }
         if let Some(imp) = &self.config.implementation {
             lines.push(format!("IMPLEMENTATION {imp}").into_bytes());
         }
         Reply::MultiLine("Capability list follows".into(), lines)
     }
-}
-
-/// The user an OAuth SASL response is for: `user=` of XOAUTH2, `a=` of the
-/// OAUTHBEARER GS2 header (RFC 7628 section 3.1, `=2C` and `=3D` decoded).
-fn token_user(mechanism: Mechanism, response: &[u8]) -> Option<Vec<u8>> {
-    let user = match mechanism {
-        Mechanism::XOAuth2 => response
-            .split(|&b| b == 1)
-            .find_map(|kv| kv.strip_prefix(b"user="))?
-            .to_vec(),
-        Mechanism::OAuthBearer => {
-            let header = response.split(|&b| b == 1).next()?;
-            let authzid = header
-                .split(|&b| b == b',')
-                .find_map(|f| f.strip_prefix(b"a="))?;
-            let text = String::from_utf8(authzid.to_vec()).ok()?;
-            text.replace("=2C", ",").replace("=3D", "=").into_bytes()
-        }
-        Mechanism::Plain | Mechanism::Login => return None,
-    };
-    (!user.is_empty()).then_some(user)
 }
 
 fn is_credential_line(line: &[u8]) -> bool {
@@ -680,102 +543,14 @@ fn respond(reply: Reply) -> Step {
     Step::Respond(Response::send(reply))
 }
 
-fn transaction(
-    config: &SessionConfig,
-    drop: &mut Maildrop,
-    cmd: Command,
-    pending_fetch: &mut Option<(FetchKind, u64)>,
-) -> Step {
-    let reply = match cmd {
-        Command::Stat => {
-            let (n, size) = drop.stat();
-            Reply::ok(format!("{n} {size}"))
-        }
-        Command::List(None) => {
-            let (n, size) = drop.stat();
-            let lines = drop
-                .live()
-                .map(|(num, m)| format!("{num} {}", m.size).into_bytes())
-                .collect();
-            Reply::MultiLine(format!("{n} messages ({size} octets)"), lines)
-        }
-        Command::List(Some(n)) => match drop.get(n) {
-            Ok(m) => Reply::ok(format!("{n} {}", m.size)),
-            Err(e) => Reply::err(e.message()),
-        },
-        Command::Uidl(None) => {
-            let lines = drop
-                .live()
-                .map(|(num, m)| {
-                    format!("{num} {}", drop.uidl(&m, &config.uidl_format).0).into_bytes()
-                })
-                .collect();
-            Reply::MultiLine(String::new(), lines)
-        }
-        Command::Uidl(Some(n)) => match drop.get(n) {
-            Ok(m) => Reply::ok(format!("{n} {}", drop.uidl(&m, &config.uidl_format).0)),
-            Err(e) => Reply::err(e.message()),
-        },
-        Command::Retr(n) => match drop.get(n) {
-            Ok(m) => {
-                *pending_fetch = Some((FetchKind::Retr, m.size));
-                return Step::Backend(Request::Fetch(FetchRequest {
-                    folder: m.folder,
-                    uid_validity: drop.uid_validity(m.folder),
-                    uid: m.uid,
-                    size: m.size,
-                    status: format!("{} octets", m.size),
-                    kind: FetchKind::Retr,
-                    mark_seen: config.mark_seen && !config.read_only,
-                }));
-            }
-            Err(e) => Reply::err(e.message()),
-        },
-        Command::Top(n, lines) => match drop.get(n) {
-            Ok(m) => {
-                *pending_fetch = Some((FetchKind::Top(lines), m.size));
-                return Step::Backend(Request::Fetch(FetchRequest {
-                    folder: m.folder,
-                    uid_validity: drop.uid_validity(m.folder),
-                    uid: m.uid,
-                    size: m.size,
-                    status: "Top of message follows".into(),
-                    kind: FetchKind::Top(lines),
-                    mark_seen: false,
-                }));
-            }
-            Err(e) => Reply::err(e.message()),
-        },
-        Command::Dele(_) if config.read_only => Reply::err_code(
-            RespCode::SysPerm,
-            "This server is configured read-only: DELE is not possible",
-        ),
-        Command::Dele(n) => match drop.mark_deleted(n) {
-            Ok(_) => Reply::ok(format!("Message {n} deleted")),
-            Err(e) => Reply::err(e.message()),
-        },
-        Command::Noop => Reply::ok(""),
-        Command::Rset => {
-            drop.reset();
-            let (n, size) = drop.stat();
-            Reply::ok(format!("{n} messages ({size} octets)"))
-        }
-        Command::Quit => {
-            return Step::Backend(Request::Commit {
-                deletions: drop.deleted_by_folder(),
-            });
-        }
-        Command::User(_) | Command::Pass(_) | Command::Auth(_) => Reply::err("Already logged in"),
-        Command::Stls => Reply::err("STLS is only allowed before login"),
-        Command::Capa => Reply::err("CAPA is handled before the state"),
-    };
-    respond(reply)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::backend::{Credentials, PieceRequest, TokenMechanism};
+    use crate::limits::FETCH_CHUNK;
     use crate::maildrop::BackendMessage;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::STANDARD as BASE64;
 
     fn config() -> SessionConfig {
         SessionConfig {
@@ -787,6 +562,7 @@ mod tests {
             implementation: None,
             allow_plaintext_auth: false,
             stls_available: true,
+            folders: vec!["INBOX".into()],
         }
     }
 
@@ -805,44 +581,94 @@ mod tests {
         String::from_utf8_lossy(&v).into_owned()
     }
 
+    fn line(s: &mut Session, text: &str) -> Step {
+        s.handle_line(Line::Complete(text.as_bytes().to_vec()))
+    }
+
     /// Feeds one command line; expects a reply (not backend work).
-    fn say(s: &mut Session, line: &str) -> String {
-        match s.handle_line(Line::Complete(line.as_bytes().to_vec())) {
+    fn say(s: &mut Session, text: &str) -> String {
+        match line(s, text) {
             Step::Respond(r) => wire(&r.reply),
-            Step::Backend(Request::Probe) => match s.on_probe(&[]) {
+            Step::Backend(Request::Capabilities) => match s.on_capabilities(Ok(Vec::new())) {
                 Step::Respond(r) => wire(&r.reply),
-                other => panic!("unexpected step after probe {other:?}"),
+                other => panic!("unexpected step after the capabilities {other:?}"),
             },
             other => panic!("unexpected step {other:?}"),
         }
     }
 
-    fn logged_in() -> Session {
-        let mut s = Session::new(config(), LOCAL);
-        assert_eq!(say(&mut s, "USER alice"), "+OK Send PASS\r\n");
-        let Step::Backend(Request::OpenMaildrop {
-            user,
-            credentials:
-                Credentials::Password {
-                    password,
-                    authzid: None,
-                    ..
-                },
-        }) = s.handle_line(Line::Complete(b"PASS secret".to_vec()))
-        else {
-            panic!("PASS should open the maildrop");
-        };
-        assert_eq!(password.expose(), b"secret");
-        let drop = Maildrop::new(vec![FolderSnapshot {
+    fn reply_of(step: Step) -> Response {
+        match step {
+            Step::Respond(r) => r,
+            other => panic!("expected a reply, got {other:?}"),
+        }
+    }
+
+    fn inbox() -> FolderSnapshot {
+        FolderSnapshot {
             uid_validity: 0x5f3c2a10,
             messages: vec![
                 BackendMessage { uid: 1, size: 120 },
                 BackendMessage { uid: 5, size: 300 },
             ],
-        }]);
-        let r = s.on_open(&user, OpenOutcome::Opened(drop));
+        }
+    }
+
+    /// PASS as far as the backend's verdict on the credentials.
+    fn pass(s: &mut Session, user: &str) {
+        assert_eq!(say(s, &format!("USER {user}")), "+OK Send PASS\r\n");
+        let Step::Backend(Request::Login(Credentials::Password {
+            login,
+            password,
+            authzid: None,
+        })) = line(s, "PASS secret")
+        else {
+            panic!("PASS should log in at the backend");
+        };
+        assert_eq!(
+            (login.as_slice(), password.expose()),
+            (user.as_bytes(), &b"secret"[..])
+        );
+    }
+
+    /// The whole login: credentials, lock, snapshot of each folder.
+    fn open(s: &mut Session, folders: Vec<FolderSnapshot>) -> Response {
+        let Step::Backend(Request::Lock { user }) = s.on_login(Ok(LoginAnswer::LoggedIn)) else {
+            panic!("a login takes the lock next");
+        };
+        assert_eq!(user, b"alice");
+        let mut step = s.on_lock(Ok(LockAnswer::Locked));
+        for (i, folder) in folders.into_iter().enumerate() {
+            let Step::Backend(Request::OpenFolder { folder: asked }) = step else {
+                panic!("folder {i} should be opened, got {step:?}");
+            };
+            assert_eq!(asked, i);
+            step = s.on_folder(Ok(folder));
+        }
+        reply_of(step)
+    }
+
+    fn logged_in_with(config: SessionConfig) -> Session {
+        let mut s = Session::new(config, LOCAL);
+        pass(&mut s, "alice");
+        let r = open(&mut s, vec![inbox()]);
         assert_eq!(wire(&r.reply), "+OK Logged in, 2 messages (420 octets)\r\n");
         s
+    }
+
+    fn logged_in() -> Session {
+        logged_in_with(config())
+    }
+
+    fn piece_of(step: Step) -> PieceRequest {
+        match step {
+            Step::Backend(Request::Piece(p)) => p,
+            other => panic!("expected a piece request, got {other:?}"),
+        }
+    }
+
+    fn text(bytes: &[u8]) -> String {
+        String::from_utf8_lossy(bytes).into_owned()
     }
 
     #[test]
@@ -889,23 +715,21 @@ mod tests {
     }
 
     #[test]
-    fn quit_commits_exactly_the_marked_uids() {
+    fn quit_expunges_exactly_the_marked_uids() {
         let mut s = logged_in();
         say(&mut s, "DELE 2");
-        let Step::Backend(Request::Commit { deletions }) =
-            s.handle_line(Line::Complete(b"QUIT".to_vec()))
-        else {
-            panic!("QUIT should commit");
+        let Step::Backend(Request::Expunge(deletions)) = line(&mut s, "QUIT") else {
+            panic!("QUIT should expunge");
         };
         assert_eq!(
             deletions,
-            vec![FolderDeletions {
+            FolderDeletions {
                 folder: 0,
                 uid_validity: 0x5f3c2a10,
                 uids: vec![5]
-            }]
+            }
         );
-        let r = s.on_commit(Ok(CommitOutcome::Expunged));
+        let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::Expunged)));
         assert!(r.close);
         assert_eq!(wire(&r.reply), "+OK Logging out, 1 messages deleted\r\n");
         assert_eq!(s.stats().deleted, 1);
@@ -913,71 +737,200 @@ mod tests {
     }
 
     #[test]
-    fn failed_commit_is_sys_temp() {
+    fn quit_without_deletions_asks_the_backend_nothing() {
+        let mut s = logged_in();
+        let r = reply_of(line(&mut s, "QUIT"));
+        assert!(r.close);
+        assert_eq!(wire(&r.reply), "+OK Logging out, 0 messages deleted\r\n");
+    }
+
+    #[test]
+    fn a_failed_expunge_is_sys_temp_and_says_what_was_deleted() {
         let mut s = logged_in();
         say(&mut s, "DELE 2");
-        let _ = s.handle_line(Line::Complete(b"QUIT".to_vec()));
-        let r = s.on_commit(Err("Backend failed".into()));
+        let _ = line(&mut s, "QUIT");
+        let r = reply_of(s.on_expunge(Err(Failure::new(FailureKind::Lost, "timeout"))));
         assert!(r.close);
-        assert!(wire(&r.reply).starts_with("-ERR [SYS/TEMP] Backend failed"));
+        assert!(
+            wire(&r.reply).starts_with("-ERR [SYS/TEMP] Backend failed to delete the messages;")
+        );
         assert_eq!(s.stats().deleted, 0);
+
+        // Two folders: the first one's deletions went through.
+        let mut s = Session::new(
+            SessionConfig {
+                folders: vec!["INBOX".into(), "Spam".into()],
+                ..config()
+            },
+            LOCAL,
+        );
+        pass(&mut s, "alice");
+        let spam = FolderSnapshot {
+            uid_validity: 9,
+            messages: vec![BackendMessage { uid: 3, size: 10 }],
+        };
+        let r = open(&mut s, vec![inbox(), spam]);
+        assert_eq!(wire(&r.reply), "+OK Logged in, 3 messages (430 octets)\r\n");
+        say(&mut s, "DELE 1");
+        say(&mut s, "DELE 3");
+        let Step::Backend(Request::Expunge(first)) = line(&mut s, "QUIT") else {
+            panic!("QUIT should expunge");
+        };
+        assert_eq!((first.folder, first.uids), (0, vec![1]));
+        let Step::Backend(Request::Expunge(second)) = s.on_expunge(Ok(ExpungeAnswer::Expunged))
+        else {
+            panic!("then the second folder");
+        };
+        assert_eq!(
+            (second.folder, second.uid_validity, second.uids),
+            (1, 9, vec![3])
+        );
+        let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::FolderChanged)));
+        assert!(wire(&r.reply).contains("(those of earlier folders were deleted)"));
     }
 
     #[test]
-    fn retr_asks_for_a_fetch_with_the_snapshot_size() {
+    fn retr_is_sent_piece_by_piece_then_marked_seen() {
         let mut s = logged_in();
-        match s.handle_line(Line::Complete(b"RETR 2".to_vec())) {
-            Step::Backend(Request::Fetch(FetchRequest {
-                uid,
-                status,
-                kind,
-                mark_seen,
+        let p = piece_of(line(&mut s, "RETR 2"));
+        assert_eq!(
+            (p.folder, p.uid_validity, p.uid, p.offset),
+            (0, 0x5f3c2a10, 5, 0)
+        );
+        let Step::Write { bytes, next } =
+            s.on_piece(Ok(PieceAnswer::Bytes(b"S: x\r\n\r\nhi".to_vec())))
+        else {
+            panic!("the message goes out");
+        };
+        assert_eq!(text(&bytes), "+OK 300 octets\r\nS: x\r\n\r\nhi\r\n.\r\n");
+        let Some(Request::MarkSeen {
+            folder: 0, uid: 5, ..
+        }) = next
+        else {
+            panic!("then \\Seen: {next:?}");
+        };
+        assert!(matches!(s.on_seen(Ok(())), Step::Done));
+        assert_eq!((s.stats().retrieved, s.stats().retrieved_bytes), (1, 300));
+    }
+
+    #[test]
+    fn a_long_message_asks_for_the_next_piece_after_each_full_one() {
+        let mut s = logged_in();
+        let _ = piece_of(line(&mut s, "RETR 1"));
+        let Step::Write {
+            next: Some(Request::Piece(p)),
+            ..
+        } = s.on_piece(Ok(PieceAnswer::Bytes(vec![b'a'; FETCH_CHUNK as usize])))
+        else {
+            panic!("a full piece asks for more");
+        };
+        assert_eq!(p.offset, u64::from(FETCH_CHUNK));
+    }
+
+    #[test]
+    fn a_refused_seen_keeps_the_session_and_quit_still_deletes() {
+        let mut s = logged_in();
+        for n in [1, 2] {
+            let _ = piece_of(line(&mut s, &format!("RETR {n}")));
+            let Step::Write {
+                next: Some(Request::MarkSeen { .. }),
                 ..
-            })) => {
-                assert_eq!(
-                    (uid, status.as_str(), kind, mark_seen),
-                    (5, "300 octets", FetchKind::Retr, true)
-                );
-            }
-            other => panic!("{other:?}"),
+            } = s.on_piece(Ok(PieceAnswer::Bytes(b"x".to_vec())))
+            else {
+                panic!("RETR {n} asks for \\Seen");
+            };
+            let refused = Failure::new(FailureKind::Refused, "[READ-ONLY] Mailbox is read-only");
+            assert!(matches!(s.on_seen(Err(refused)), Step::Done));
         }
-        assert!(s.on_fetch(FetchOutcome::Sent).is_none());
-        assert_eq!(s.stats().retrieved, 1);
-        match s.handle_line(Line::Complete(b"TOP 1 0".to_vec())) {
-            Step::Backend(Request::Fetch(FetchRequest {
-                uid,
-                kind,
-                mark_seen,
-                ..
-            })) => {
-                assert_eq!((uid, kind, mark_seen), (1, FetchKind::Top(0), false));
-            }
-            other => panic!("{other:?}"),
-        }
-        let r = s.on_fetch(FetchOutcome::Gone).expect("a reply");
-        assert!(wire(&r.reply).starts_with("-ERR"));
+        assert_eq!(s.stats().retrieved, 2);
+        assert_eq!(say(&mut s, "DELE 1"), "+OK Message 1 deleted\r\n");
+        let Step::Backend(Request::Expunge(d)) = line(&mut s, "QUIT") else {
+            panic!("QUIT should expunge");
+        };
+        assert_eq!(d.uids, vec![1]);
+        let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::Expunged)));
+        assert_eq!(wire(&r.reply), "+OK Logging out, 1 messages deleted\r\n");
+    }
+
+    #[test]
+    fn a_refused_fetch_is_an_err_for_that_message_and_the_next_one_is_sent() {
+        let mut s = logged_in();
+        let _ = piece_of(line(&mut s, "RETR 1"));
+        let r = reply_of(s.on_piece(Err(Failure::new(FailureKind::Refused, "Internal error"))));
         assert!(!r.close);
+        assert_eq!(
+            wire(&r.reply),
+            "-ERR Message 1 cannot be read now, the mail server said: Internal error\r\n"
+        );
+        assert!(!s.is_closed());
+        let p = piece_of(line(&mut s, "RETR 2"));
+        assert_eq!(p.uid, 5);
+        assert!(matches!(
+            s.on_piece(Ok(PieceAnswer::Bytes(b"x".to_vec()))),
+            Step::Write { .. }
+        ));
+        assert_eq!(s.stats().retrieved, 1);
     }
 
     #[test]
-    fn failed_fetch_after_start_closes_without_reply() {
+    fn a_lost_backend_ends_the_session_before_or_after_the_first_byte() {
         let mut s = logged_in();
-        let _ = s.handle_line(Line::Complete(b"RETR 1".to_vec()));
-        assert!(s.on_fetch(FetchOutcome::Failed { started: true }).is_none());
+        let _ = piece_of(line(&mut s, "RETR 1"));
+        let r = reply_of(s.on_piece(Err(Failure::new(FailureKind::Lost, "timeout"))));
+        assert!(r.close && wire(&r.reply).starts_with("-ERR [SYS/TEMP] "));
+
+        let mut s = logged_in();
+        let _ = piece_of(line(&mut s, "RETR 1"));
+        let _ = s.on_piece(Ok(PieceAnswer::Bytes(vec![b'a'; FETCH_CHUNK as usize])));
+        assert!(matches!(
+            s.on_piece(Err(Failure::new(FailureKind::Lost, "timeout"))),
+            Step::Cut
+        ));
         assert!(s.is_closed());
+        assert_eq!(s.stats().retrieved, 0);
+    }
+
+    #[test]
+    fn top_and_read_only_never_set_seen() {
+        let mut s = logged_in();
+        let _ = piece_of(line(&mut s, "TOP 1 0"));
+        let Step::Write { bytes, next: None } =
+            s.on_piece(Ok(PieceAnswer::Bytes(b"H: v\r\n\r\nbody\r\n".to_vec())))
+        else {
+            panic!("TOP is complete without \\Seen");
+        };
+        assert_eq!(
+            text(&bytes),
+            "+OK Top of message follows\r\nH: v\r\n\r\n.\r\n"
+        );
+        assert_eq!(s.stats().retrieved, 0);
+        let mut s = logged_in_with(SessionConfig {
+            read_only: true,
+            ..config()
+        });
+        let _ = piece_of(line(&mut s, "RETR 1"));
+        assert!(matches!(
+            s.on_piece(Ok(PieceAnswer::Bytes(b"x".to_vec()))),
+            Step::Write { next: None, .. }
+        ));
+        assert!(say(&mut s, "DELE 1").starts_with("-ERR [SYS/PERM]"));
+    }
+
+    #[test]
+    fn a_message_expunged_elsewhere_is_an_err_and_the_session_goes_on() {
+        let mut s = logged_in();
+        let _ = piece_of(line(&mut s, "RETR 2"));
+        let r = reply_of(s.on_piece(Ok(PieceAnswer::NoMessage)));
+        assert!(wire(&r.reply).starts_with("-ERR Message was removed") && !r.close);
+        assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
     }
 
     #[test]
     fn failed_logins_are_delayed_and_capped() {
         let mut s = Session::new(config(), LOCAL);
         for round in 1..=3 {
-            say(&mut s, "USER alice");
-            let Step::Backend(Request::OpenMaildrop { user, .. }) =
-                s.handle_line(Line::Complete(b"PASS bad".to_vec()))
-            else {
-                panic!("PASS should go to the backend");
-            };
-            let r = s.on_open(&user, OpenOutcome::BadCredentials);
+            pass(&mut s, "alice");
+            let r = reply_of(s.on_login(Ok(LoginAnswer::Rejected)));
             assert!(wire(&r.reply).starts_with("-ERR [AUTH] "));
             assert_eq!(r.delay, Duration::from_secs(2));
             assert_eq!(r.close, round == 3);
@@ -989,24 +942,69 @@ mod tests {
     fn pass_needs_user_first_and_user_is_forgotten_after_a_failure() {
         let mut s = Session::new(config(), LOCAL);
         assert_eq!(say(&mut s, "PASS x"), "-ERR Send USER first\r\n");
-        say(&mut s, "USER a");
-        let Step::Backend(Request::OpenMaildrop { user, .. }) =
-            s.handle_line(Line::Complete(b"PASS x".to_vec()))
-        else {
-            panic!();
-        };
-        let _ = s.on_open(&user, OpenOutcome::BadCredentials);
+        pass(&mut s, "a");
+        let _ = s.on_login(Ok(LoginAnswer::Rejected));
         assert_eq!(say(&mut s, "PASS x"), "-ERR Send USER first\r\n");
     }
 
     #[test]
-    fn in_use_and_backend_failures_close_with_codes() {
-        let mut s = Session::new(config(), LOCAL);
-        let r = s.on_open(b"a", OpenOutcome::InUse);
-        assert!(r.close && wire(&r.reply).starts_with("-ERR [IN-USE] "));
-        let mut s = Session::new(config(), LOCAL);
-        let r = s.on_open(b"a", OpenOutcome::Unavailable("Backend unreachable".into()));
-        assert!(r.close && wire(&r.reply).starts_with("-ERR [SYS/TEMP] Backend unreachable"));
+    fn login_failures_close_with_the_code_that_fits() {
+        type Answer = fn(&mut Session) -> Step;
+        let cases: Vec<(Answer, &str)> = vec![
+            (
+                |s| s.on_login(Err(Failure::new(FailureKind::Unreachable, "refused"))),
+                "-ERR [SYS/TEMP] Backend server unreachable, try again later\r\n",
+            ),
+            (
+                |s| s.on_login(Ok(LoginAnswer::Unavailable("later".into()))),
+                "-ERR [SYS/TEMP] Backend cannot log you in now, try again later\r\n",
+            ),
+            (
+                |s| {
+                    let _ = s.on_login(Ok(LoginAnswer::LoggedIn));
+                    s.on_lock(Ok(LockAnswer::InUse))
+                },
+                "-ERR [IN-USE] Mailbox is locked by another POP3 session, try again later\r\n",
+            ),
+            (
+                |s| {
+                    let _ = s.on_login(Ok(LoginAnswer::LoggedIn));
+                    s.on_lock(Err(Failure::new(FailureKind::Local, "EACCES")))
+                },
+                "-ERR [SYS/TEMP] Cannot lock the maildrop, try again later\r\n",
+            ),
+            (
+                |s| {
+                    let _ = s.on_login(Ok(LoginAnswer::LoggedIn));
+                    let _ = s.on_lock(Ok(LockAnswer::Locked));
+                    s.on_folder(Err(Failure::new(FailureKind::Refused, "no such mailbox")))
+                },
+                "-ERR [SYS/PERM] Cannot open folder INBOX\r\n",
+            ),
+            (
+                |s| {
+                    let _ = s.on_login(Ok(LoginAnswer::LoggedIn));
+                    let _ = s.on_lock(Ok(LockAnswer::Locked));
+                    s.on_folder(Err(Failure::new(FailureKind::Protocol, "garbage")))
+                },
+                "-ERR [SYS/TEMP] Backend server failed, try again later\r\n",
+            ),
+        ];
+        for (answer, expected) in cases {
+            let mut s = Session::new(config(), LOCAL);
+            pass(&mut s, "alice");
+            let r = reply_of(answer(&mut s));
+            assert!(r.close, "{expected}");
+            assert_eq!(wire(&r.reply), expected);
+            assert!(s.is_closed());
+        }
+    }
+
+    #[test]
+    fn an_answer_nobody_asked_for_closes_instead_of_panicking() {
+        let mut s = logged_in();
+        let r = reply_of(s.on_piece(Ok(PieceAnswer::NoMessage)));
+        assert!(r.close && wire(&r.reply).starts_with("-ERR [SYS/TEMP] Internal error"));
     }
 
     #[test]
@@ -1025,45 +1023,33 @@ mod tests {
     }
 
     #[test]
-    fn read_only_refuses_dele() {
-        let mut s = Session::new(
-            SessionConfig {
-                read_only: true,
-                ..config()
-            },
-            LOCAL,
-        );
-        say(&mut s, "USER a");
-        let _ = s.handle_line(Line::Complete(b"PASS b".to_vec()));
-        let _ = s.on_open(
-            b"a",
-            OpenOutcome::Opened(Maildrop::new(vec![FolderSnapshot {
-                uid_validity: 1,
-                messages: vec![BackendMessage { uid: 1, size: 1 }],
-            }])),
-        );
-        assert!(say(&mut s, "DELE 1").starts_with("-ERR [SYS/PERM]"));
-    }
-
-    #[test]
     fn too_long_and_nul_lines_are_errors_that_keep_the_session() {
         let mut s = logged_in();
-        match s.handle_line(Line::TooLong) {
-            Step::Respond(r) => assert!(wire(&r.reply).starts_with("-ERR") && !r.close),
-            other => panic!("{other:?}"),
-        }
+        let r = reply_of(s.handle_line(Line::TooLong));
+        assert!(wire(&r.reply).starts_with("-ERR") && !r.close);
         assert!(say(&mut s, "ST\0AT").starts_with("-ERR"));
         assert!(say(&mut s, "PASS a\0b").starts_with("-ERR [AUTH]"));
         assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
     }
 
-    /// Feeds a line and returns the backend request it leads to.
-    fn request(s: &mut Session, line: &str) -> Request {
-        match s.handle_line(Line::Complete(line.as_bytes().to_vec())) {
-            Step::Backend(Request::Probe) => match s.on_probe(&["AUTH=XOAUTH2".to_string()]) {
-                Step::Backend(r) => r,
-                other => panic!("expected a backend request after the probe, got {other:?}"),
-            },
+    #[test]
+    fn the_line_limit_is_long_only_while_auth_lines_may_come() {
+        let s = Session::new(config(), LOCAL);
+        assert_eq!(s.line_limit(), MAX_SASL_LINE);
+        let s = logged_in();
+        assert_eq!(s.line_limit(), MAX_COMMAND_LINE);
+    }
+
+    /// Feeds a line and returns the backend request it leads to, answering
+    /// a capabilities request with a backend that offers XOAUTH2.
+    fn request(s: &mut Session, text: &str) -> Request {
+        match line(s, text) {
+            Step::Backend(Request::Capabilities) => {
+                match s.on_capabilities(Ok(vec!["AUTH=XOAUTH2".to_string()])) {
+                    Step::Backend(r) => r,
+                    other => panic!("expected a backend request after the probe, got {other:?}"),
+                }
+            }
             Step::Backend(r) => r,
             other => panic!("expected a backend request, got {other:?}"),
         }
@@ -1093,7 +1079,7 @@ mod tests {
     fn stls_upgrades_then_disappears_from_capa() {
         let mut s = Session::new(config(), REMOTE);
         say(&mut s, "USER alice");
-        match s.handle_line(Line::Complete(b"STLS".to_vec())) {
+        match line(&mut s, "STLS") {
             Step::StartTls(r) => assert_eq!(wire(&r), "+OK Begin TLS negotiation\r\n"),
             other => panic!("{other:?}"),
         }
@@ -1124,22 +1110,22 @@ mod tests {
         let mut s = Session::new(config(), LOCAL);
         // "user\0master\0pw": authorize as user, authenticate as master.
         match request(&mut s, "AUTH PLAIN dXNlcgBtYXN0ZXIAcHc=") {
-            Request::OpenMaildrop {
-                user,
-                credentials:
-                    Credentials::Password {
-                        login,
-                        authzid,
-                        password,
-                    },
-            } => {
-                assert_eq!(user, b"user");
+            Request::Login(Credentials::Password {
+                login,
+                authzid,
+                password,
+            }) => {
                 assert_eq!(login, b"master");
                 assert_eq!(authzid.as_deref(), Some(&b"user"[..]));
                 assert_eq!(password.expose(), b"pw");
             }
             other => panic!("{other:?}"),
         }
+        // The maildrop (lock, logs) is the authorization identity's.
+        let Step::Backend(Request::Lock { user }) = s.on_login(Ok(LoginAnswer::LoggedIn)) else {
+            panic!("the lock comes next");
+        };
+        assert_eq!(user, b"user");
     }
 
     #[test]
@@ -1153,12 +1139,11 @@ mod tests {
         assert!(say(&mut s, "AUTH PLAIN bm9udWxz").starts_with("-ERR Malformed PLAIN"));
         assert_eq!(say(&mut s, "AUTH PLAIN"), "+ \r\n");
         match request(&mut s, "AGFsaWNlAHNlY3JldA==") {
-            Request::OpenMaildrop {
-                user,
-                credentials: Credentials::Password { authzid: None, .. },
-            } => {
-                assert_eq!(user, b"alice")
-            }
+            Request::Login(Credentials::Password {
+                login,
+                authzid: None,
+                ..
+            }) => assert_eq!(login, b"alice"),
             other => panic!("{other:?}"),
         }
     }
@@ -1169,16 +1154,12 @@ mod tests {
         assert_eq!(say(&mut s, "AUTH LOGIN"), "+ VXNlcm5hbWU6\r\n");
         assert_eq!(say(&mut s, "YWxpY2U="), "+ UGFzc3dvcmQ6\r\n");
         match request(&mut s, "c2VjcmV0") {
-            Request::OpenMaildrop {
-                user,
-                credentials:
-                    Credentials::Password {
-                        login, password, ..
-                    },
-            } => {
+            Request::Login(Credentials::Password {
+                login, password, ..
+            }) => {
                 assert_eq!(
-                    (user.as_slice(), login.as_slice(), password.expose()),
-                    (&b"alice"[..], &b"alice"[..], &b"secret"[..])
+                    (login.as_slice(), password.expose()),
+                    (&b"alice"[..], &b"secret"[..])
                 );
             }
             other => panic!("{other:?}"),
@@ -1188,13 +1169,12 @@ mod tests {
     #[test]
     fn oauth_mechanisms_only_when_the_backend_has_them() {
         let mut s = Session::new(config(), LOCAL);
-        match s.handle_line(Line::Complete(b"CAPA".to_vec())) {
-            Step::Backend(Request::Probe) => {}
-            other => panic!("CAPA should probe the backend first: {other:?}"),
+        match line(&mut s, "CAPA") {
+            Step::Backend(Request::Capabilities) => {}
+            other => panic!("CAPA should ask the backend first: {other:?}"),
         }
-        let Step::Respond(r) = s.on_probe(&["IMAP4REV1".into(), "AUTH=OAUTHBEARER".into()]) else {
-            panic!("CAPA reply expected");
-        };
+        let r =
+            reply_of(s.on_capabilities(Ok(vec!["IMAP4REV1".into(), "AUTH=OAUTHBEARER".into()])));
         assert!(wire(&r.reply).contains("SASL PLAIN LOGIN OAUTHBEARER\r\n"));
         assert!(
             say(&mut s, "AUTH XOAUTH2 dXNlcj1hAWF1dGg9QmVhcmVyIHQBAQ==")
@@ -1207,74 +1187,64 @@ mod tests {
     }
 
     #[test]
+    fn an_unreachable_backend_offers_no_oauth_mechanisms() {
+        let mut s = Session::new(config(), LOCAL);
+        let _ = line(&mut s, "CAPA");
+        let r = reply_of(s.on_capabilities(Err(Failure::new(FailureKind::Unreachable, "x"))));
+        assert!(wire(&r.reply).contains("SASL PLAIN LOGIN\r\n"));
+    }
+
+    #[test]
     fn xoauth2_one_line_and_two_step_forms_name_the_user() {
         // user=alice@example.org^Aauth=Bearer tok^A^A
         let token = BASE64.encode(b"user=alice@example.org\x01auth=Bearer tok\x01\x01");
         let mut s = Session::new(config(), LOCAL);
         match request(&mut s, &format!("AUTH XOAUTH2 {token}")) {
-            Request::OpenMaildrop {
-                user,
-                credentials:
-                    Credentials::Token {
-                        mechanism,
-                        response,
-                    },
-            } => {
-                assert_eq!(
-                    (user.as_slice(), mechanism),
-                    (&b"alice@example.org"[..], Mechanism::XOAuth2)
-                );
+            Request::Login(Credentials::Token {
+                mechanism,
+                response,
+            }) => {
+                assert_eq!(mechanism, TokenMechanism::XOAuth2);
                 assert!(response.expose().starts_with(b"user=alice"));
             }
             other => panic!("{other:?}"),
         }
+        let Step::Backend(Request::Lock { user }) = s.on_login(Ok(LoginAnswer::LoggedIn)) else {
+            panic!("the lock comes next");
+        };
+        assert_eq!(user, b"alice@example.org");
         let mut s = Session::new(config(), LOCAL);
-        let _ = s.handle_line(Line::Complete(b"AUTH".to_vec()));
-        let _ = s.on_probe(&["AUTH=XOAUTH2".to_string()]);
+        let _ = line(&mut s, "AUTH");
+        let _ = s.on_capabilities(Ok(vec!["AUTH=XOAUTH2".to_string()]));
         assert_eq!(say(&mut s, "AUTH XOAUTH2"), "+ \r\n");
-        let long = format!("{token}{}", "");
         assert!(matches!(
-            request(&mut s, &long),
-            Request::OpenMaildrop { .. }
+            request(&mut s, &token),
+            Request::Login(Credentials::Token { .. })
         ));
-    }
-
-    #[test]
-    fn oauthbearer_user_comes_from_the_gs2_header() {
-        assert_eq!(
-            token_user(
-                Mechanism::OAuthBearer,
-                b"n,a=bob=2Cjr@example.org,\x01auth=Bearer x\x01\x01"
-            )
-            .as_deref(),
-            Some(&b"bob,jr@example.org"[..])
-        );
-        assert_eq!(
-            token_user(Mechanism::OAuthBearer, b"n,,\x01auth=Bearer x\x01\x01"),
-            None
-        );
     }
 
     #[test]
     fn long_auth_lines_are_allowed_but_other_long_lines_are_not() {
         let mut s = Session::new(config(), LOCAL);
-        let _ = s.handle_line(Line::Complete(b"AUTH".to_vec()));
-        let _ = s.on_probe(&["AUTH=XOAUTH2".to_string()]);
+        let _ = line(&mut s, "AUTH");
+        let _ = s.on_capabilities(Ok(vec!["AUTH=XOAUTH2".to_string()]));
         let payload = format!("user=a\x01auth=Bearer {}\x01\x01", "t".repeat(12_000));
-        let line = format!("AUTH XOAUTH2 {}", BASE64.encode(payload));
-        assert!(matches!(
-            request(&mut s, &line),
-            Request::OpenMaildrop { .. }
-        ));
+        let auth = format!("AUTH XOAUTH2 {}", BASE64.encode(payload));
+        assert!(matches!(request(&mut s, &auth), Request::Login(_)));
+        let _ = s.on_login(Ok(LoginAnswer::Rejected));
         assert_eq!(
             say(&mut s, &format!("NOOP {}", "x".repeat(300))),
+            "-ERR Line too long\r\n"
+        );
+        assert_eq!(
+            say(&mut s, &format!("USER {}", "x".repeat(300))),
             "-ERR Line too long\r\n"
         );
     }
 
     #[test]
-    fn random_command_lines_in_every_state_never_panic() {
-        use crate::imap::tests_support::Rng;
+    fn random_command_lines_and_answers_in_every_state_never_panic() {
+        use crate::test_support::Rng;
         const WORDS: &[&str] = &[
             "USER",
             "PASS",
@@ -1310,6 +1280,13 @@ mod tests {
             "\n",
             "\u{e4}",
         ];
+        let kinds = [
+            FailureKind::Refused,
+            FailureKind::Lost,
+            FailureKind::Protocol,
+            FailureKind::Unreachable,
+            FailureKind::Local,
+        ];
         let mut rng = Rng(0x2545_f491_4f6c_dd1d);
         for round in 0..300 {
             let mut s = if round % 2 == 0 {
@@ -1321,21 +1298,35 @@ mod tests {
                 let words: Vec<&str> = (0..rng.below(4))
                     .map(|_| WORDS[rng.below(WORDS.len())])
                     .collect();
-                match s.handle_line(Line::Complete(words.join(" ").into_bytes())) {
-                    Step::Backend(Request::Probe) => {
-                        let _ = s.on_probe(&["AUTH=XOAUTH2".to_string()]);
-                    }
-                    Step::Backend(Request::OpenMaildrop { user, .. }) => {
-                        let _ = s.on_open(&user, OpenOutcome::BadCredentials);
-                    }
-                    Step::Backend(Request::Fetch(_)) => {
-                        let _ = s.on_fetch(FetchOutcome::Sent);
-                    }
-                    Step::Backend(Request::Commit { .. }) => {
-                        let _ = s.on_commit(Ok(CommitOutcome::Expunged));
-                    }
-                    Step::StartTls(_) => s.on_tls_started(),
-                    Step::Respond(_) => {}
+                let mut step = s.handle_line(Line::Complete(words.join(" ").into_bytes()));
+                // Answer every request, at random well or badly, boundedly.
+                for _ in 0..20 {
+                    let fail = rng.below(4) == 0;
+                    let failure = || Failure::new(kinds[round % kinds.len()], "x");
+                    let request = match step {
+                        Step::Backend(r) | Step::Write { next: Some(r), .. } => r,
+                        Step::StartTls(_) => {
+                            s.on_tls_started();
+                            break;
+                        }
+                        _ => break,
+                    };
+                    step = match request {
+                        Request::Capabilities => s.on_capabilities(Ok(vec!["AUTH=XOAUTH2".into()])),
+                        Request::Login(_) if fail => s.on_login(Err(failure())),
+                        Request::Login(_) => s.on_login(Ok(LoginAnswer::LoggedIn)),
+                        Request::Lock { .. } => s.on_lock(Ok(LockAnswer::Locked)),
+                        Request::OpenFolder { .. } => s.on_folder(Ok(inbox())),
+                        Request::Piece(_) if fail => s.on_piece(Err(failure())),
+                        Request::Piece(_) => {
+                            let size = [0, 1, FETCH_CHUNK as usize][rng.below(3)];
+                            s.on_piece(Ok(PieceAnswer::Bytes(vec![b'.'; size])))
+                        }
+                        Request::MarkSeen { .. } if fail => s.on_seen(Err(failure())),
+                        Request::MarkSeen { .. } => s.on_seen(Ok(())),
+                        Request::Expunge(_) if fail => s.on_expunge(Err(failure())),
+                        Request::Expunge(_) => s.on_expunge(Ok(ExpungeAnswer::Expunged)),
+                    };
                 }
             }
         }

@@ -1128,3 +1128,99 @@ class FakeImap:
                 done()
             else:
                 c.sendall(tag + b" BAD unknown command\r\n")
+
+
+class RefusingRelay(LoopbackAcceptor):
+    """A fault-injecting relay in front of a real IMAP server (the testbed's
+    Dovecot): commands pass through unchanged, except those for which
+    ``refuse(command)`` returns a text: those are not forwarded but answered
+    ``<tag> NO <text>`` by the relay, as a backend that refuses that one
+    command would (Dovecot cannot be made to: its ACL plugin drops the flags
+    silently and a failed FETCH disconnects). ``refused`` records them.
+
+    Client lines are relayed whole, literals (``{n}``/``{n+}``) included; the
+    server's bytes are relayed as they come. pop3server does not pipeline
+    IMAP commands, so an answer the relay makes never lands inside one of
+    the server's. Bounded: ``max_conns`` connections, 30 s idle each."""
+
+    def __init__(self, upstream_port: int, refuse: Callable[[bytes], Optional[bytes]],
+                 max_conns: int = 20):
+        self.upstream_port = upstream_port
+        self.refuse = refuse
+        self.refused: List[bytes] = []
+        self.forwarded: List[bytes] = []
+        self.socks: List[socket.socket] = []
+        self.lock = threading.Lock()
+        super().__init__(max_conns)
+
+    def _on_connection(self, c: socket.socket, peer) -> None:
+        up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+        c.settimeout(30)
+        self.socks += [c, up]
+        threading.Thread(target=self._down, args=(up, c), daemon=True).start()
+        threading.Thread(target=self._up, args=(c, up), daemon=True).start()
+
+    def _down(self, up: socket.socket, c: socket.socket) -> None:
+        try:
+            while True:
+                d = up.recv(65536)
+                if not d:
+                    break
+                with self.lock:
+                    c.sendall(d)
+        except OSError:
+            pass
+        finally:
+            for s in (c, up):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def _up(self, c: socket.socket, up: socket.socket) -> None:
+        f = c.makefile("rb")
+        try:
+            for _ in range(100000):
+                full = pending = f.readline(1 << 20)
+                if not full:
+                    break
+                streamed = False
+                for _ in range(10):  # at most 10 literals per command
+                    m = re.search(rb"\{(\d+)(\+?)\}\r\n$", pending)
+                    if not m or int(m.group(1)) > 1 << 20:
+                        break
+                    if not m.group(2):
+                        # A synchronizing literal: the client waits for the
+                        # server's "+", so what came so far must go on now
+                        # (such a command is never refused).
+                        up.sendall(pending)
+                        streamed = True
+                        pending = b""
+                    more = f.read(int(m.group(1))) + f.readline(1 << 20)
+                    full += more
+                    pending += more
+                tag, _, rest = full.partition(b" ")
+                command = rest.rstrip(b"\r\n")
+                text = None if streamed else self.refuse(command)
+                if text is not None:
+                    self.refused.append(command)
+                    with self.lock:
+                        c.sendall(tag + b" NO " + text + b"\r\n")
+                    continue
+                self.forwarded.append(command)
+                up.sendall(pending)
+        except OSError:
+            pass
+        finally:
+            try:
+                up.shutdown(socket.SHUT_WR)
+            except OSError:
+                pass
+
+    def stop(self) -> None:
+        self._stop_accepting()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -86,4 +86,6 @@ def test_retr_20mib_memory_stays_bounded(dovecot, inetd):
         "VmHWM grew by %d kB during a 20 MiB RETR (%d -> %d kB)" % (hwm - hwm_before,
                                                                    hwm_before, hwm)
     assert hwm < 24 * 1024, "VmHWM %d kB after a 20 MiB RETR" % hwm
-    assert peak_rss[0] <= hwm
+    # The kernel updates VmHWM lazily (RSS counters are synced in batches),
+    # so a sample may see a little more than it: bound the samples too.
+    assert peak_rss[0] < 24 * 1024, "sampled VmRSS %d kB during a 20 MiB RETR" % peak_rss[0]

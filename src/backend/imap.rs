@@ -1,0 +1,282 @@
+//! Carries the session's backend requests out over one IMAP connection and
+//! the lock directory, and turns every error into a typed [`Failure`]. It
+//! makes no POP3 decisions: which folder is selected, when to reconnect
+//! (never, after the connection is lost) and how an IMAP error is classified
+//! are its business; what the client is told is the session's.
+
+use std::net::SocketAddr;
+
+use log::{error, warn};
+
+use super::{
+    Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
+    PieceAnswer, PieceRequest,
+};
+use crate::config::{BackendTls, Config};
+use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
+use crate::lock::{self, LockError, LockGuard};
+use crate::logging::printable;
+use crate::maildrop::{FolderDeletions, FolderSnapshot};
+use crate::tls;
+
+pub struct ImapBackend<'a> {
+    config: &'a Config,
+    /// The POP3 client's address, for IMAP `ID` (backend_send_id).
+    peer: Option<SocketAddr>,
+    client: Option<Client>,
+    /// Which configured folder is selected on `client`.
+    selected: Option<usize>,
+    /// Held for the rest of the process once taken.
+    lock: Option<LockGuard>,
+    /// The connection failed and is gone: nothing more is tried on it.
+    broken: bool,
+}
+
+impl<'a> ImapBackend<'a> {
+    pub fn new(config: &'a Config, peer: Option<SocketAddr>) -> Self {
+        ImapBackend {
+            config,
+            peer,
+            client: None,
+            selected: None,
+            lock: None,
+            broken: false,
+        }
+    }
+
+    /// A connection failed during the session (for the summary line).
+    pub fn failed(&self) -> bool {
+        self.broken
+    }
+
+    /// Ends the IMAP session (LOGOUT, never CLOSE) and releases the lock.
+    pub fn finish(&mut self) {
+        if let Some(client) = self.client.take() {
+            client.logout();
+        }
+        self.lock = None;
+    }
+
+    pub fn capabilities(&mut self) -> Outcome<Vec<String>> {
+        Ok(self.client()?.capabilities().to_vec())
+    }
+
+    pub fn login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer> {
+        let client = self.client()?;
+        let login = match &credentials {
+            Credentials::Password {
+                login,
+                authzid,
+                password,
+            } => client.login(login, authzid.as_deref(), password),
+            Credentials::Token {
+                mechanism,
+                response,
+            } => client.login_token(mechanism.name(), response),
+        };
+        drop(credentials);
+        match login {
+            Ok(Login::Ok) => Ok(LoginAnswer::LoggedIn),
+            Ok(Login::Rejected) => Ok(LoginAnswer::Rejected),
+            Ok(Login::TemporaryFailure(text)) => Ok(LoginAnswer::Unavailable(text)),
+            Err(e) => Err(self.failure("login", e)),
+        }
+    }
+
+    pub fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
+        let name = lock::lock_name(&self.config.backend_host, self.config.backend_port, user);
+        match lock::try_lock(&self.config.lock_dir, &name) {
+            Ok(guard) => {
+                self.lock = Some(guard);
+                Ok(LockAnswer::Locked)
+            }
+            Err(LockError::InUse) => Ok(LockAnswer::InUse),
+            Err(LockError::Io { path, error: e }) => {
+                error!(
+                    "cannot lock {}: {e}; check that lock_dir exists and is writable by the service user",
+                    path.display()
+                );
+                Err(Failure::new(
+                    FailureKind::Local,
+                    format!("cannot lock {}: {e}", path.display()),
+                ))
+            }
+        }
+    }
+
+    /// SELECT (EXAMINE when read-only) and the snapshot of one folder.
+    pub fn open_folder(&mut self, folder: usize) -> Outcome<FolderSnapshot> {
+        let selected = self.select(folder)?;
+        let listed = self.client()?.snapshot(&selected);
+        let messages = listed.map_err(|e| self.failure("listing messages", e))?;
+        Ok(FolderSnapshot {
+            uid_validity: selected.uid_validity,
+            messages,
+        })
+    }
+
+    pub fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer> {
+        if !self.enter(piece.folder, piece.uid_validity)? {
+            return Ok(PieceAnswer::FolderChanged);
+        }
+        let fetched = self
+            .client()?
+            .fetch_piece(piece.uid, piece.offset, piece.len);
+        match fetched {
+            Ok(Some(bytes)) => Ok(PieceAnswer::Bytes(bytes)),
+            Ok(None) => Ok(PieceAnswer::NoMessage),
+            Err(e) => Err(self.failure(&format!("fetching message UID {}", piece.uid), e)),
+        }
+    }
+
+    pub fn mark_seen(&mut self, folder: usize, uid_validity: u32, uid: u32) -> Outcome<()> {
+        if !self.enter(folder, uid_validity)? {
+            return Err(Failure::new(
+                FailureKind::Refused,
+                "folder changed UIDVALIDITY",
+            ));
+        }
+        let stored = self.client()?.mark_seen(uid);
+        stored.map_err(|e| self.failure(&format!("setting \\Seen on UID {uid}"), e))
+    }
+
+    pub fn expunge(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
+        let config = self.config;
+        let name = &config.folders[expunge.folder];
+        if !self.enter(expunge.folder, expunge.uid_validity)? {
+            warn!("folder {name:?} changed UIDVALIDITY during the session: nothing deleted there");
+            return Ok(ExpungeAnswer::FolderChanged);
+        }
+        let expunged = self.client()?.expunge(&expunge.uids);
+        match expunged {
+            Ok(Expunged::Done) => Ok(ExpungeAnswer::Expunged),
+            Ok(Expunged::LeftFlagged) => {
+                warn!(
+                    "backend has no UIDPLUS and other messages in {name:?} are flagged \\Deleted: left {} messages flagged, not expunged",
+                    expunge.uids.len()
+                );
+                Ok(ExpungeAnswer::LeftFlagged)
+            }
+            Err(e) => Err(self.failure(&format!("deleting messages in {name:?}"), e)),
+        }
+    }
+
+    /// The connection, opened on first use; never reopened once lost (the
+    /// login and the selected folder went with it).
+    fn client(&mut self) -> Outcome<&mut Client> {
+        if self.client.is_none() {
+            if self.broken {
+                return Err(Failure::new(
+                    FailureKind::Lost,
+                    "the backend connection was lost earlier",
+                ));
+            }
+            let mut client = endpoint(self.config)
+                .and_then(|e| Client::connect(&e))
+                .map_err(|e| self.failure("connect", e))?;
+            if self.config.backend_send_id
+                && let Some(peer) = self.peer
+                && let Err(e) = client.send_client_id(peer)
+            {
+                warn!("backend refused ID with the client address: {e}");
+            }
+            self.client = Some(client);
+        }
+        self.client
+            .as_mut()
+            .ok_or_else(|| Failure::new(FailureKind::Lost, "no backend connection"))
+    }
+
+    fn select(&mut self, folder: usize) -> Outcome<crate::imap::Selected> {
+        let config = self.config;
+        let name = &config.folders[folder];
+        self.selected = None;
+        let read_only = self.config.read_only;
+        let selected = self.client()?.select(name, read_only);
+        let selected =
+            selected.map_err(|e| self.failure(&format!("opening folder {name:?}"), e))?;
+        self.selected = Some(folder);
+        Ok(selected)
+    }
+
+    /// Makes `folder` the selected one, if it is not already; `false` if its
+    /// UIDVALIDITY changed since login.
+    fn enter(&mut self, folder: usize, uid_validity: u32) -> Outcome<bool> {
+        if self.selected == Some(folder) {
+            return Ok(true);
+        }
+        Ok(self.select(folder)?.uid_validity == uid_validity)
+    }
+
+    /// Classifies and logs an IMAP error. After anything but a refused
+    /// command the connection is dropped.
+    fn failure(&mut self, what: &str, e: ImapError) -> Failure {
+        let at = format!("{}:{}", self.config.backend_host, self.config.backend_port);
+        let kind = match &e {
+            ImapError::Refused { .. } => FailureKind::Refused,
+            ImapError::Resolve(_) | ImapError::Connect(_) | ImapError::Tls(_) => {
+                FailureKind::Unreachable
+            }
+            ImapError::Timeout | ImapError::Closed | ImapError::Io(_) | ImapError::Bye(_) => {
+                FailureKind::Lost
+            }
+            ImapError::Protocol(_) => FailureKind::Protocol,
+        };
+        if let ImapError::Refused { info, .. } = &e {
+            warn!("backend {at}: {what}: {e}");
+            // The backend's own words, its response code first: what a
+            // client (and the admin reading the client's error) can act on.
+            let text = match &info.code {
+                Some(code) => format!("[{}] {}", code.name, info.text),
+                None => info.text.clone(),
+            };
+            return Failure::new(kind, printable(text.as_bytes()));
+        }
+        warn!("backend {at}: {what}: {e}");
+        self.client = None;
+        self.selected = None;
+        self.broken = true;
+        Failure::new(kind, format!("{what}: {e}"))
+    }
+}
+
+/// Where and how to reach the backend, TLS settings included.
+pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
+    let verify = if !config.backend_tls_verify {
+        tls::Verify::Nothing
+    } else if let Some(ca) = &config.backend_ca_file {
+        tls::Verify::CaFile(ca)
+    } else {
+        tls::Verify::SystemRoots
+    };
+    let tls_settings = || -> Result<_, ImapError> {
+        let setup = |e: tls::TlsSetupError| ImapError::Tls(e.to_string());
+        if !config.backend_tls_verify {
+            warn!(
+                "backend_tls_verify is false: the backend's certificate is NOT checked, the connection can be intercepted"
+            );
+        }
+        Ok((
+            tls::client_config(verify).map_err(setup)?,
+            tls::server_name(&config.backend_host).map_err(setup)?,
+        ))
+    };
+    let security = match config.backend_tls {
+        BackendTls::None => Security::Plain,
+        BackendTls::StartTls => {
+            let (c, name) = tls_settings()?;
+            Security::StartTls(c, name)
+        }
+        BackendTls::Implicit => {
+            let (c, name) = tls_settings()?;
+            Security::Implicit(c, name)
+        }
+    };
+    Ok(Endpoint {
+        host: config.backend_host.clone(),
+        port: config.backend_port,
+        connect_timeout: config.backend_connect_timeout,
+        timeout: config.backend_timeout,
+        security,
+    })
+}

@@ -1,0 +1,168 @@
+//! The boundary between the POP3 session and the mail store: what the session
+//! asks for (log in, lock, open a folder, read a piece of a message, set
+//! `\Seen`, expunge) and the typed answers it gets back. The session decides
+//! what each answer means for the client; [`imap::ImapBackend`] carries the
+//! requests out over an IMAP connection and the lock directory.
+//!
+//! A failure says what kind it is, because that is what the POP3 reply
+//! depends on: a command the backend refused (`NO`/`BAD`) leaves the
+//! connection usable and the session goes on; a lost, timed-out or
+//! garbage-speaking backend ends it.
+
+pub mod imap;
+
+use std::fmt;
+
+use crate::maildrop::FolderDeletions;
+use crate::secret::Secret;
+
+/// What the backend is asked to log in with.
+#[derive(Debug)]
+pub enum Credentials {
+    /// USER/PASS, SASL PLAIN or LOGIN. `authzid` is PLAIN's authorization
+    /// identity (a master-user login), passed on to the backend.
+    Password {
+        login: Vec<u8>,
+        authzid: Option<Vec<u8>>,
+        password: Secret,
+    },
+    /// An OAuth SASL response, passed through as it came.
+    Token {
+        mechanism: TokenMechanism,
+        response: Secret,
+    },
+}
+
+/// The SASL mechanisms whose responses are passed through to the backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TokenMechanism {
+    XOAuth2,
+    OAuthBearer,
+}
+
+impl TokenMechanism {
+    pub fn name(self) -> &'static str {
+        match self {
+            TokenMechanism::XOAuth2 => "XOAUTH2",
+            TokenMechanism::OAuthBearer => "OAUTHBEARER",
+        }
+    }
+}
+
+/// One message piece: bytes `offset..offset + len` of message `uid` in the
+/// configured folder `folder`, whose UIDVALIDITY at login was `uid_validity`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PieceRequest {
+    pub folder: usize,
+    pub uid_validity: u32,
+    pub uid: u32,
+    pub offset: u64,
+    pub len: u32,
+}
+
+/// Work the driver must hand to the backend and report back to the session
+/// with the matching `Session::on_*` call.
+#[derive(Debug)]
+pub enum Request {
+    /// The backend's capabilities, to learn its SASL mechanisms:
+    /// `on_capabilities`.
+    Capabilities,
+    /// `on_login`.
+    Login(Credentials),
+    /// Take the maildrop lock of `user` for the rest of the process:
+    /// `on_lock`.
+    Lock { user: Vec<u8> },
+    /// Select configured folder `folder` and take its snapshot: `on_folder`.
+    OpenFolder { folder: usize },
+    /// `on_piece`.
+    Piece(PieceRequest),
+    /// Set `\Seen` on a message that was sent whole: `on_seen`.
+    MarkSeen {
+        folder: usize,
+        uid_validity: u32,
+        uid: u32,
+    },
+    /// `on_expunge`.
+    Expunge(FolderDeletions),
+}
+
+/// The backend's verdict on credentials it received.
+#[derive(Debug, PartialEq, Eq)]
+pub enum LoginAnswer {
+    LoggedIn,
+    /// Wrong credentials (or credentials that could not be sent safely).
+    Rejected,
+    /// Refused for a reason that may pass (`[UNAVAILABLE]`, ...).
+    Unavailable(String),
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum LockAnswer {
+    Locked,
+    /// Another session holds the maildrop.
+    InUse,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum PieceAnswer {
+    Bytes(Vec<u8>),
+    /// The message no longer exists (expunged by another client).
+    NoMessage,
+    /// The folder's UIDVALIDITY changed: our UIDs mean nothing there.
+    FolderChanged,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum ExpungeAnswer {
+    Expunged,
+    /// Flagged `\Deleted` but not expunged: a backend without UIDPLUS where
+    /// other messages were flagged too.
+    LeftFlagged,
+    FolderChanged,
+}
+
+/// Why a request failed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum FailureKind {
+    /// The backend answered `NO` or `BAD` to this one command; the
+    /// connection is still usable.
+    Refused,
+    /// The connection could not be made (resolve, connect, TLS).
+    Unreachable,
+    /// The connection was lost, timed out or ended with `BYE`.
+    Lost,
+    /// The backend said something that is not IMAP, or not what was asked.
+    Protocol,
+    /// A local resource failed (the lock directory).
+    Local,
+}
+
+/// A failed request. `text` is for logs and, for `Refused`, the backend's own
+/// words, which may be shown to the client (they are the server's answer).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    pub kind: FailureKind,
+    pub text: String,
+}
+
+impl Failure {
+    pub fn new(kind: FailureKind, text: impl Into<String>) -> Self {
+        Failure {
+            kind,
+            text: text.into(),
+        }
+    }
+
+    /// The session cannot go on after this.
+    pub fn is_fatal(&self) -> bool {
+        self.kind != FailureKind::Refused
+    }
+}
+
+impl fmt::Display for Failure {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.text)
+    }
+}
+
+pub type Outcome<T> = Result<T, Failure>;

@@ -1,0 +1,83 @@
+//! The TRANSACTION state (RFC 1939 section 5): answers from the snapshot
+//! (STAT, LIST, UIDL), deletion marks in memory (DELE, RSET), and the two
+//! commands that need the backend: RETR/TOP (one path, see `retrieval`) and
+//! QUIT (the expunge of what was marked).
+
+use super::command::Command;
+use super::reply::{Reply, RespCode};
+use super::retrieval::{Kind, Retrieval};
+use crate::maildrop::{FolderDeletions, Maildrop, MsgNum, UidlFormat};
+
+pub enum TxStep {
+    Reply(Reply),
+    Retrieve(Retrieval),
+    /// Enter UPDATE: expunge these (may be empty).
+    Quit(Vec<FolderDeletions>),
+}
+
+pub struct Rules<'a> {
+    pub uidl_format: &'a UidlFormat,
+    pub read_only: bool,
+}
+
+pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
+    let reply = match cmd {
+        Command::Stat => {
+            let (n, size) = drop.stat();
+            Reply::ok(format!("{n} {size}"))
+        }
+        Command::List(None) => {
+            let (n, size) = drop.stat();
+            let lines = drop
+                .live()
+                .map(|(num, m)| format!("{num} {}", m.size).into_bytes())
+                .collect();
+            Reply::MultiLine(format!("{n} messages ({size} octets)"), lines)
+        }
+        Command::List(Some(n)) => match drop.get(n) {
+            Ok(m) => Reply::ok(format!("{n} {}", m.size)),
+            Err(e) => Reply::err(e.message()),
+        },
+        Command::Uidl(None) => {
+            let lines = drop
+                .live()
+                .map(|(num, m)| {
+                    format!("{num} {}", drop.uidl(&m, rules.uidl_format).0).into_bytes()
+                })
+                .collect();
+            Reply::MultiLine(String::new(), lines)
+        }
+        Command::Uidl(Some(n)) => match drop.get(n) {
+            Ok(m) => Reply::ok(format!("{n} {}", drop.uidl(&m, rules.uidl_format).0)),
+            Err(e) => Reply::err(e.message()),
+        },
+        Command::Retr(n) => return retrieve(drop, n, Kind::Retr),
+        Command::Top(n, lines) => return retrieve(drop, n, Kind::Top(lines)),
+        Command::Dele(_) if rules.read_only => Reply::err_code(
+            RespCode::SysPerm,
+            "This server is configured read-only: DELE is not possible",
+        ),
+        Command::Dele(n) => match drop.mark_deleted(n) {
+            Ok(_) => Reply::ok(format!("Message {n} deleted")),
+            Err(e) => Reply::err(e.message()),
+        },
+        Command::Noop => Reply::ok(""),
+        Command::Rset => {
+            drop.reset();
+            let (n, size) = drop.stat();
+            Reply::ok(format!("{n} messages ({size} octets)"))
+        }
+        Command::Quit => return TxStep::Quit(drop.deleted_by_folder()),
+        Command::User(_) | Command::Pass(_) | Command::Auth(_) => Reply::err("Already logged in"),
+        Command::Stls => Reply::err("STLS is only allowed before login"),
+        Command::Capa => Reply::err("CAPA is handled before the state"),
+    };
+    TxStep::Reply(reply)
+}
+
+fn retrieve(drop: &Maildrop, n: MsgNum, kind: Kind) -> TxStep {
+    match drop.get(n) {
+        Ok(m) => TxStep::Retrieve(Retrieval::new(n, m, drop.uid_validity(m.folder), kind)),
+        Err(e) => TxStep::Reply(Reply::err(e.message())),
+    }
+}
