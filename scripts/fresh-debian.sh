@@ -118,6 +118,9 @@ printf '\n=== both README commands inside the root ===\n'
 # included) ends with it, and nothing is mounted on this machine.
 unshare --mount --pid --fork --propagation private /bin/bash -euc '
     R=$1
+    # The root a mount point of its own, as / is on a real machine: `ip netns
+    # exec` (the tests with a non-loopback client) remounts / and needs that.
+    mount --bind "$R" "$R"
     mount -t proc proc "$R/proc"
     mount -t sysfs sys "$R/sys"
     mount --rbind /dev "$R/dev"

@@ -9,6 +9,7 @@ from __future__ import annotations
 import imaplib
 import os
 import re
+import shutil
 import signal
 import socket
 import subprocess
@@ -396,6 +397,27 @@ def base_args(backend_port: int, lock_dir: str, extra: List[str]) -> List[str]:
     if "--login-failure-delay" not in extra:
         args += ["--login-failure-delay", "0"]
     return args + list(extra)
+
+
+def run(cmd: List[str], timeout: float = 120, check: bool = True,
+        **kw) -> subprocess.CompletedProcess:
+    """A command with its output captured; with ``check`` a failure is an
+    AssertionError that shows the output's end."""
+    kw.setdefault("stdin", subprocess.DEVNULL)
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
+    if check and r.returncode != 0:
+        raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), r.returncode,
+                                                         r.stdout[-5000:], r.stderr[-5000:]))
+    return r
+
+
+def need(tool: str, package: str) -> str:
+    """The path of ``tool``; the test fails (not skips) without it."""
+    import pytest
+    path = shutil.which(tool)
+    if not path:
+        pytest.fail("%s not found: apt-get install %s" % (tool, package))
+    return path
 
 
 def wait_for(pred: Callable[[], bool], timeout: float, interval: float = 0.05) -> bool:

@@ -21,7 +21,6 @@ import grp
 import os
 import pwd
 import re
-import shutil
 import signal
 import socket
 import stat
@@ -31,7 +30,7 @@ from typing import Dict, List
 
 import pytest
 
-from helpers import REPO, ImapView, Pop3, ok, wait_for
+from helpers import REPO, ImapView, Pop3, need, ok, run, wait_for
 from testbed import free_port
 
 pytestmark = [
@@ -70,22 +69,6 @@ DEB_ONLY = {
 }
 UNITS = ["pop3server.socket", "pop3server@.service", "pop3s.socket", "pop3s@.service",
          "pop3server-listener.socket", "pop3server-listener.service"]
-
-
-def run(cmd: List[str], timeout: float = 120, check: bool = True,
-        **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), r.returncode,
-                                                         r.stdout[-5000:], r.stderr[-5000:]))
-    return r
-
-
-def need(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.fail("%s not found: apt-get install %s" % (tool, package))
-    return path
 
 
 def dpkg(args: List[str], timeout: float = 300) -> subprocess.CompletedProcess:

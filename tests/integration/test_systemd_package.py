@@ -31,7 +31,7 @@ from typing import List, Optional
 
 import pytest
 
-from helpers import REPO
+from helpers import REPO, need, run
 
 pytestmark = [
     pytest.mark.packages,
@@ -75,23 +75,6 @@ print("retr 1:", octets, "octets")
 print(c.quit().decode())
 print("SESSION-OK", count)
 '''
-
-
-def run(cmd: List[str], timeout: float = 120, check: bool = True,
-        **kw) -> subprocess.CompletedProcess:
-    r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout,
-                       stdin=subprocess.DEVNULL, **kw)
-    if check and r.returncode != 0:
-        raise AssertionError("%s failed (%d):\n%s\n%s" % (" ".join(cmd), r.returncode,
-                                                         r.stdout[-5000:], r.stderr[-5000:]))
-    return r
-
-
-def need(tool: str, package: str) -> str:
-    path = shutil.which(tool)
-    if not path:
-        pytest.fail("%s not found: apt-get install %s" % (tool, package))
-    return path
 
 
 def previous_release() -> dict:
