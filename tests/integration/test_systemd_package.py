@@ -50,6 +50,7 @@ ROOT_PACKAGES = ["systemd", "dovecot-imapd", "python3", "openssl", "ca-certifica
                  "adduser", "iproute2"]
 IMAP_PORT = 10143
 BOOT_TIMEOUT = 120
+# How long systemd-nspawn may take to clean up once the container is killed.
 HALT_TIMEOUT = 20
 UNITS = ["pop3server.socket", "pop3s.socket", "pop3server-listener.socket",
          "pop3server-listener.service"]
@@ -118,6 +119,16 @@ def build_previous_deb(tmp: str) -> str:
     return cached
 
 
+def _start_time(pid: int) -> Optional[str]:
+    """Field 22 of /proc/PID/stat: when the process started (with the PID,
+    what identifies it)."""
+    try:
+        with open("/proc/%d/stat" % pid) as f:
+            return f.read().rsplit(")", 1)[1].split()[19]
+    except (OSError, IndexError):
+        return None
+
+
 class Container:
     """A booted fresh Debian root; commands run in it with nsenter."""
 
@@ -127,6 +138,7 @@ class Container:
         self.log_path = os.path.join(workdir, "nspawn.log")
         self.proc: Optional[subprocess.Popen] = None
         self.leader = 0
+        self.leader_started: Optional[str] = None
 
     def make_root(self) -> None:
         t0 = time.monotonic()
@@ -150,6 +162,7 @@ class Container:
             self.leader = self._find_leader()
             time.sleep(0.2)
         assert self.leader, "no systemd inside the container:\n" + self.log()
+        self.leader_started = _start_time(self.leader)
         state = ""
         while time.monotonic() < deadline:
             r = self.sh("systemctl is-system-running", check=False, timeout=30)
@@ -189,6 +202,57 @@ class Container:
         except OSError:
             return
         if comm == "systemd" and root.startswith(self.root):
+            try:
+                os.kill(self.leader, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def sh(self, script: str, check: bool = True, timeout: float = 120,
+           input: Optional[str] = None) -> subprocess.CompletedProcess:
+        cmd = ["nsenter", "-t", str(self.leader), "-a", "-r", "-w",
+               "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
+               "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8", "HOME=/root",
+               "/bin/sh", "-ec", script]
+        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
+        if check and r.returncode != 0:
+            raise AssertionError("in the container: %s\nexit %d\n%s\n%s" % (
+                script, r.returncode, r.stdout[-5000:], r.stderr[-5000:]))
+        return r
+
+    def put(self, path: str, data: str, mode: int = 0o644) -> None:
+        full = self.root + path
+        os.makedirs(os.path.dirname(full), exist_ok=True)
+        with open(full, "w") as f:
+            f.write(data)
+        os.chmod(full, mode)
+
+    def log(self) -> str:
+        try:
+            with open(self.log_path, errors="replace") as f:
+                return f.read()[-5000:]
+        except OSError:
+            return ""
+
+    def stop(self) -> None:
+        """Ends the container at once: SIGKILL to its PID 1 ends every process
+        in its PID namespace, and systemd-nspawn then cleans up and exits.
+        (Killing systemd-nspawn alone would leave the container running,
+        reparented to this machine's init; a clean halt is not needed for a
+        root that is thrown away.)"""
+        self._kill_leader()
+        if self.proc and self.proc.poll() is None:
+            try:
+                self.proc.wait(HALT_TIMEOUT)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait(10)
+        if getattr(self, "logf", None):
+            self.logf.close()
+
+    def _kill_leader(self) -> None:
+        """SIGKILL the container's PID 1, if that PID is still the process
+        seen at boot (same start time: a PID can be reused)."""
+        if self.leader and _start_time(self.leader) == self.leader_started:
             try:
                 os.kill(self.leader, signal.SIGKILL)
             except ProcessLookupError:
