@@ -2,6 +2,7 @@
 //! (or `--config PATH`), then command-line flags, validated into one
 //! `Config`. Every error names the file or flag, the key and the reason.
 
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::fmt;
 use std::net::SocketAddr;
@@ -16,6 +17,7 @@ use crate::uidl::UidlFormat;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
 pub const DEFAULT_LOCK_DIR: &str = "/run/pop3server";
+pub const DEFAULT_STATE_DIR: &str = "/var/lib/pop3server";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendTls {
@@ -65,6 +67,61 @@ pub struct Config {
     pub inetd: bool,
     /// `--check`: test the backend and exit.
     pub check: Option<CheckRequest>,
+    /// Local device accounts (see `devices`): USER/PASS is checked here and
+    /// the backend login uses the device's OAuth2 token source.
+    pub devices_file: Option<PathBuf>,
+    /// Where state shared by the session processes lives (OAuth2 tokens).
+    pub state_dir: PathBuf,
+    /// The `[oauth.NAME]` token sources.
+    pub oauth: BTreeMap<String, OAuthSource>,
+    /// What to do instead of serving a session, if anything.
+    pub task: Option<Task>,
+}
+
+/// A one-off task of the command line.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Task {
+    /// Print an argon2id hash of a password read from the terminal or stdin.
+    HashPassword,
+    /// Run the device authorization grant (RFC 8628) for this token source.
+    OAuthConsent(String),
+}
+
+/// How a token source gets its tokens (RFC 6749).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthGrant {
+    /// App-only access (Microsoft 365: scope
+    /// `https://outlook.office365.com/.default`): no human involved.
+    ClientCredentials,
+    /// Delegated access: a refresh token from a one-time consent
+    /// (`--oauth-consent NAME`), rotated as the provider sends new ones.
+    RefreshToken,
+}
+
+/// The SASL mechanism that carries the token to IMAP.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OAuthMechanism {
+    XOAuth2,
+    OAuthBearer,
+}
+
+/// One `[oauth.NAME]` table.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OAuthSource {
+    pub name: String,
+    pub grant: OAuthGrant,
+    pub token_url: String,
+    /// For `--oauth-consent` (refresh-token sources).
+    pub device_authorization_url: Option<String>,
+    pub client_id: String,
+    /// File holding the client secret (first line); none for public clients.
+    pub client_secret_file: Option<PathBuf>,
+    pub scope: String,
+    pub mechanism: OAuthMechanism,
+    /// CA certificates for the token endpoint instead of the system store.
+    pub ca_file: Option<PathBuf>,
+    /// HTTP(S) proxy for the token endpoint, e.g. `http://proxy:3128`.
+    pub proxy: Option<String>,
 }
 
 /// What `--check` should try beyond connecting.
@@ -129,6 +186,23 @@ pub struct FileConfig {
     tls_key: Option<PathBuf>,
     implicit_tls: Option<bool>,
     allow_plaintext_auth: Option<bool>,
+    devices_file: Option<PathBuf>,
+    state_dir: Option<PathBuf>,
+    oauth: Option<BTreeMap<String, FileOAuthSource>>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileOAuthSource {
+    grant: String,
+    token_url: String,
+    device_authorization_url: Option<String>,
+    client_id: String,
+    client_secret_file: Option<PathBuf>,
+    scope: String,
+    mechanism: Option<String>,
+    ca_file: Option<PathBuf>,
+    proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -253,6 +327,18 @@ pub struct Flags {
     /// File holding the password for --check --user (first line)
     #[arg(long, value_name = "PATH", requires = "user")]
     pub password_file: Option<PathBuf>,
+    /// Local device accounts: USER/PASS is checked against this file and the backend login uses the device's OAuth2 token source [default: none]
+    #[arg(long, value_name = "PATH")]
+    pub devices_file: Option<PathBuf>,
+    /// Directory for state shared by the session processes (OAuth2 tokens) [default: /var/lib/pop3server]
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
+    /// Print an argon2id hash of a password read from the terminal (or stdin) for the devices file, and exit
+    #[arg(long, conflicts_with_all = ["check", "oauth_consent"])]
+    pub hash_password: bool,
+    /// Authorise the refresh-token source NAME once (OAuth2 device authorization grant, RFC 8628): prints a URL and a code, waits, stores the tokens, and exits
+    #[arg(long, value_name = "NAME", conflicts_with = "check")]
+    pub oauth_consent: Option<String>,
     /// Debug logging (never includes passwords)
     #[arg(short = 'd', long)]
     pub debug: bool,
@@ -525,7 +611,54 @@ impl Config {
             ));
         }
 
+        let mut oauth = BTreeMap::new();
+        for (name, src) in file.oauth.into_iter().flatten() {
+            let source =
+                oauth_source(&name, src).map_err(|r| file_err(&format!("oauth.{name}"), r))?;
+            oauth.insert(name, source);
+        }
+        let devices_file = flags.devices_file.or(file.devices_file);
+        if devices_file.is_some() && oauth.is_empty() {
+            return Err(file_err(
+                "devices_file",
+                "device logins need at least one [oauth.NAME] token source".into(),
+            ));
+        }
+        let task = if flags.hash_password {
+            Some(Task::HashPassword)
+        } else if let Some(name) = flags.oauth_consent {
+            match oauth.get(&name) {
+                Some(s)
+                    if s.grant == OAuthGrant::RefreshToken
+                        && s.device_authorization_url.is_some() => {}
+                Some(_) => {
+                    return Err(flag_err(
+                        "--oauth-consent",
+                        format!(
+                            "[oauth.{name}] needs grant = \"refresh_token\" and device_authorization_url"
+                        ),
+                    ));
+                }
+                None => {
+                    return Err(flag_err(
+                        "--oauth-consent",
+                        format!("no [oauth.{name}] in {source}"),
+                    ));
+                }
+            }
+            Some(Task::OAuthConsent(name))
+        } else {
+            None
+        };
+
         Ok(Config {
+            devices_file,
+            state_dir: flags
+                .state_dir
+                .or(file.state_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+            oauth,
+            task,
             backend_ca_file: flags.backend_ca_file.or(file.backend_ca_file),
             backend_tls_verify: flags
                 .backend_tls_verify
@@ -610,6 +743,56 @@ pub fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
             .filter(|l| !l.trim().is_empty())
             .collect::<Vec<_>>()
             .join(" "),
+    })
+}
+
+/// Checks one `[oauth.NAME]` table; the error says what is wrong with it.
+fn oauth_source(name: &str, src: FileOAuthSource) -> Result<OAuthSource, String> {
+    if name.is_empty()
+        || !name
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+    {
+        return Err("token source names are letters, digits, - and _ (they name files)".into());
+    }
+    let grant = match src.grant.as_str() {
+        "client_credentials" => OAuthGrant::ClientCredentials,
+        "refresh_token" => OAuthGrant::RefreshToken,
+        other => {
+            return Err(format!(
+                "grant {other:?} is not client_credentials or refresh_token"
+            ));
+        }
+    };
+    let mechanism = match src.mechanism.as_deref().unwrap_or("xoauth2") {
+        "xoauth2" => OAuthMechanism::XOAuth2,
+        "oauthbearer" => OAuthMechanism::OAuthBearer,
+        other => return Err(format!("mechanism {other:?} is not xoauth2 or oauthbearer")),
+    };
+    for url in std::iter::once(&src.token_url).chain(&src.device_authorization_url) {
+        if !url.starts_with("https://") {
+            return Err(format!(
+                "{url:?}: token endpoints are reached over https:// only (the client secret travels there)"
+            ));
+        }
+    }
+    if grant == OAuthGrant::ClientCredentials && src.client_secret_file.is_none() {
+        return Err("grant client_credentials needs client_secret_file".into());
+    }
+    if src.client_id.is_empty() || src.scope.is_empty() {
+        return Err("client_id and scope must not be empty".into());
+    }
+    Ok(OAuthSource {
+        name: name.to_string(),
+        grant,
+        token_url: src.token_url,
+        device_authorization_url: src.device_authorization_url,
+        client_id: src.client_id,
+        client_secret_file: src.client_secret_file,
+        scope: src.scope,
+        mechanism,
+        ca_file: src.ca_file,
+        proxy: src.proxy,
     })
 }
 

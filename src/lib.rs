@@ -21,16 +21,20 @@
 //! - [`decimal`], [`timeout`], [`secret`]: the one decimal parser, what a
 //!   socket timeout looks like, secrets that never print.
 
+pub mod admin;
 pub mod backend;
 pub mod check;
 pub mod config;
 pub mod decimal;
+pub mod devices;
 pub mod driver;
 pub mod imap;
 pub mod limits;
 pub mod lock;
 pub mod logging;
 pub mod maildrop;
+pub mod oauth;
+pub mod penalty;
 pub mod pop3;
 pub mod secret;
 #[cfg(test)]

@@ -101,3 +101,41 @@ pub const MAX_UIDL_LEN: usize = 70;
 /// SASL responses (RFC 5034 `AUTH` lines and continuations) carry OAuth
 /// tokens of several KiB; RFC 7628 deployments need at least 16 KiB.
 pub const MAX_SASL_LINE: usize = 32 * 1024;
+
+/// argon2id memory per device-password hash (KiB). Every session process
+/// may verify one at a time, so `max_children` (256) of them at once take
+/// 1 GiB at most, which a small machine has. OWASP's equivalent settings
+/// trade memory for passes (19 MiB x 2 ... 7 MiB x 5): with less memory,
+/// more passes.
+pub const ARGON2_MEMORY_KIB: u32 = 4096;
+
+/// argon2id passes for the memory above: about what OWASP's smallest
+/// recommended settings cost in time.
+pub const ARGON2_PASSES: u32 = 8;
+
+/// The most a client address's failed device logins add to each answer
+/// (Dovecot's auth penalty caps at 15 s too): slow enough that guessing
+/// device passwords is hopeless, short enough for a device whose password
+/// was just fixed.
+pub const LOGIN_PENALTY_MAX: Duration = Duration::from_secs(15);
+
+/// After this long without a failure an address starts afresh.
+pub const LOGIN_PENALTY_FORGET: Duration = Duration::from_secs(3600);
+
+/// An access token is used until this long before it expires: a session
+/// that starts with it must still be able to log in at the backend.
+pub const TOKEN_EXPIRY_MARGIN: Duration = Duration::from_secs(120);
+
+/// One request to a token endpoint, connect to last byte.
+pub const TOKEN_HTTP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long a session waits for another one's token refresh (the flock):
+/// a refresh takes at most `TOKEN_HTTP_TIMEOUT`, with room to spare.
+pub const TOKEN_LOCK_WAIT: Duration = Duration::from_secs(30);
+
+/// Largest token endpoint answer read: tokens are a few KiB.
+pub const MAX_TOKEN_RESPONSE: u64 = 64 * 1024;
+
+/// The longest a device consent (`--oauth-consent`) waits for the person,
+/// whatever the provider says its code is valid for.
+pub const MAX_CONSENT_WAIT: Duration = Duration::from_secs(30 * 60);

@@ -7,7 +7,7 @@ use std::io::Write;
 use std::net::TcpListener;
 use std::process::ExitCode;
 
-use pop3server::config::{Config, ConfigSetupError};
+use pop3server::config::{Config, ConfigSetupError, Task};
 use pop3server::driver::{self, End};
 use pop3server::logging;
 use pop3server::transport::{self, Systemd, listener::Listener};
@@ -45,6 +45,19 @@ fn run() -> Result<ExitCode, String> {
         }
         Err(ConfigSetupError::Invalid(e)) => return Err(config_error(&e.to_string())),
     };
+
+    match &config.task {
+        Some(Task::HashPassword) => {
+            return pop3server::admin::hash_password(&mut std::io::stdout())
+                .map(|_| ExitCode::SUCCESS);
+        }
+        Some(Task::OAuthConsent(name)) => {
+            logging::init(logging::resolve(config.log, false), config.debug);
+            return pop3server::admin::oauth_consent(&config, name, &mut std::io::stdout())
+                .map(|_| ExitCode::SUCCESS);
+        }
+        None => {}
+    }
 
     if let Some(request) = &config.check {
         logging::init(logging::resolve(config.log, false), config.debug);

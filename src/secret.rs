@@ -6,6 +6,8 @@
 
 use std::fmt;
 
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
 pub struct Secret(Vec<u8>);
 
 impl Secret {
@@ -22,6 +24,28 @@ impl Secret {
 impl fmt::Debug for Secret {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str("Secret(<redacted>)")
+    }
+}
+
+/// Tokens arrive in JSON (a token endpoint's answer, the token store) and
+/// go straight into a `Secret`, never through a type that prints them.
+impl<'de> Deserialize<'de> for Secret {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Ok(Secret(String::deserialize(d)?.into_bytes()))
+    }
+}
+
+impl Serialize for Secret {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.serialize_str(&String::from_utf8_lossy(&self.0))
+    }
+}
+
+impl PartialEq for Secret {
+    /// Whether two tokens are the same one (to tell a refreshed token from
+    /// the one a backend refused); not for comparing passwords.
+    fn eq(&self, other: &Self) -> bool {
+        self.0 == other.0
     }
 }
 

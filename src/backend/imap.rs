@@ -5,6 +5,8 @@
 //! are its business; what the client is told is the session's.
 
 use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
 
 use log::{error, warn};
 
@@ -13,10 +15,15 @@ use super::{
     PieceAnswer, PieceRequest,
 };
 use crate::config::{BackendTls, Config};
+use crate::devices::Devices;
 use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
 use crate::maildrop::{FolderDeletions, FolderSnapshot};
+use crate::oauth::store::Store;
+use crate::oauth::{self, TokenError};
+use crate::penalty;
+use crate::secret::Secret;
 use crate::tls;
 
 pub struct ImapBackend<'a> {
@@ -62,6 +69,11 @@ impl<'a> ImapBackend<'a> {
     }
 
     pub fn login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer> {
+        if let (Some(path), Credentials::Password { .. }) =
+            (&self.config.devices_file, &credentials)
+        {
+            return self.device_login(path, credentials);
+        }
         let client = self.client()?;
         let login = match &credentials {
             Credentials::Password {
@@ -77,10 +89,98 @@ impl<'a> ImapBackend<'a> {
         drop(credentials);
         match login {
             Ok(Login::Ok) => Ok(LoginAnswer::LoggedIn),
-            Ok(Login::Rejected) => Ok(LoginAnswer::Rejected),
+            Ok(Login::Rejected) => Ok(LoginAnswer::Rejected {
+                penalty: Duration::ZERO,
+            }),
             Ok(Login::TemporaryFailure(text)) => Ok(LoginAnswer::Unavailable(text)),
             Err(e) => Err(self.failure("login", e)),
         }
+    }
+
+    /// A device: its own password is checked here (an unknown device the
+    /// same way as a wrong password), then the backend is logged in to as
+    /// its mailbox with a token of its source.
+    fn device_login(&mut self, path: &Path, credentials: Credentials) -> Outcome<LoginAnswer> {
+        let Credentials::Password {
+            login,
+            authzid,
+            password,
+        } = credentials
+        else {
+            return Err(Failure::new(FailureKind::Local, "not a password login"));
+        };
+        let devices = Devices::load(path).map_err(|why| {
+            error!("device logins are off: {why}");
+            Failure::new(FailureKind::Local, why)
+        })?;
+        let device = devices.authenticate(&login, &password);
+        drop(password);
+        // A device logs in as itself only: no master-user authzid.
+        let device = device.filter(|_| authzid.is_none_or(|a| a == login));
+        let Some(device) = device else {
+            return Ok(LoginAnswer::Rejected {
+                penalty: self.record_failure(),
+            });
+        };
+        if let Some(ip) = self.peer.map(|p| p.ip()) {
+            penalty::clear(&self.config.lock_dir, ip);
+        }
+        let config = self.config;
+        let Some(source) = config.oauth.get(&device.oauth) else {
+            error!(
+                "device {}: oauth = {:?} names no [oauth.NAME] of the configuration",
+                device.name, device.oauth
+            );
+            return Ok(LoginAnswer::Unavailable("device misconfigured".into()));
+        };
+        let store = Store::new(&config.state_dir, source);
+        let mut refused: Option<Secret> = None;
+        // A token the store thought valid may still be refused (revoked,
+        // clock skew): refresh once and try once more.
+        for attempt in 0..2 {
+            let token = match store.access_token(refused.as_ref()) {
+                Ok(t) => t.access_token,
+                Err(e) => {
+                    token_error(&device.name, &e);
+                    return Ok(LoginAnswer::Unavailable(e.to_string()));
+                }
+            };
+            let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token);
+            let mechanism = oauth::mechanism_name(source.mechanism);
+            let login = self.client()?.login_token(mechanism, &response);
+            drop(response);
+            match login {
+                Ok(Login::Ok) => {
+                    return Ok(LoginAnswer::LoggedInAs(device.mailbox.clone().into_bytes()));
+                }
+                Ok(Login::Rejected) if attempt == 0 => refused = Some(token),
+                Ok(Login::Rejected) => {
+                    error!(
+                        "device {}: the backend refused a fresh token of [oauth.{}] for mailbox {}: \
+                         check that the app may access that mailbox",
+                        device.name, source.name, device.mailbox
+                    );
+                    return Ok(LoginAnswer::Unavailable("token refused".into()));
+                }
+                Ok(Login::TemporaryFailure(text)) => return Ok(LoginAnswer::Unavailable(text)),
+                Err(e) => return Err(self.failure("login", e)),
+            }
+        }
+        Ok(LoginAnswer::Unavailable("token refused".into()))
+    }
+
+    /// Counts a failed device login against the client's address.
+    fn record_failure(&self) -> Duration {
+        let Some(ip) = self.peer.map(|p| p.ip()) else {
+            return Duration::ZERO;
+        };
+        penalty::record_failure(&self.config.lock_dir, ip).unwrap_or_else(|e| {
+            warn!(
+                "cannot record a failed login in {}: {e}",
+                self.config.lock_dir.display()
+            );
+            Duration::ZERO
+        })
     }
 
     pub fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
@@ -237,6 +337,16 @@ impl<'a> ImapBackend<'a> {
         self.selected = None;
         self.broken = true;
         Failure::new(kind, format!("{what}: {e}"))
+    }
+}
+
+/// One log line an admin can act on; no token in it.
+fn token_error(device: &str, e: &TokenError) {
+    match e {
+        TokenError::Unavailable(why) => warn!("device {device}: no token now: {why}"),
+        TokenError::InvalidGrant(why) | TokenError::Setup(why) => {
+            error!("device {device}: no token: {why}")
+        }
     }
 }
 

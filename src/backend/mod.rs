@@ -12,6 +12,7 @@
 pub mod imap;
 
 use std::fmt;
+use std::time::Duration;
 
 use crate::maildrop::FolderDeletions;
 use crate::secret::Secret;
@@ -90,8 +91,16 @@ pub enum Request {
 #[derive(Debug, PartialEq, Eq)]
 pub enum LoginAnswer {
     LoggedIn,
-    /// Wrong credentials (or credentials that could not be sent safely).
-    Rejected,
+    /// A device's own password was right and the backend took its token:
+    /// the maildrop (lock, snapshot) is this mailbox's, which other devices
+    /// may share.
+    LoggedInAs(Vec<u8>),
+    /// Wrong credentials (or credentials that could not be sent safely);
+    /// `penalty` is added to the answer's delay (failures from the client's
+    /// address, see `penalty`).
+    Rejected {
+        penalty: Duration,
+    },
     /// Refused for a reason that may pass (`[UNAVAILABLE]`, ...).
     Unavailable(String),
 }

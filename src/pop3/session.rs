@@ -285,12 +285,18 @@ impl Session {
         let shown = printable(&user);
         match outcome {
             Ok(LoginAnswer::LoggedIn) => {
-                self.pending = Pending::Lock { user: user.clone() };
-                Step::Backend(Request::Lock { user })
+                let maildrop = user.clone();
+                self.pending = Pending::Lock { user };
+                Step::Backend(Request::Lock { user: maildrop })
             }
-            Ok(LoginAnswer::Rejected) => {
+            Ok(LoginAnswer::LoggedInAs(mailbox)) => {
+                info!("device login: user={shown} mailbox={}", printable(&mailbox));
+                self.pending = Pending::Lock { user };
+                Step::Backend(Request::Lock { user: mailbox })
+            }
+            Ok(LoginAnswer::Rejected { penalty }) => {
                 info!("login failed: user={shown}");
-                self.bad_credentials()
+                self.bad_credentials(penalty)
             }
             Ok(LoginAnswer::Unavailable(text)) => {
                 warn!(
@@ -486,7 +492,7 @@ impl Session {
         Step::Respond(Response::last(Reply::ok(text)))
     }
 
-    fn bad_credentials(&mut self) -> Step {
+    fn bad_credentials(&mut self, penalty: Duration) -> Step {
         self.failed_logins += 1;
         let close = self.failed_logins >= self.config.max_login_failures;
         if close {
@@ -499,7 +505,7 @@ impl Session {
         };
         Step::Respond(Response {
             reply: Reply::err_code(RespCode::Auth, text),
-            delay: self.config.login_failure_delay,
+            delay: self.config.login_failure_delay.saturating_add(penalty),
             close,
         })
     }
@@ -930,7 +936,9 @@ mod tests {
         let mut s = Session::new(config(), LOCAL);
         for round in 1..=3 {
             pass(&mut s, "alice");
-            let r = reply_of(s.on_login(Ok(LoginAnswer::Rejected)));
+            let r = reply_of(s.on_login(Ok(LoginAnswer::Rejected {
+                penalty: Duration::ZERO,
+            })));
             assert!(wire(&r.reply).starts_with("-ERR [AUTH] "));
             assert_eq!(r.delay, Duration::from_secs(2));
             assert_eq!(r.close, round == 3);
@@ -943,7 +951,9 @@ mod tests {
         let mut s = Session::new(config(), LOCAL);
         assert_eq!(say(&mut s, "PASS x"), "-ERR Send USER first\r\n");
         pass(&mut s, "a");
-        let _ = s.on_login(Ok(LoginAnswer::Rejected));
+        let _ = s.on_login(Ok(LoginAnswer::Rejected {
+            penalty: Duration::ZERO,
+        }));
         assert_eq!(say(&mut s, "PASS x"), "-ERR Send USER first\r\n");
     }
 
@@ -1231,7 +1241,9 @@ mod tests {
         let payload = format!("user=a\x01auth=Bearer {}\x01\x01", "t".repeat(12_000));
         let auth = format!("AUTH XOAUTH2 {}", BASE64.encode(payload));
         assert!(matches!(request(&mut s, &auth), Request::Login(_)));
-        let _ = s.on_login(Ok(LoginAnswer::Rejected));
+        let _ = s.on_login(Ok(LoginAnswer::Rejected {
+            penalty: Duration::ZERO,
+        }));
         assert_eq!(
             say(&mut s, &format!("NOOP {}", "x".repeat(300))),
             "-ERR Line too long\r\n"

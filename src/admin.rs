@@ -1,0 +1,53 @@
+//! The admin's one-off commands: `--hash-password` (a hash for the devices
+//! file) and `--oauth-consent NAME` (the one-time sign-in of a
+//! refresh-token source). Each says in one line what failed.
+
+use std::io::{BufRead, IsTerminal, Write};
+
+use crate::config::Config;
+use crate::devices;
+use crate::oauth::consent;
+use crate::oauth::store::Store;
+use crate::secret::Secret;
+
+/// Reads a password (asked twice without echo on a terminal, else the first
+/// line of stdin) and prints its argon2id hash.
+pub fn hash_password(out: &mut dyn Write) -> Result<(), String> {
+    let password = if std::io::stdin().is_terminal() {
+        let first = rpassword::prompt_password("Device password: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        let first = Secret::new(first.into_bytes());
+        let again = rpassword::prompt_password("Again: ")
+            .map_err(|e| format!("cannot read the password: {e}"))?;
+        if again.as_bytes() != first.expose() {
+            return Err("the two passwords differ".into());
+        }
+        first
+    } else {
+        let mut line = String::new();
+        std::io::stdin()
+            .lock()
+            .read_line(&mut line)
+            .map_err(|e| format!("cannot read the password from stdin: {e}"))?;
+        let line = Secret::new(line.into_bytes());
+        let bytes = line.expose();
+        let bytes = bytes.strip_suffix(b"\n").unwrap_or(bytes);
+        let bytes = bytes.strip_suffix(b"\r").unwrap_or(bytes);
+        Secret::new(bytes.to_vec())
+    };
+    if password.expose().is_empty() {
+        return Err("an empty password is not a password".into());
+    }
+    let hash = devices::hash_password(&password)?;
+    writeln!(out, "{hash}").map_err(|e| e.to_string())
+}
+
+/// Runs the device authorization grant for `name` and stores its tokens.
+pub fn oauth_consent(config: &Config, name: &str, out: &mut dyn Write) -> Result<(), String> {
+    let source = config
+        .oauth
+        .get(name)
+        .ok_or_else(|| format!("no [oauth.{name}] in the configuration"))?;
+    let store = Store::new(&config.state_dir, source);
+    consent::run(source, &store, out, &std::thread::sleep).map_err(|e| e.to_string())
+}

@@ -1,0 +1,165 @@
+//! Requests to a token endpoint: a form POST over HTTPS (ureq on rustls,
+//! the ring provider and the same trust store as the IMAP side), a bounded
+//! answer, and the answer sorted into a token or a typed error. Neither the
+//! client secret nor a token ever reaches a log line or an error text.
+
+use std::fs;
+use std::sync::Arc;
+
+use serde::Deserialize;
+use ureq::tls::{Certificate, RootCerts, TlsConfig};
+use ureq::{Agent, Proxy};
+
+use super::TokenError;
+use crate::config::OAuthSource;
+use crate::limits::{MAX_TOKEN_RESPONSE, TOKEN_HTTP_TIMEOUT};
+use crate::secret::Secret;
+
+/// A successful token response (RFC 6749 section 5.1).
+#[derive(Debug, Deserialize)]
+pub struct TokenAnswer {
+    pub access_token: Secret,
+    /// Seconds; absent means the provider did not say (treated as short).
+    pub expires_in: Option<u64>,
+    /// A new refresh token (rotation) or, for the first grant, the first.
+    pub refresh_token: Option<Secret>,
+}
+
+/// An error response (RFC 6749 section 5.2, RFC 8628 section 3.5).
+#[derive(Debug, Deserialize)]
+pub struct ErrorAnswer {
+    pub error: String,
+    pub error_description: Option<String>,
+}
+
+impl ErrorAnswer {
+    pub fn describe(&self) -> String {
+        match &self.error_description {
+            Some(d) => format!("{}: {}", self.error, printable(d)),
+            None => self.error.clone(),
+        }
+    }
+}
+
+/// What an endpoint answered.
+pub enum Answer<T> {
+    Ok(T),
+    Error(ErrorAnswer),
+}
+
+/// The client secret of `source`, from its file (first line).
+pub fn client_secret(source: &OAuthSource) -> Result<Option<Secret>, TokenError> {
+    let Some(path) = &source.client_secret_file else {
+        return Ok(None);
+    };
+    let bytes = fs::read(path).map_err(|e| {
+        TokenError::Setup(format!(
+            "[oauth.{}] client_secret_file {}: {e}",
+            source.name,
+            path.display()
+        ))
+    })?;
+    let bytes = Secret::new(bytes);
+    let line = bytes
+        .expose()
+        .split(|&b| b == b'\n')
+        .next()
+        .unwrap_or_default();
+    let line = line.strip_suffix(b"\r").unwrap_or(line);
+    Ok(Some(Secret::new(line.to_vec())))
+}
+
+fn agent(source: &OAuthSource) -> Result<Agent, TokenError> {
+    let setup = |why: String| TokenError::Setup(format!("[oauth.{}] {why}", source.name));
+    let roots: Vec<Certificate<'static>> = match &source.ca_file {
+        Some(path) => {
+            let pem =
+                fs::read(path).map_err(|e| setup(format!("ca_file {}: {e}", path.display())))?;
+            ureq::tls::parse_pem(&pem)
+                .filter_map(|item| match item {
+                    Ok(ureq::tls::PemItem::Certificate(c)) => Some(c),
+                    _ => None,
+                })
+                .collect()
+        }
+        None => rustls_native_certs::load_native_certs()
+            .certs
+            .iter()
+            .map(|der| Certificate::from_der(der).to_owned())
+            .collect(),
+    };
+    if roots.is_empty() {
+        return Err(setup(
+            "no CA certificates to check the token endpoint with".into(),
+        ));
+    }
+    let tls = TlsConfig::builder()
+        .root_certs(RootCerts::Specific(Arc::new(roots)))
+        .unversioned_rustls_crypto_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        .build();
+    // Only the configured proxy: a service must not pick one up from
+    // whatever environment it was started in.
+    let proxy = match &source.proxy {
+        Some(p) => Some(Proxy::new(p).map_err(|e| setup(format!("proxy {p:?}: {e}")))?),
+        None => None,
+    };
+    Ok(Agent::config_builder()
+        .timeout_global(Some(TOKEN_HTTP_TIMEOUT))
+        .http_status_as_error(false)
+        .tls_config(tls)
+        .proxy(proxy)
+        .build()
+        .into())
+}
+
+/// POSTs the form to `url` and sorts the answer. Transport failures, 5xx
+/// and unparseable answers are `Unavailable`.
+pub fn post<T: for<'de> Deserialize<'de>>(
+    source: &OAuthSource,
+    url: &str,
+    form: &[(&str, &[u8])],
+) -> Result<Answer<T>, TokenError> {
+    let agent = agent(source)?;
+    // Form values are text; a secret that is not UTF-8 is sent as lossily
+    // as any HTTP client would, without being copied into a log.
+    let pairs: Vec<(&str, String)> = form
+        .iter()
+        .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
+        .collect();
+    let unavailable = |why: String| TokenError::Unavailable(format!("{url}: {why}"));
+    let response = agent
+        .post(url)
+        .header("Accept", "application/json")
+        .send_form(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        .map_err(|e| unavailable(e.to_string()))?;
+    let status = response.status().as_u16();
+    let body = response
+        .into_body()
+        .with_config()
+        .limit(MAX_TOKEN_RESPONSE)
+        .read_to_string()
+        .map_err(|e| unavailable(format!("reading the answer: {e}")))?;
+    let body = Secret::new(body.into_bytes());
+    if status >= 500 {
+        return Err(unavailable(format!("HTTP {status}")));
+    }
+    if (200..300).contains(&status) {
+        return serde_json::from_slice(body.expose())
+            .map(Answer::Ok)
+            .map_err(|e| unavailable(format!("HTTP {status} without a token in JSON ({e})")));
+    }
+    match serde_json::from_slice::<ErrorAnswer>(body.expose()) {
+        Ok(error) => Ok(Answer::Error(error)),
+        Err(_) => Err(unavailable(format!(
+            "HTTP {status} without an OAuth2 error"
+        ))),
+    }
+}
+
+/// Keeps a provider's text fit for one log line.
+fn printable(text: &str) -> String {
+    text.chars()
+        .take(200)
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .collect()
+}
