@@ -3,10 +3,14 @@
 //! stdout what it verified; a failure is one line naming the cause.
 
 use std::io::Write;
+use std::path::Path;
 
 use crate::backend::imap::endpoint as backend_endpoint;
 use crate::config::{BackendTls, CheckRequest, Config};
+use crate::devices::Devices;
 use crate::imap::{Client, ImapError, Login};
+use crate::oauth;
+use crate::oauth::store::Store;
 use crate::secret::Secret;
 
 /// Runs the check; the error is the one-line diagnosis.
@@ -49,7 +53,11 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         &format!("capabilities: {}", client.capabilities().join(" ")),
     );
     if let (Some(user), Some(password)) = (&request.user, password) {
-        match client.login(user.as_bytes(), None, &password) {
+        let login = match &config.devices_file {
+            Some(path) => device_login(config, path, user, &password, &mut client, out)?,
+            None => client.login(user.as_bytes(), None, &password),
+        };
+        match login {
             Ok(Login::Ok) => say(out, &format!("login: ok as {user}")),
             Ok(Login::Rejected) => return Err(format!("authentication failed for user {user}")),
             Ok(Login::TemporaryFailure(text)) => {
@@ -73,6 +81,61 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
     client.logout();
     say(out, "OK");
     Ok(())
+}
+
+/// The device chain, step by step: the local account, its token, the
+/// backend login with the token. Each step says what it checked; the first
+/// that fails is the diagnosis.
+fn device_login(
+    config: &Config,
+    path: &Path,
+    user: &str,
+    password: &Secret,
+    client: &mut Client,
+    out: &mut dyn Write,
+) -> Result<Result<Login, ImapError>, String> {
+    let devices = Devices::load(path)?;
+    say(
+        out,
+        &format!("devices: {} in {}", devices.iter().count(), path.display()),
+    );
+    let device = devices
+        .authenticate(user.as_bytes(), password)
+        .ok_or_else(|| format!("device {user}: no such device, or not its password"))?;
+    let source = config.oauth.get(&device.oauth).ok_or_else(|| {
+        format!(
+            "device {user}: oauth = {:?} names no [oauth.NAME] of the configuration",
+            device.oauth
+        )
+    })?;
+    say(
+        out,
+        &format!(
+            "device {user}: password ok, mailbox {}, token source [oauth.{}]",
+            device.mailbox, source.name
+        ),
+    );
+    let token = Store::new(&config.state_dir, source)
+        .access_token(None)
+        .map_err(|e| format!("device {user}: no token: {e}"))?;
+    let left = token.expires_at.saturating_sub(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    say(
+        out,
+        &format!("token: ok, valid for {} more minutes", left / 60),
+    );
+    let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token.access_token);
+    let login = client.login_token(oauth::mechanism_name(source.mechanism), &response);
+    if let Ok(Login::Rejected) = login {
+        return Err(format!(
+            "the backend refused the token for mailbox {}: check that the app may access it",
+            device.mailbox
+        ));
+    }
+    Ok(login)
 }
 
 fn say(out: &mut dyn Write, line: &str) {

@@ -343,9 +343,9 @@ impl<'a> ImapBackend<'a> {
 /// One log line an admin can act on; no token in it.
 fn token_error(device: &str, e: &TokenError) {
     match e {
-        TokenError::Unavailable(why) => warn!("device {device}: no token now: {why}"),
-        TokenError::InvalidGrant(why) | TokenError::Setup(why) => {
-            error!("device {device}: no token: {why}")
+        TokenError::Unavailable(_) => warn!("device {device}: no token now: {e}"),
+        TokenError::InvalidGrant(_) | TokenError::Setup(_) => {
+            error!("device {device}: no token: {e}")
         }
     }
 }
