@@ -3,6 +3,7 @@
 //! refresh-token source). Each says in one line what failed.
 
 use std::io::{BufRead, IsTerminal, Write};
+use std::os::unix::fs::MetadataExt;
 
 use crate::config::Config;
 use crate::devices;
@@ -48,6 +49,21 @@ pub fn oauth_consent(config: &Config, name: &str, out: &mut dyn Write) -> Result
         .oauth
         .get(name)
         .ok_or_else(|| format!("no [oauth.{name}] in the configuration"))?;
+    // The sessions run as the owner of state_dir: tokens written by anyone
+    // else (root, typically) would be unreadable for them.
+    if let (Ok(dir), Ok(me)) = (
+        std::fs::metadata(&config.state_dir),
+        std::fs::metadata("/proc/self"),
+    ) && dir.uid() != me.uid()
+    {
+        return Err(format!(
+            "{} belongs to uid {}, this is uid {}: run it as the service's user, \
+             e.g. sudo -u pop3server pop3server --oauth-consent {name}",
+            config.state_dir.display(),
+            dir.uid(),
+            me.uid()
+        ));
+    }
     let store = Store::new(&config.state_dir, source);
     consent::run(source, &store, out, &std::thread::sleep).map_err(|e| e.to_string())
 }
