@@ -257,6 +257,15 @@ impl<'a> ImapBackend<'a> {
                 );
                 Ok(ExpungeAnswer::LeftFlagged)
             }
+            Err(ImapError::Unconfirmed(e)) => {
+                warn!(
+                    "deleting messages in {name:?}: \\Deleted was set on UIDs {} (UIDVALIDITY {}) but the expunge was not confirmed: they may still be there, flagged, until any client's next expunge",
+                    uid_list(&expunge.uids),
+                    expunge.uid_validity
+                );
+                let _ = self.failure(&format!("deleting messages in {name:?}"), *e);
+                Ok(ExpungeAnswer::Unconfirmed)
+            }
             Err(e) => Err(self.failure(&format!("deleting messages in {name:?}"), e)),
         }
     }
@@ -321,6 +330,7 @@ impl<'a> ImapBackend<'a> {
                 FailureKind::Lost
             }
             ImapError::Protocol(_) => FailureKind::Protocol,
+            ImapError::Unconfirmed(_) => FailureKind::Lost,
         };
         if let ImapError::Refused { info, .. } = &e {
             warn!("backend {at}: {what}: {e}");
@@ -338,6 +348,16 @@ impl<'a> ImapBackend<'a> {
         self.broken = true;
         Failure::new(kind, format!("{what}: {e}"))
     }
+}
+
+/// UIDs for a log line, at most a screenful.
+fn uid_list(uids: &[u32]) -> String {
+    const SHOWN: usize = 50;
+    let mut text: Vec<String> = uids.iter().take(SHOWN).map(u32::to_string).collect();
+    if uids.len() > SHOWN {
+        text.push(format!("... ({} in all)", uids.len()));
+    }
+    text.join(",")
 }
 
 /// One log line an admin can act on; no token in it.

@@ -128,6 +128,9 @@ pub enum ExpungeAnswer {
     /// other messages were flagged too.
     LeftFlagged,
     FolderChanged,
+    /// The flags were set, then the connection failed before the expunge
+    /// was confirmed: the messages may be gone or still there, flagged.
+    Unconfirmed,
 }
 
 /// Why a request failed.

@@ -46,6 +46,10 @@ pub enum ImapError {
         command: &'static str,
         info: StatusInfo,
     },
+    /// Our messages were flagged `\Deleted`, then the expunge failed
+    /// without an answer (the connection broke or timed out): whether they
+    /// are gone is not known, and they may still carry the flag.
+    Unconfirmed(Box<ImapError>),
 }
 
 impl fmt::Display for ImapError {
@@ -59,6 +63,9 @@ impl fmt::Display for ImapError {
             ImapError::Protocol(why) => write!(f, "backend protocol error: {why}"),
             ImapError::Tls(why) => write!(f, "backend TLS failed: {why}"),
             ImapError::Bye(text) => write!(f, "backend said BYE: {text}"),
+            ImapError::Unconfirmed(inner) => {
+                write!(f, "\\Deleted was set, then the expunge failed: {inner}")
+            }
             ImapError::Refused { command, info } => {
                 let code = info
                     .code
@@ -552,15 +559,18 @@ impl Client {
         let store = format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)");
         self.run("UID STORE", &[Arg::Text(store.as_bytes())], |_| Ok(()))?
             .ok("UID STORE")?;
-        let result = self.expunge_flagged(uids, &set);
-        if let Err(ImapError::Refused { .. }) = &result {
-            // The backend still answers: take our flags back, or another
-            // client's next expunge would remove messages the POP3 client
-            // was told are kept. Nothing more can be done if this fails.
-            let unstore = format!("UID STORE {set} -FLAGS.SILENT (\\Deleted)");
-            let _ = self.run("UID STORE", &[Arg::Text(unstore.as_bytes())], |_| Ok(()));
+        match self.expunge_flagged(uids, &set) {
+            Err(e @ ImapError::Refused { .. }) => {
+                // The backend still answers: take our flags back, or another
+                // client's next expunge would remove messages the POP3 client
+                // was told are kept. Nothing more can be done if this fails.
+                let unstore = format!("UID STORE {set} -FLAGS.SILENT (\\Deleted)");
+                let _ = self.run("UID STORE", &[Arg::Text(unstore.as_bytes())], |_| Ok(()));
+                Err(e)
+            }
+            Err(e) => Err(ImapError::Unconfirmed(Box::new(e))),
+            done => done,
         }
-        result
     }
 
     /// The expunge proper, once our messages carry `\Deleted`.

@@ -69,11 +69,18 @@ fn read_raw(conn: &mut Conn) -> Result<Raw, ImapError> {
     let mut text = Vec::new();
     let mut literals = Vec::new();
     let mut total = 0usize;
+    let mut grammar = None;
     loop {
         let line = conn.read_line(MAX_IMAP_LINE)?;
         total += line.len();
         text.extend_from_slice(&line);
-        match literal_size(&line) {
+        let where_ = grammar.get_or_insert_with(|| LiteralGrammar::of_first_line(&line));
+        let literal = if where_.allows_literal_after(&line) {
+            literal_size(&line)
+        } else {
+            None
+        };
+        match literal {
             Some(n) => {
                 let limit = MAX_IMAP_LITERAL.max(FETCH_CHUNK as usize);
                 if n > limit || total + n > MAX_IMAP_RESPONSE {
@@ -88,6 +95,73 @@ fn read_raw(conn: &mut Conn) -> Result<Raw, ImapError> {
         }
         if total > MAX_IMAP_RESPONSE {
             return Err(ImapError::Protocol("response too large".into()));
+        }
+    }
+}
+
+/// Where a `{n}` at the end of a line is a literal. The IMAP grammar has
+/// literals only inside strings (`string`, `astring`, `nstring`); a
+/// response text (`resp-text` of a status response or a continuation)
+/// never holds one, so `* OK [ALERT] quota {5}` is text, and taking it for
+/// a literal would swallow the next response. A status response's code
+/// (`[BADCHARSET (...)]`) may hold astrings, so there a literal counts while
+/// the `[` is open.
+enum LiteralGrammar {
+    /// Untagged data (`* 1 FETCH ...`, `* LIST ...`): strings anywhere.
+    Data,
+    /// `tag|* OK|NO|BAD|BYE|PREAUTH ...`; whether the code's `[` is open.
+    Status { code_open: bool, first: bool },
+    /// `+ ...`: text only.
+    Continuation,
+}
+
+impl LiteralGrammar {
+    fn of_first_line(line: &[u8]) -> Self {
+        let mut words = line.splitn(3, |&b| b == b' ');
+        let first = words.next().unwrap_or_default();
+        if first == b"+" {
+            return LiteralGrammar::Continuation;
+        }
+        let second = words.next().unwrap_or_default();
+        let status = [&b"OK"[..], b"NO", b"BAD", b"BYE", b"PREAUTH"]
+            .iter()
+            .any(|w| second.eq_ignore_ascii_case(w));
+        if status || first != b"*" {
+            LiteralGrammar::Status {
+                code_open: false,
+                first: true,
+            }
+        } else {
+            LiteralGrammar::Data
+        }
+    }
+
+    /// Whether a `{n}` ending `line` (the next line of this response) is
+    /// a literal.
+    fn allows_literal_after(&mut self, line: &[u8]) -> bool {
+        match self {
+            LiteralGrammar::Data => true,
+            LiteralGrammar::Continuation => false,
+            LiteralGrammar::Status { code_open, first } => {
+                let rest = if *first {
+                    *first = false;
+                    // After "tag STATUS ": the text, maybe a "[code]" first.
+                    let mut words = line.splitn(3, |&b| b == b' ');
+                    words.next();
+                    words.next();
+                    let rest = words.next().unwrap_or_default();
+                    if rest.first() == Some(&b'[') {
+                        *code_open = true;
+                    }
+                    rest
+                } else {
+                    line
+                };
+                if *code_open && rest.contains(&b']') {
+                    *code_open = false;
+                }
+                *code_open
+            }
         }
     }
 }
@@ -664,5 +738,25 @@ pub(crate) mod tests {
             input.extend_from_slice(b"\r\n");
             let _ = parse_all(&input);
         }
+    }
+
+    #[test]
+    fn a_brace_number_in_a_response_text_is_text_not_a_literal() {
+        let input = b"* OK [ALERT] quota {5}\r\nA0001 NO [OVERQUOTA] over {3}\r\n+ go on {2}\r\n\
+            * BYE bye {4}\r\n* 1 FETCH (UID 7 BODY[] {5}\r\nhello)\r\n";
+        let r = parse_all(input);
+        assert_eq!(r.len(), 5, "{r:?}");
+        assert!(
+            matches!(&r[0], Ok(Response::Status(i)) if i.text == "quota {5}"),
+            "{:?}",
+            r[0]
+        );
+        assert!(
+            matches!(&r[1], Ok(Response::Tagged(t, i)) if t == "A0001" && i.text == "over {3}"),
+            "{:?}",
+            r[1]
+        );
+        assert_eq!(r[2], Ok(Response::Continuation));
+        assert!(matches!(&r[4], Ok(Response::Fetch(f)) if f.body == Some(Some(b"hello".to_vec()))));
     }
 }

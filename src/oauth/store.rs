@@ -104,17 +104,16 @@ impl<'a> Store<'a> {
         if let Some(secret) = &secret {
             form.push(("client_secret", secret.expose()));
         }
-        match self.source.grant {
-            OAuthGrant::ClientCredentials => form.push(("grant_type", b"client_credentials")),
-            OAuthGrant::RefreshToken => {
-                let Some(refresh) = &saved.refresh_token else {
-                    return Err(TokenError::Setup(format!(
-                        "[oauth.{name}] has no refresh token yet: run pop3server --oauth-consent {name}"
-                    )));
-                };
+        match (self.source.grant, &saved.refresh_token) {
+            (OAuthGrant::ClientCredentials, _) => form.push(("grant_type", b"client_credentials")),
+            (OAuthGrant::RefreshToken, Some(refresh)) => {
                 form.push(("grant_type", b"refresh_token"));
                 form.push(("refresh_token", refresh.expose()));
-                return self.answer(http::post(self.source, &self.source.token_url, &form)?);
+            }
+            (OAuthGrant::RefreshToken, None) => {
+                return Err(TokenError::Setup(format!(
+                    "[oauth.{name}] has no refresh token yet: run pop3server --oauth-consent {name}"
+                )));
             }
         }
         self.answer(http::post(self.source, &self.source.token_url, &form)?)

@@ -450,6 +450,19 @@ impl Session {
         match outcome {
             Ok(ExpungeAnswer::Expunged) => self.commit(deletions, done + 1, left_flagged),
             Ok(ExpungeAnswer::LeftFlagged) => self.commit(deletions, done + 1, true),
+            Ok(ExpungeAnswer::Unconfirmed) => {
+                let earlier = if done == 0 {
+                    ""
+                } else {
+                    " (those of earlier folders were deleted)"
+                };
+                self.close(
+                    RespCode::SysTemp,
+                    format!(
+                        "The mail server did not confirm the deletion{earlier}: the messages marked with DELE may be deleted or not, check before deleting them again"
+                    ),
+                )
+            }
             Ok(ExpungeAnswer::FolderChanged) | Err(_) => {
                 let text = if done == 0 {
                     "Backend failed to delete the messages"
@@ -793,6 +806,17 @@ mod tests {
         );
         let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::FolderChanged)));
         assert!(wire(&r.reply).contains("(those of earlier folders were deleted)"));
+    }
+
+    #[test]
+    fn an_unconfirmed_expunge_does_not_claim_that_nothing_was_deleted() {
+        let mut s = logged_in();
+        say(&mut s, "DELE 2");
+        let _ = line(&mut s, "QUIT");
+        let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::Unconfirmed)));
+        let text = wire(&r.reply);
+        assert!(r.close && text.starts_with("-ERR [SYS/TEMP] The mail server did not confirm"));
+        assert!(!text.contains("no message was deleted"), "{text}");
     }
 
     #[test]

@@ -100,6 +100,11 @@ def test_quit_with_stalled_uid_expunge_gives_sys_temp(fake_server):
     cmds = fake.commands()
     assert b"UID STORE 2 +FLAGS.SILENT (\\Deleted)" in cmds, cmds
     assert fake.stalled == [fake.log[-1]] and fake.stalled[0].endswith(b" UID EXPUNGE 2\r\n")
+    # The flags are set and the outcome is unknown: the reply must not say
+    # that nothing was deleted, and the log names what may still be flagged.
+    assert b"no message was deleted" not in st and b"did not confirm" in st, st
+    assert s.wait_log(r"\\Deleted was set on UIDs 2 \(UIDVALIDITY \d+\) but the expunge was not "
+                      r"confirmed", 5), s.log()[-2000:]
 
 
 def expunge_refused(cmd: bytes):

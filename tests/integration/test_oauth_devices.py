@@ -67,7 +67,7 @@ class Site:
     """A configuration with one token source ``src`` and devices."""
 
     def __init__(self, tmp_path, idp: IdP, dovecot, grant: str = "client_credentials",
-                 mailbox: str = MAILBOX):
+                 mailbox: str = MAILBOX, mechanism: str = "xoauth2"):
         self.dir = tmp_path
         self.state_dir = str(tmp_path / "state")
         self.conf = str(tmp_path / "pop3server.toml")
@@ -86,9 +86,9 @@ class Site:
                     'grant = "%s"\ntoken_url = "%s"\ndevice_authorization_url = "%s"\n'
                     'client_id = "%s"\nclient_secret_file = "%s"\n'
                     'scope = "https://outlook.office365.com/.default offline_access"\n'
-                    'ca_file = "%s"\n'
+                    'ca_file = "%s"\nmechanism = "%s"\n'
                     % (devices, self.state_dir, grant, idp.url("/token"),
-                       idp.url("/devicecode"), CLIENT_ID, secret, idp.ca))
+                       idp.url("/devicecode"), CLIENT_ID, secret, idp.ca, mechanism))
         self.store = os.path.join(self.state_dir, "oauth", "src.json")
 
     def args(self, *extra):
@@ -395,3 +395,26 @@ def test_check_runs_the_whole_device_chain(tmp_path, idp, oauth_dovecot):
     idp.fail = 0
     assert r.returncode == 1 and "no token: token endpoint unavailable" in r.stderr, r.stderr
     assert_no_secrets(r.stdout + r.stderr, idp)
+
+
+def test_oauthbearer_works_as_well(tmp_path, idp, oauth_dovecot, make_server):
+    site = Site(tmp_path, idp, oauth_dovecot, mechanism="oauthbearer")
+    s = make_server(site.args(), backend_port=oauth_dovecot.port)
+    with Pop3(s.port, timeout=60) as p:
+        assert ok(p.login("scanner", DEVICE_PW)), s.log()[-2000:]
+        st, got = p.retr(2)
+        assert ok(st) and got == pop3_expected(MESSAGES[1])
+        assert p.quit().startswith(b"+OK")
+
+
+def test_consent_that_nobody_completes_in_time_says_so(tmp_path, idp, oauth_dovecot):
+    site = Site(tmp_path, idp, oauth_dovecot, grant="refresh_token", mailbox=DELEGATED)
+    idp.device_expired = True
+    try:
+        r = site.consent()
+    finally:
+        idp.device_expired = False
+    assert r.returncode != 0, r.stdout
+    assert "the code expired before anyone signed in: run pop3server --oauth-consent src again" \
+        in r.stderr, r.stderr
+    assert not os.path.exists(site.store)
