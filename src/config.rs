@@ -54,6 +54,8 @@ pub struct Config {
     pub backend_timeout: Duration,
     pub login_failure_delay: Duration,
     pub max_login_failures: u32,
+    /// Bad commands in a row after which the connection is closed.
+    pub max_bad_commands: u32,
     pub listen: Vec<SocketAddr>,
     pub max_children: usize,
     pub log: LogTarget,
@@ -177,6 +179,7 @@ pub struct FileConfig {
     backend_timeout: Option<u64>,
     login_failure_delay: Option<u64>,
     max_login_failures: Option<u32>,
+    max_bad_commands: Option<u32>,
     listen: Option<OneOrMany>,
     max_children: Option<usize>,
     log: Option<String>,
@@ -285,6 +288,9 @@ pub struct Flags {
     /// Failed logins after which the connection is closed [default: 3]
     #[arg(long, value_name = "N")]
     pub max_login_failures: Option<u32>,
+    /// Bad commands in a row after which the connection is closed [default: 20]
+    #[arg(long, value_name = "N")]
+    pub max_bad_commands: Option<u32>,
     /// Run the standalone listener on ADDR:PORT (repeatable)
     #[arg(long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
@@ -550,6 +556,18 @@ impl Config {
                 "must be at least 1".into(),
             ));
         }
+        let bad_flag = flags.max_bad_commands.is_some();
+        let max_bad_commands = flags
+            .max_bad_commands
+            .or(file.max_bad_commands)
+            .unwrap_or(limits::DEFAULT_MAX_BAD_COMMANDS);
+        if max_bad_commands == 0 {
+            return Err(value_err(
+                bad_flag,
+                "max_bad_commands",
+                "must be at least 1".into(),
+            ));
+        }
         let max_children = flags
             .max_children
             .or(file.max_children)
@@ -693,6 +711,7 @@ impl Config {
             backend_timeout,
             login_failure_delay,
             max_login_failures,
+            max_bad_commands,
             listen,
             max_children,
             log,

@@ -57,6 +57,7 @@ pub fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
         uidl_format: config.uidl_format.clone(),
         login_failure_delay: config.login_failure_delay,
         max_login_failures: config.max_login_failures,
+        max_bad_commands: config.max_bad_commands,
         read_only: config.read_only,
         mark_seen: config.mark_seen,
         implementation: config.implementation.clone(),

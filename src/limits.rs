@@ -51,6 +51,11 @@ pub const DEFAULT_LOGIN_FAILURE_DELAY: Duration = Duration::from_secs(2);
 /// with the right password never needs more, a guesser must reconnect.
 pub const DEFAULT_MAX_LOGIN_FAILURES: u32 = 3;
 
+/// Bad commands in a row (unknown, malformed, too long) after which a
+/// connection is closed, as Dovecot does after 20: a real client never sends
+/// that many, a scanner or a confused peer must not hold a process for ever.
+pub const DEFAULT_MAX_BAD_COMMANDS: u32 = 20;
+
 /// Concurrent sessions of the standalone listener.
 pub const DEFAULT_MAX_CHILDREN: usize = 256;
 

@@ -32,6 +32,8 @@ pub struct SessionConfig {
     pub uidl_format: UidlFormat,
     pub login_failure_delay: Duration,
     pub max_login_failures: u32,
+    /// Bad commands in a row that close the connection.
+    pub max_bad_commands: u32,
     pub read_only: bool,
     pub mark_seen: bool,
     /// Sent in CAPA as IMPLEMENTATION when set.
@@ -142,6 +144,8 @@ pub struct Session {
     state: State,
     pending: Pending,
     failed_logins: u32,
+    /// Bad commands since the last good one.
+    bad_commands: u32,
     stats: Stats,
 }
 
@@ -158,6 +162,7 @@ impl Session {
             state: State::Authorization,
             pending: Pending::Nothing,
             failed_logins: 0,
+            bad_commands: 0,
             stats: Stats::default(),
         }
     }
@@ -193,7 +198,10 @@ impl Session {
     pub fn handle_line(&mut self, line: Line) -> Step {
         let line = match line {
             Line::Complete(line) => line,
-            Line::TooLong => return respond(self.auth.too_long()),
+            Line::TooLong => {
+                let reply = self.auth.too_long();
+                return self.bad_command(reply);
+            }
         };
         if let Some(step) = self.auth.sasl_line(&line) {
             return self.authorized(step);
@@ -201,16 +209,30 @@ impl Session {
         let parsed = parse(&line);
         // Only AUTH lines may exceed the RFC 2449 limit: they carry tokens.
         if line.len() + 2 > MAX_COMMAND_LINE && !matches!(parsed, Ok(Command::Auth(_))) {
-            return respond(Reply::err("Line too long"));
+            return self.bad_command(Reply::err("Line too long"));
         }
         match parsed {
-            Ok(cmd) => self.handle(cmd),
+            Ok(cmd) => {
+                self.bad_commands = 0;
+                self.handle(cmd)
+            }
             // SPEC: NUL in a credential is an authentication error.
             Err(e @ ParseError::Nul) if is_credential_line(&line) => {
-                respond(Reply::err_code(RespCode::Auth, e.message()))
+                self.bad_command(Reply::err_code(RespCode::Auth, e.message()))
             }
-            Err(e) => respond(Reply::err(e.message())),
+            Err(e) => self.bad_command(Reply::err(e.message())),
         }
+    }
+
+    /// The reply to a line that is not a command; too many in a row close
+    /// the connection.
+    fn bad_command(&mut self, reply: Reply) -> Step {
+        self.bad_commands += 1;
+        if self.bad_commands >= self.config.max_bad_commands {
+            self.state = State::Closed;
+            return Step::Respond(Response::last(Reply::err("Too many bad commands, closing")));
+        }
+        respond(reply)
     }
 
     pub fn handle(&mut self, cmd: Command) -> Step {
@@ -576,6 +598,7 @@ mod tests {
             uidl_format: UidlFormat::dovecot(),
             login_failure_delay: Duration::from_secs(2),
             max_login_failures: 3,
+            max_bad_commands: 20,
             read_only: false,
             mark_seen: true,
             implementation: None,
@@ -1064,6 +1087,21 @@ mod tests {
         assert!(say(&mut s, "ST\0AT").starts_with("-ERR"));
         assert!(say(&mut s, "PASS a\0b").starts_with("-ERR [AUTH]"));
         assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
+    }
+
+    #[test]
+    fn twenty_bad_commands_in_a_row_close_and_a_good_one_resets_the_count() {
+        let mut s = logged_in();
+        for _ in 0..19 {
+            assert!(say(&mut s, "FROB").starts_with("-ERR"));
+        }
+        assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
+        for _ in 0..19 {
+            assert!(!reply_of(line(&mut s, "LIST x")).close);
+        }
+        let r = reply_of(line(&mut s, "FROB"));
+        assert!(r.close && wire(&r.reply) == "-ERR Too many bad commands, closing\r\n");
+        assert!(s.is_closed());
     }
 
     #[test]
