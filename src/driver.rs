@@ -149,6 +149,10 @@ impl Driver<'_> {
             return End::Disconnect;
         }
         let mut buf = vec![0u8; CLIENT_READ_CHUNK];
+        // A whole command line must arrive within the idle timeout, counted
+        // from when it is awaited: a client that sends a byte now and then
+        // does not hold the process and its backend connection for ever.
+        let mut line_deadline = Instant::now() + self.config.idle_timeout;
         loop {
             loop {
                 self.lines.set_limit(self.session.line_limit());
@@ -172,6 +176,10 @@ impl Driver<'_> {
             if self.flush().is_err() {
                 return End::Disconnect;
             }
+            if !self.lines.has_partial() {
+                line_deadline = Instant::now() + self.config.idle_timeout;
+            }
+            self.client.set_read_deadline(line_deadline);
             match self.client.read(&mut buf) {
                 Ok(0) => return End::Disconnect,
                 Ok(n) => self.lines.push(&buf[..n]),
@@ -260,6 +268,8 @@ impl Driver<'_> {
             error!("TLS requested but no usable certificate: check tls_cert and tls_key");
             return Err(End::TlsFailed);
         };
+        self.client
+            .set_read_deadline(Instant::now() + self.config.idle_timeout);
         match self.client.start_tls(config) {
             Ok(()) => {
                 self.session.on_tls_started();

@@ -11,16 +11,61 @@ use super::ImapError;
 use crate::limits::BACKEND_READ_CHUNK;
 use crate::timeout::is_timeout;
 
-/// A stream to the backend: plain TCP now, TLS later, a scripted peer in
-/// tests. Timeouts apply to the underlying socket.
+/// A stream to the backend: plain TCP, TLS over it, a scripted peer in
+/// tests. Every read and write must be over by the deadline.
 pub trait Transport: Read + Write + Send {
-    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()>;
+    fn set_deadline(&mut self, deadline: Instant);
 }
 
-impl Transport for TcpStream {
-    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
-        self.set_read_timeout(Some(timeout))?;
-        self.set_write_timeout(Some(timeout))
+/// The TCP socket to the backend with a deadline: before every system call
+/// the socket timeout is set to the time left, so no sequence of reads (one
+/// rustls read may make several, a backend may trickle bytes) outlasts it.
+pub struct DeadlineSocket {
+    sock: TcpStream,
+    deadline: Instant,
+}
+
+impl DeadlineSocket {
+    pub fn new(sock: TcpStream, deadline: Instant) -> Self {
+        DeadlineSocket { sock, deadline }
+    }
+
+    pub fn try_clone(&self) -> io::Result<DeadlineSocket> {
+        Ok(DeadlineSocket {
+            sock: self.sock.try_clone()?,
+            deadline: self.deadline,
+        })
+    }
+
+    fn left(&self) -> io::Result<Duration> {
+        let left = self.deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return Err(io::ErrorKind::TimedOut.into());
+        }
+        Ok(left)
+    }
+}
+
+impl Read for DeadlineSocket {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.sock.set_read_timeout(Some(self.left()?))?;
+        self.sock.read(buf)
+    }
+}
+
+impl Write for DeadlineSocket {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        self.sock.set_write_timeout(Some(self.left()?))?;
+        self.sock.write(buf)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.sock.flush()
+    }
+}
+
+impl Transport for DeadlineSocket {
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.deadline = deadline;
     }
 }
 
@@ -56,11 +101,11 @@ impl Conn {
     }
 
     fn arm(&mut self) -> Result<(), ImapError> {
-        let left = self.deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if Instant::now() >= self.deadline {
             return Err(ImapError::Timeout);
         }
-        self.io.set_timeouts(left).map_err(ImapError::Io)
+        self.io.set_deadline(self.deadline);
+        Ok(())
     }
 
     fn fill(&mut self) -> Result<(), ImapError> {
@@ -132,5 +177,41 @@ impl Conn {
                     ImapError::Io(e)
                 }
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::net::TcpListener;
+    use std::thread;
+
+    #[test]
+    fn a_backend_that_trickles_bytes_cannot_outlast_the_deadline() {
+        let listener = TcpListener::bind("127.0.0.1:0").expect("bind");
+        let addr = listener.local_addr().expect("addr");
+        let peer = thread::spawn(move || {
+            let (mut s, _) = listener.accept().expect("accept");
+            // One byte every 50 ms, 40 bytes, no line end: each read gets
+            // something, so only a deadline over all of them can stop it.
+            for _ in 0..40 {
+                if s.write_all(b"x").is_err() {
+                    break;
+                }
+                thread::sleep(Duration::from_millis(50));
+            }
+        });
+        let sock = TcpStream::connect(addr).expect("connect");
+        // Several reads inside one call, as one rustls read of a TLS record
+        // makes: the deadline holds over all of them.
+        let mut sock = DeadlineSocket::new(sock, Instant::now() + Duration::from_millis(300));
+        let t0 = Instant::now();
+        let r = sock.read_exact(&mut [0u8; 40]);
+        let took = t0.elapsed();
+        assert!(r.as_ref().is_err_and(is_timeout), "{r:?}");
+        assert!(took < Duration::from_millis(1000), "{took:?}");
+        let conn = sock;
+        drop(conn);
+        let _ = peer.join();
     }
 }

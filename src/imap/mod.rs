@@ -6,6 +6,7 @@
 mod conn;
 mod response;
 
+use conn::DeadlineSocket;
 pub use conn::Transport;
 
 use std::fmt;
@@ -148,6 +149,7 @@ impl Client {
     pub fn connect(endpoint: &Endpoint) -> Result<Client, ImapError> {
         let stream = tcp_connect(endpoint)?;
         stream.set_nodelay(true).map_err(ImapError::Io)?;
+        let stream = DeadlineSocket::new(stream, Instant::now() + endpoint.connect_timeout);
         match &endpoint.security {
             Security::Plain => Client::start(Box::new(stream), endpoint.timeout),
             Security::Implicit(config, name) => {
@@ -806,23 +808,20 @@ fn tcp_connect(endpoint: &Endpoint) -> Result<TcpStream, ImapError> {
 }
 
 /// The backend connection inside TLS.
-struct TlsStream(StreamOwned<ClientConnection, TcpStream>);
+struct TlsStream(StreamOwned<ClientConnection, DeadlineSocket>);
 
 impl TlsStream {
     /// Runs the whole handshake now, within `timeout`, so that a failed
     /// verification is reported as such and not as a later read error.
     fn handshake(
-        mut sock: TcpStream,
+        mut sock: DeadlineSocket,
         config: &Arc<ClientConfig>,
         name: &ServerName<'static>,
         timeout: Duration,
     ) -> Result<TlsStream, ImapError> {
         let mut conn = ClientConnection::new(Arc::clone(config), name.clone())
             .map_err(|e| ImapError::Tls(e.to_string()))?;
-        sock.set_read_timeout(Some(timeout))
-            .map_err(ImapError::Io)?;
-        sock.set_write_timeout(Some(timeout))
-            .map_err(ImapError::Io)?;
+        sock.set_deadline(Instant::now() + timeout);
         while conn.is_handshaking() {
             if let Err(e) = conn.complete_io(&mut sock) {
                 return Err(match e.kind() {
@@ -854,8 +853,8 @@ impl Write for TlsStream {
 }
 
 impl Transport for TlsStream {
-    fn set_timeouts(&mut self, timeout: Duration) -> io::Result<()> {
-        self.0.sock.set_timeouts(timeout)
+    fn set_deadline(&mut self, deadline: Instant) {
+        self.0.sock.set_deadline(deadline);
     }
 }
 

@@ -517,9 +517,7 @@ pub(crate) mod tests {
         }
     }
     impl Transport for Script {
-        fn set_timeouts(&mut self, _: Duration) -> io::Result<()> {
-            Ok(())
-        }
+        fn set_deadline(&mut self, _: std::time::Instant) {}
     }
 
     fn parse_all(input: &[u8]) -> Vec<Result<Response, String>> {

@@ -31,6 +31,11 @@ impl LineReader {
         self.max = max;
     }
 
+    /// Part of a line has arrived (or an over-long one is being skipped).
+    pub fn has_partial(&self) -> bool {
+        !self.buf.is_empty() || self.discarding
+    }
+
     pub fn push(&mut self, bytes: &[u8]) {
         self.buf.extend_from_slice(bytes);
     }

@@ -10,7 +10,7 @@ use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::{AsFd, FromRawFd, OwnedFd};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
@@ -22,14 +22,36 @@ pub struct ClientConn {
 
 impl ClientConn {
     fn new(
-        reader: Box<dyn Read + Send>,
+        reader: Box<dyn ClientRead>,
         writer: Box<dyn Write + Send>,
         peer: Option<SocketAddr>,
     ) -> Self {
         ClientConn {
-            stream: ClientStream::Plain(Duplex { reader, writer }),
+            stream: ClientStream::Plain(Duplex {
+                reader,
+                writer,
+                deadline: None,
+            }),
             peer: peer.map(canonical_peer),
         }
+    }
+}
+
+/// The reading side of the client connection: a socket, or a pipe in tests
+/// (which has no timeouts).
+pub trait ClientRead: Read + Send {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()>;
+}
+
+impl ClientRead for TcpStream {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        TcpStream::set_read_timeout(self, Some(timeout))
+    }
+}
+
+impl ClientRead for File {
+    fn set_read_timeout(&self, _: Duration) -> io::Result<()> {
+        Ok(())
     }
 }
 
@@ -44,12 +66,23 @@ pub fn canonical_peer(addr: SocketAddr) -> SocketAddr {
 /// The two directions of the client connection (one socket, or stdin and
 /// stdout), as one stream that TLS can wrap.
 pub struct Duplex {
-    reader: Box<dyn Read + Send>,
+    reader: Box<dyn ClientRead>,
     writer: Box<dyn Write + Send>,
+    /// When the client's current line (or TLS handshake) must be complete.
+    deadline: Option<Instant>,
 }
 
 impl Read for Duplex {
+    /// With a deadline, each read waits only for the time left, so a client
+    /// that sends a byte now and then cannot stretch one line for ever.
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if let Some(deadline) = self.deadline {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                return Err(io::ErrorKind::TimedOut.into());
+            }
+            self.reader.set_read_timeout(left)?;
+        }
         self.reader.read(buf)
     }
 }
@@ -74,6 +107,16 @@ pub enum ClientStream {
 impl ClientStream {
     pub fn is_tls(&self) -> bool {
         matches!(self, ClientStream::Tls(_))
+    }
+
+    /// From now on reads must be over by `deadline` (the idle timeout for
+    /// one whole command line, counted from when it was awaited).
+    pub fn set_read_deadline(&mut self, deadline: Instant) {
+        match self {
+            ClientStream::Plain(d) => d.deadline = Some(deadline),
+            ClientStream::Tls(t) => t.sock.deadline = Some(deadline),
+            ClientStream::Broken => {}
+        }
     }
 
     /// Runs the server side of a TLS handshake to its end on the plain

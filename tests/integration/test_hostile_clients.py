@@ -1,0 +1,44 @@
+"""Clients that misbehave on purpose: one that trickles a command line a
+byte at a time (the whole line must arrive within the idle timeout), one
+that sends bad commands without end (closed after max_bad_commands)."""
+
+import select
+import time
+
+from helpers import Pop3, ok
+
+
+def test_a_line_trickled_byte_by_byte_is_cut_off_after_the_idle_timeout(make_server):
+    s = make_server(["--idle-timeout", "3"])
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        t0 = time.monotonic()
+        answer = b""
+        # Bounded: at most 8 bytes, one a second; each read gets a byte well
+        # within the idle timeout, but the line as a whole does not.
+        for b in b"STAT    ":
+            try:
+                p.send(bytes([b]))
+            except OSError:
+                break
+            r, _, _ = select.select([p.sock], [], [], 1.0)
+            if r:
+                answer = p.sock.recv(4096)
+                break
+        elapsed = time.monotonic() - t0
+    assert answer.startswith(b"-ERR Disconnected for inactivity"), answer
+    # Cut off at the idle timeout (3 s), not after the 8 s of trickling.
+    assert 2.5 < elapsed < 6, elapsed
+    assert s.wait_log(r"end=timeout", 5), s.log()[-2000:]
+
+
+def test_a_client_that_sends_only_bad_commands_is_closed(make_server):
+    s = make_server()
+    with Pop3(s.port, timeout=20) as p:
+        for i in range(19):
+            assert p.cmd("XYZZY %d" % i).startswith(b"-ERR")
+        assert p.cmd("NOOP").startswith(b"-ERR")  # not logged in: still a valid command
+        for i in range(19):
+            assert p.cmd("XYZZY %d" % i).startswith(b"-ERR")
+        assert p.cmd("XYZZY") == b"-ERR Too many bad commands, closing"
+        assert p.wait_closed(5) == b""
