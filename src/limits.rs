@@ -96,6 +96,11 @@ pub const SNAPSHOT_SLACK: usize = 1000;
 /// line of a client's error dialog.
 pub const MAX_BACKEND_TEXT: usize = 160;
 
+/// Longest UID set in one command: RFC 7162 section 4 asks clients to keep
+/// command lines under 8,192 octets, and servers refuse longer ones
+/// (Dovecot at 64 KiB). A longer deletion goes in several commands.
+pub const MAX_UID_SET: usize = 4000;
+
 /// Largest maildrop served: the snapshot keeps 16 bytes a message, and a
 /// backend's EXISTS count must not decide how much memory we reserve.
 pub const MAX_MESSAGES: u32 = 1_000_000;

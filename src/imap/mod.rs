@@ -21,7 +21,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::limits::{MAX_MESSAGES, SNAPSHOT_RESERVE, SNAPSHOT_SLACK};
+use crate::limits::{MAX_MESSAGES, MAX_UID_SET, SNAPSHOT_RESERVE, SNAPSHOT_SLACK};
 use crate::maildrop::BackendMessage;
 use crate::secret::Secret;
 use conn::Conn;
@@ -417,9 +417,10 @@ impl Client {
         };
         let mut exists = None;
         let mut uid_validity = None;
+        let name = mailbox_name(folder);
         let done = self.run(
             command,
-            &[Arg::Text(verb), astring(folder.as_bytes())],
+            &[Arg::Text(verb), astring(name.as_bytes())],
             |r| {
                 match r {
                     Response::Exists(n) => exists = Some(n),
@@ -552,22 +553,35 @@ impl Client {
     }
 
     /// Removes exactly these messages: `\Deleted` then `UID EXPUNGE`; without
-    /// UIDPLUS a plain EXPUNGE only if no other message is `\Deleted`.
+    /// UIDPLUS a plain EXPUNGE only if no other message is `\Deleted`. UID
+    /// sets are split so that no command line exceeds `MAX_UID_SET` (servers
+    /// refuse long lines, and then no QUIT could ever succeed).
     pub fn expunge(&mut self, uids: &[u32]) -> Result<Expunged, ImapError> {
         if uids.is_empty() {
             return Ok(Expunged::Done);
         }
-        let set = uid_set(uids);
-        let store = format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)");
-        self.run("UID STORE", &[Arg::Text(store.as_bytes())], |_| Ok(()))?
-            .ok("UID STORE")?;
-        match self.expunge_flagged(uids, &set) {
+        let sets = uid_sets(uids, MAX_UID_SET);
+        for (i, set) in sets.iter().enumerate() {
+            let store = format!("UID STORE {set} +FLAGS.SILENT (\\Deleted)");
+            match self
+                .run("UID STORE", &[Arg::Text(store.as_bytes())], |_| Ok(()))
+                .and_then(|done| done.ok("UID STORE"))
+            {
+                Ok(_) => {}
+                Err(e @ ImapError::Refused { .. }) => {
+                    self.unflag(&sets[..i]);
+                    return Err(e);
+                }
+                // Without an answer the flags of this set may be on.
+                Err(e) => return Err(ImapError::Unconfirmed(Box::new(e))),
+            }
+        }
+        match self.expunge_flagged(uids, &sets) {
             Err(e @ ImapError::Refused { .. }) => {
                 // The backend still answers: take our flags back, or another
                 // client's next expunge would remove messages the POP3 client
                 // was told are kept. Nothing more can be done if this fails.
-                let unstore = format!("UID STORE {set} -FLAGS.SILENT (\\Deleted)");
-                let _ = self.run("UID STORE", &[Arg::Text(unstore.as_bytes())], |_| Ok(()));
+                self.unflag(&sets);
                 Err(e)
             }
             Err(e) => Err(ImapError::Unconfirmed(Box::new(e))),
@@ -575,12 +589,32 @@ impl Client {
         }
     }
 
-    /// The expunge proper, once our messages carry `\Deleted`.
-    fn expunge_flagged(&mut self, uids: &[u32], set: &str) -> Result<Expunged, ImapError> {
+    fn unflag(&mut self, sets: &[String]) {
+        for set in sets {
+            let unstore = format!("UID STORE {set} -FLAGS.SILENT (\\Deleted)");
+            let _ = self.run("UID STORE", &[Arg::Text(unstore.as_bytes())], |_| Ok(()));
+        }
+    }
+
+    /// The expunge proper, once our messages carry `\Deleted`. With UIDPLUS
+    /// set by set: a refusal after some sets went through is reported as
+    /// unconfirmed (some are gone, some not).
+    fn expunge_flagged(&mut self, uids: &[u32], sets: &[String]) -> Result<Expunged, ImapError> {
         if self.has("UIDPLUS") {
-            let expunge = format!("UID EXPUNGE {set}");
-            self.run("UID EXPUNGE", &[Arg::Text(expunge.as_bytes())], |_| Ok(()))?
-                .ok("UID EXPUNGE")?;
+            for (i, set) in sets.iter().enumerate() {
+                let expunge = format!("UID EXPUNGE {set}");
+                match self
+                    .run("UID EXPUNGE", &[Arg::Text(expunge.as_bytes())], |_| Ok(()))
+                    .and_then(|done| done.ok("UID EXPUNGE"))
+                {
+                    Ok(_) => {}
+                    Err(e @ ImapError::Refused { .. }) if i > 0 => {
+                        self.unflag(&sets[i..]);
+                        return Err(ImapError::Unconfirmed(Box::new(e)));
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
             return Ok(Expunged::Done);
         }
         let mut flagged = Vec::new();
@@ -753,11 +787,13 @@ fn astring(bytes: &[u8]) -> Arg<'_> {
     }
 }
 
-/// `1:3,7,9:10` from sorted or unsorted UIDs.
-fn uid_set(uids: &[u32]) -> String {
+/// UID sets like `1:3,7,9:10` from sorted or unsorted UIDs, each at most
+/// `max` bytes long (a set is never split inside a range).
+fn uid_sets(uids: &[u32], max: usize) -> Vec<String> {
     let mut sorted = uids.to_vec();
     sorted.sort_unstable();
     sorted.dedup();
+    let mut sets = Vec::new();
     let mut out = String::new();
     let mut i = 0;
     while i < sorted.len() {
@@ -767,16 +803,60 @@ fn uid_set(uids: &[u32]) -> String {
             i += 1;
             end = sorted[i];
         }
+        let range = if start == end {
+            start.to_string()
+        } else {
+            format!("{start}:{end}")
+        };
+        if !out.is_empty() && out.len() + 1 + range.len() > max {
+            sets.push(std::mem::take(&mut out));
+        }
         if !out.is_empty() {
             out.push(',');
         }
-        if start == end {
-            out.push_str(&start.to_string());
-        } else {
-            out.push_str(&format!("{start}:{end}"));
-        }
+        out.push_str(&range);
         i += 1;
     }
+    if !out.is_empty() {
+        sets.push(out);
+    }
+    sets
+}
+
+/// A mailbox name as IMAP wants it (RFC 3501 5.1.3, modified UTF-7):
+/// printable ASCII as it is, `&` as `&-`, everything else as UTF-16 in
+/// base64 with `,` for `/`, between `&` and `-`.
+fn mailbox_name(name: &str) -> String {
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::IMAP_MUTF7,
+        base64::engine::general_purpose::NO_PAD,
+    );
+    let mut out = String::with_capacity(name.len());
+    let mut wide: Vec<u8> = Vec::new();
+    let flush = |wide: &mut Vec<u8>, out: &mut String| {
+        if !wide.is_empty() {
+            out.push('&');
+            out.push_str(&engine.encode(&*wide));
+            out.push('-');
+            wide.clear();
+        }
+    };
+    for c in name.chars() {
+        if (' '..='~').contains(&c) {
+            flush(&mut wide, &mut out);
+            if c == '&' {
+                out.push_str("&-");
+            } else {
+                out.push(c);
+            }
+        } else {
+            let mut units = [0u16; 2];
+            for u in c.encode_utf16(&mut units) {
+                wide.extend_from_slice(&u.to_be_bytes());
+            }
+        }
+    }
+    flush(&mut wide, &mut out);
     out
 }
 
@@ -1101,7 +1181,52 @@ mod tests {
 
     #[test]
     fn uid_sets_are_compressed() {
-        assert_eq!(uid_set(&[1]), "1");
-        assert_eq!(uid_set(&[5, 1, 2, 3, 9, 10]), "1:3,5,9:10");
+        assert_eq!(uid_sets(&[1], MAX_UID_SET), vec!["1"]);
+        assert_eq!(uid_sets(&[5, 1, 2, 3, 9, 10], MAX_UID_SET), vec!["1:3,5,9:10"]);
+    }
+
+    #[test]
+    fn folder_names_are_sent_in_modified_utf7() {
+        assert_eq!(mailbox_name("INBOX"), "INBOX");
+        assert_eq!(mailbox_name("Entwürfe"), "Entw&APw-rfe");
+        assert_eq!(mailbox_name("Tom & Jerry"), "Tom &- Jerry");
+        // RFC 3501 5.1.3's example.
+        assert_eq!(mailbox_name("~peter/mail/台北/日本語"), "~peter/mail/&U,BTFw-/&ZeVnLIqe-");
+        assert_eq!(mailbox_name("a😀"), "a&2D3eAA-");
+    }
+
+    #[test]
+    fn long_uid_sets_are_split_without_splitting_a_range() {
+        assert_eq!(uid_sets(&[3, 1, 2, 7, 9, 10], 100), vec!["1:3,7,9:10"]);
+        let every_other: Vec<u32> = (1..20_000).step_by(2).collect();
+        let sets = uid_sets(&every_other, MAX_UID_SET);
+        assert!(sets.len() > 1);
+        assert!(sets.iter().all(|s| s.len() <= MAX_UID_SET), "a set is too long");
+        let back: Vec<u32> = sets
+            .iter()
+            .flat_map(|s| s.split(','))
+            .map(|u| u.parse().expect("single uids"))
+            .collect();
+        assert_eq!(back, every_other);
+    }
+
+    #[test]
+    fn a_long_deletion_is_flagged_and_expunged_set_by_set() {
+        let uids: Vec<u32> = (1..4000).step_by(2).collect();
+        let n = uid_sets(&uids, MAX_UID_SET).len();
+        assert!(n >= 2, "{n}");
+        let mut script = format!("{GREETING}A0001 OK [CAPABILITY IMAP4rev1 UIDPLUS] in\r\n");
+        for i in 0..2 * n {
+            script.push_str(&format!("A{:04} OK done\r\n", i + 2));
+        }
+        let (mut c, out) = scripted(&script);
+        c.login(b"u", None, &Secret::new(b"p".to_vec())).expect("login");
+        assert_eq!(c.expunge(&uids).expect("expunge"), Expunged::Done);
+        let sent = sent(&out);
+        let lines: Vec<&str> = sent.lines().skip(1).collect();
+        assert_eq!(lines.len(), 2 * n);
+        assert!(lines.iter().all(|l| l.len() < 8192), "a command line over 8 KiB");
+        assert!(lines[..n].iter().all(|l| l.contains("UID STORE ") && l.contains("+FLAGS")));
+        assert!(lines[n..].iter().all(|l| l.contains("UID EXPUNGE ")));
     }
 }

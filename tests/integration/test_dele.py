@@ -203,3 +203,26 @@ def test_no_uidplus_spares_another_clients_deleted_message(dovecot, make_server,
     assert b"\\Deleted" in flags[1] and b"\\Deleted" in flags[2], flags
     assert b"\\Deleted" not in flags[3] and b"\\Deleted" in flags[4], flags
     assert s.wait_log(r"(?i)WARN.*no UIDPLUS.*left 2 messages flagged", 5), s.log()[-2000:]
+
+
+def test_deleting_thousands_of_scattered_messages_fits_in_bounded_commands(
+        dovecot, make_server, fresh_user):
+    """Every other of 3,000 messages: one UID set would be about 15 KB. It is
+    sent in commands of bounded length and removes exactly those messages."""
+    user = fresh_user(n=3000)
+    s = make_server(["--debug"])
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+    assert len(uids) == 3000
+    with Pop3(s.port, timeout=60) as p:
+        assert ok(p.login(user, "secret"))
+        # Pipelined (PIPELINING is advertised), in batches, bounded.
+        for start in range(1, 3001, 500):
+            batch = range(start, min(start + 500, 3001), 2)
+            p.send(b"".join(b"DELE %d\r\n" % n for n in batch))
+            for _ in batch:
+                assert ok(p.readline())
+        st = p.quit()
+        assert st == b"+OK Logging out, 1500 messages deleted", st
+    with ImapView(dovecot.dc, user) as v:
+        assert v.uids() == uids[1::2]

@@ -76,3 +76,25 @@ def test_a_missing_second_folder_is_sys_perm(make_server, fresh_user):
     with Pop3(server.port) as p:
         st = p.login(user, "secret")
         assert err(st) and st.startswith(b"-ERR [SYS/PERM]"), st
+
+
+def test_a_folder_with_a_non_ascii_name_is_opened_by_its_modified_utf7_name(
+        dovecot, make_server, fresh_user):
+    user = fresh_user(1)
+    msg = testbed.simple_message(user, 7, extra=" im Entwurf")
+    m = imap_login(dovecot.dc, user, "secret")
+    try:
+        # imaplib sends the name as given: the modified UTF-7 of "Entwürfe".
+        typ, data = m.create("Entw&APw-rfe")
+        assert typ == "OK", data
+        typ, data = m.append("Entw&APw-rfe", None, None, msg)
+        assert typ == "OK", data
+    finally:
+        m.logout()
+    s = make_server(["--folders", "Entwürfe"])
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login(user, "secret")), s.log()[-2000:]
+        assert p.cmd("STAT").startswith(b"+OK 1 ")
+        st, got = p.retr(1)
+        assert ok(st) and got == pop3_expected(msg)
+        assert ok(p.quit())
