@@ -51,10 +51,50 @@ impl PartialEq for Secret {
 
 impl Drop for Secret {
     fn drop(&mut self) {
-        for b in self.0.iter_mut() {
-            // Volatile so the wipe is not optimised away as a dead store.
-            unsafe { std::ptr::write_volatile(b, 0) };
-        }
+        wipe(&mut self.0);
+    }
+}
+
+/// Overwrites the bytes of `buf`, and its spare capacity, with zeros.
+pub fn wipe(buf: &mut Vec<u8>) {
+    for b in buf.iter_mut() {
+        // SAFETY: a valid, exclusive reference. Volatile so that the wipe
+        // is not optimised away as a dead store.
+        unsafe { std::ptr::write_volatile(b, 0) };
+    }
+    wipe_spare(buf);
+}
+
+/// Overwrites the spare capacity of `buf` (what `drain` or `truncate` left
+/// behind) with zeros; the contents stay.
+pub fn wipe_spare(buf: &mut Vec<u8>) {
+    for b in buf.spare_capacity_mut() {
+        // SAFETY: as above; writing a value into MaybeUninit is always valid.
+        unsafe { std::ptr::write_volatile(b, std::mem::MaybeUninit::new(0)) };
+    }
+}
+
+/// A buffer that may hold credentials on their way somewhere (a client
+/// line, an IMAP command being assembled): wiped when dropped.
+#[derive(Default)]
+pub struct WipeOnDrop(pub Vec<u8>);
+
+impl std::ops::Deref for WipeOnDrop {
+    type Target = Vec<u8>;
+    fn deref(&self) -> &Vec<u8> {
+        &self.0
+    }
+}
+
+impl std::ops::DerefMut for WipeOnDrop {
+    fn deref_mut(&mut self) -> &mut Vec<u8> {
+        &mut self.0
+    }
+}
+
+impl Drop for WipeOnDrop {
+    fn drop(&mut self) {
+        wipe(&mut self.0);
     }
 }
 

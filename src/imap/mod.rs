@@ -23,7 +23,7 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 
 use crate::limits::{MAX_MESSAGES, MAX_UID_SET, SNAPSHOT_RESERVE, SNAPSHOT_SLACK};
 use crate::maildrop::BackendMessage;
-use crate::secret::Secret;
+use crate::secret::{Secret, WipeOnDrop};
 use conn::Conn;
 use response::{Code, FetchData, Response, Status, StatusInfo, read_response};
 
@@ -362,15 +362,18 @@ impl Client {
         let encoded = Secret::new(encoded);
         self.tag += 1;
         self.conn.start_deadline();
-        let mut line = format!("{} AUTHENTICATE {mechanism}", self.current_tag()).into_bytes();
+        // Sized up front, so no reallocation leaves a copy of the response.
+        let mut line = WipeOnDrop(Vec::with_capacity(64 + encoded.expose().len()));
+        line.extend_from_slice(
+            format!("{} AUTHENTICATE {mechanism}", self.current_tag()).as_bytes(),
+        );
         let mut sent = self.has("SASL-IR");
         if sent {
             line.push(b' ');
             line.extend_from_slice(encoded.expose());
         }
         line.extend_from_slice(b"\r\n");
-        let line = Secret::new(line);
-        self.conn.write_all(line.expose())?;
+        self.conn.write_all(&line)?;
         // At most two continuations: the request for the response, and the
         // server's error report.
         for _ in 0..2 {
@@ -418,25 +421,22 @@ impl Client {
         let mut exists = None;
         let mut uid_validity = None;
         let name = mailbox_name(folder);
-        let done = self.run(
-            command,
-            &[Arg::Text(verb), astring(name.as_bytes())],
-            |r| {
-                match r {
-                    Response::Exists(n) => exists = Some(n),
-                    Response::Status(StatusInfo {
-                        code: Some(Code { name, args }),
-                        ..
-                    }) if name == "UIDVALIDITY" => {
-                        uid_validity = Some(args.trim().parse::<u32>().map_err(|_| {
+        let done = self.run(command, &[Arg::Text(verb), astring(name.as_bytes())], |r| {
+            match r {
+                Response::Exists(n) => exists = Some(n),
+                Response::Status(StatusInfo {
+                    code: Some(Code { name, args }),
+                    ..
+                }) if name == "UIDVALIDITY" => {
+                    uid_validity =
+                        Some(args.trim().parse::<u32>().map_err(|_| {
                             ImapError::Protocol(format!("bad UIDVALIDITY {args:?}"))
                         })?);
-                    }
-                    _ => {}
                 }
-                Ok(())
-            },
-        )?;
+                _ => {}
+            }
+            Ok(())
+        })?;
         done.ok(command)?;
         Ok(Selected {
             exists: exists
@@ -655,7 +655,18 @@ impl Client {
     ) -> Result<StatusInfo, ImapError> {
         self.tag += 1;
         self.conn.start_deadline();
-        let mut pending = self.current_tag().into_bytes();
+        // The command may carry a password (LOGIN): a buffer sized for all
+        // of it up front (no reallocation leaves a copy behind), wiped after.
+        let size: usize = args
+            .iter()
+            .map(|a| match a {
+                Arg::Text(t) => t.len(),
+                Arg::Quoted(q) => 2 * q.len() + 2,
+                Arg::Literal(l) => l.len() + 24,
+            })
+            .sum();
+        let mut pending = WipeOnDrop(Vec::with_capacity(size + 16));
+        pending.extend_from_slice(self.current_tag().as_bytes());
         pending.push(b' ');
         for arg in args {
             match arg {
@@ -1182,7 +1193,10 @@ mod tests {
     #[test]
     fn uid_sets_are_compressed() {
         assert_eq!(uid_sets(&[1], MAX_UID_SET), vec!["1"]);
-        assert_eq!(uid_sets(&[5, 1, 2, 3, 9, 10], MAX_UID_SET), vec!["1:3,5,9:10"]);
+        assert_eq!(
+            uid_sets(&[5, 1, 2, 3, 9, 10], MAX_UID_SET),
+            vec!["1:3,5,9:10"]
+        );
     }
 
     #[test]
@@ -1191,7 +1205,10 @@ mod tests {
         assert_eq!(mailbox_name("Entwürfe"), "Entw&APw-rfe");
         assert_eq!(mailbox_name("Tom & Jerry"), "Tom &- Jerry");
         // RFC 3501 5.1.3's example.
-        assert_eq!(mailbox_name("~peter/mail/台北/日本語"), "~peter/mail/&U,BTFw-/&ZeVnLIqe-");
+        assert_eq!(
+            mailbox_name("~peter/mail/台北/日本語"),
+            "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
+        );
         assert_eq!(mailbox_name("a😀"), "a&2D3eAA-");
     }
 
@@ -1201,7 +1218,10 @@ mod tests {
         let every_other: Vec<u32> = (1..20_000).step_by(2).collect();
         let sets = uid_sets(&every_other, MAX_UID_SET);
         assert!(sets.len() > 1);
-        assert!(sets.iter().all(|s| s.len() <= MAX_UID_SET), "a set is too long");
+        assert!(
+            sets.iter().all(|s| s.len() <= MAX_UID_SET),
+            "a set is too long"
+        );
         let back: Vec<u32> = sets
             .iter()
             .flat_map(|s| s.split(','))
@@ -1220,13 +1240,21 @@ mod tests {
             script.push_str(&format!("A{:04} OK done\r\n", i + 2));
         }
         let (mut c, out) = scripted(&script);
-        c.login(b"u", None, &Secret::new(b"p".to_vec())).expect("login");
+        c.login(b"u", None, &Secret::new(b"p".to_vec()))
+            .expect("login");
         assert_eq!(c.expunge(&uids).expect("expunge"), Expunged::Done);
         let sent = sent(&out);
         let lines: Vec<&str> = sent.lines().skip(1).collect();
         assert_eq!(lines.len(), 2 * n);
-        assert!(lines.iter().all(|l| l.len() < 8192), "a command line over 8 KiB");
-        assert!(lines[..n].iter().all(|l| l.contains("UID STORE ") && l.contains("+FLAGS")));
+        assert!(
+            lines.iter().all(|l| l.len() < 8192),
+            "a command line over 8 KiB"
+        );
+        assert!(
+            lines[..n]
+                .iter()
+                .all(|l| l.contains("UID STORE ") && l.contains("+FLAGS"))
+        );
         assert!(lines[n..].iter().all(|l| l.contains("UID EXPUNGE ")));
     }
 }

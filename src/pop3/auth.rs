@@ -219,7 +219,7 @@ impl Auth {
                     Mechanism::Token(t) => Sasl::Token(t),
                 };
                 match initial {
-                    Some(initial) => self.sasl_response(sasl, &initial),
+                    Some(initial) => self.sasl_response(sasl, initial.expose()),
                     None => {
                         let prompt = if matches!(sasl, Sasl::LoginUser) {
                             LOGIN_USER_PROMPT

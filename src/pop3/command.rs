@@ -25,7 +25,7 @@ pub enum Command {
     Stls,
     /// `AUTH` alone lists mechanisms; otherwise the mechanism name
     /// (upper-cased) and the initial response, still base64.
-    Auth(Option<(String, Option<Vec<u8>>)>),
+    Auth(Option<(String, Option<Secret>)>),
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -114,7 +114,7 @@ fn parse_simple(name: &[u8], args: &[&[u8]]) -> Result<Command, ParseError> {
             [mech] => Ok(Command::Auth(Some((mechanism(mech)?, None)))),
             [mech, initial] => Ok(Command::Auth(Some((
                 mechanism(mech)?,
-                Some(initial.to_vec()),
+                Some(Secret::new(initial.to_vec())),
             )))),
             _ => Err(ParseError::Syntax(
                 "AUTH takes a mechanism and an optional initial response",
@@ -257,7 +257,7 @@ mod tests {
         assert!(matches!(parse(b"AUTH"), Ok(Command::Auth(None))));
         match parse(b"auth plain AGEAYg==") {
             Ok(Command::Auth(Some((m, Some(ir))))) => {
-                assert_eq!((m.as_str(), ir.as_slice()), ("PLAIN", &b"AGEAYg=="[..]))
+                assert_eq!((m.as_str(), ir.expose()), ("PLAIN", &b"AGEAYg=="[..]))
             }
             other => panic!("{other:?}"),
         }

@@ -55,6 +55,9 @@ impl LineReader {
             match find_crlf(&self.buf) {
                 Some(cr) => {
                     let mut line: Vec<u8> = self.buf.drain(..cr + 2).collect();
+                    // Moving the rest down leaves a copy of its end behind,
+                    // and the line may be a password.
+                    crate::secret::wipe_spare(&mut self.buf);
                     if self.discarding {
                         self.discarding = false;
                         continue;

@@ -25,6 +25,7 @@ use crate::backend::{
 use crate::limits::{MAX_COMMAND_LINE, MAX_SASL_LINE};
 use crate::logging::printable;
 use crate::maildrop::{FolderDeletions, FolderSnapshot, Maildrop, UidlFormat};
+use crate::secret::WipeOnDrop;
 
 /// What the session needs to know of the configuration.
 #[derive(Debug, Clone)]
@@ -196,8 +197,9 @@ impl Session {
     }
 
     pub fn handle_line(&mut self, line: Line) -> Step {
+        // The line may hold a password (PASS, AUTH, a SASL response).
         let line = match line {
-            Line::Complete(line) => line,
+            Line::Complete(line) => WipeOnDrop(line),
             Line::TooLong => {
                 let reply = self.auth.too_long();
                 return self.bad_command(reply);
@@ -1102,6 +1104,43 @@ mod tests {
         let r = reply_of(line(&mut s, "FROB"));
         assert!(r.close && wire(&r.reply) == "-ERR Too many bad commands, closing\r\n");
         assert!(s.is_closed());
+    }
+
+    #[test]
+    fn debug_of_commands_and_requests_never_shows_a_credential() {
+        let pw = "S3cr3t-pw";
+        let plain = BASE64.encode(format!("\0alice\0{pw}"));
+        let token = BASE64.encode(format!("user=alice\x01auth=Bearer {pw}\x01\x01"));
+        let shown = |text: String| {
+            assert!(
+                !text.contains(pw) && !text.contains(&plain) && !text.contains(&token),
+                "a credential in {text}"
+            );
+        };
+        for line in [
+            format!("PASS {pw}"),
+            format!("AUTH PLAIN {plain}"),
+            format!("AUTH XOAUTH2 {token}"),
+        ] {
+            shown(format!("{:?}", parse(line.as_bytes())));
+        }
+        let mut s = Session::new(config(), LOCAL);
+        say(&mut s, "USER alice");
+        shown(format!("{:?}", line(&mut s, &format!("PASS {pw}"))));
+        let mut s = Session::new(config(), LOCAL);
+        shown(format!(
+            "{:?}",
+            request(&mut s, &format!("AUTH PLAIN {plain}"))
+        ));
+        let mut s = Session::new(config(), LOCAL);
+        shown(format!(
+            "{:?}",
+            request(&mut s, &format!("AUTH XOAUTH2 {token}"))
+        ));
+        let mut s = Session::new(config(), LOCAL);
+        say(&mut s, "AUTH LOGIN");
+        say(&mut s, "YWxpY2U=");
+        shown(format!("{:?}", line(&mut s, &BASE64.encode(pw))));
     }
 
     #[test]
