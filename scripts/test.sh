@@ -114,4 +114,7 @@ ignore=()
 # shellcheck disable=SC2086
 "$PYTHON" -m pytest "${ignore[@]}" -q -p no:cacheprovider tests/integration ${PYTEST_ARGS:-}
 
+step "fuzzing (${POP3SERVER_FUZZ_SECONDS:-30} s a target)"
+./scripts/fuzz.sh "${POP3SERVER_FUZZ_SECONDS:-30}"
+
 step "all checks passed"

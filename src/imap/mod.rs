@@ -9,6 +9,69 @@ mod response;
 use conn::DeadlineSocket;
 pub use conn::Transport;
 
+/// For the fuzz targets (`fuzz/`): the response reader and parser on bytes
+/// delivered in reads of at most `piece` bytes.
+#[cfg(fuzzing)]
+pub mod fuzzing {
+    use std::io::{self, Read, Write};
+    use std::time::{Duration, Instant};
+
+    use super::conn::{Conn, Transport};
+    use super::{ImapError, response};
+
+    struct Pieces {
+        data: Vec<u8>,
+        pos: usize,
+        piece: usize,
+    }
+
+    impl Read for Pieces {
+        fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+            let n = buf.len().min(self.piece).min(self.data.len() - self.pos);
+            buf[..n].copy_from_slice(&self.data[self.pos..self.pos + n]);
+            self.pos += n;
+            Ok(n)
+        }
+    }
+
+    impl Write for Pieces {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl Transport for Pieces {
+        fn set_deadline(&mut self, _: Instant) {}
+    }
+
+    /// Every response (as its Debug text, or the error) until the input ends.
+    pub fn parse_responses(input: &[u8], piece: usize) -> Vec<Result<String, String>> {
+        let io = Pieces {
+            data: input.to_vec(),
+            pos: 0,
+            piece: piece.max(1),
+        };
+        let mut conn = Conn::new(Box::new(io), Duration::from_secs(3600));
+        conn.start_deadline();
+        let mut out = Vec::new();
+        for _ in 0..10_000 {
+            match response::read_response(&mut conn) {
+                Err(ImapError::Closed) => break,
+                Ok(r) => out.push(Ok(format!("{r:?}"))),
+                // After a protocol error the stream is not trusted further.
+                Err(e) => {
+                    out.push(Err(e.to_string()));
+                    break;
+                }
+            }
+        }
+        out
+    }
+}
+
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
