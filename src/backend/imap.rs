@@ -37,6 +37,25 @@ pub struct ImapBackend<'a> {
     lock: Option<LockGuard>,
     /// The connection failed and is gone: nothing more is tried on it.
     broken: bool,
+    /// How the session logged in, kept (in `Secret`s) so that QUIT can log
+    /// in once more if the connection was lost meanwhile.
+    relogin: Option<Relogin>,
+    /// The one reconnection of the session was used.
+    reconnected: bool,
+}
+
+/// What logs in again.
+enum Relogin {
+    Password {
+        login: Vec<u8>,
+        authzid: Option<Vec<u8>>,
+        password: Secret,
+    },
+    /// A SASL token response: the client's own, or a device's.
+    Token {
+        mechanism: &'static str,
+        response: Secret,
+    },
 }
 
 impl<'a> ImapBackend<'a> {
@@ -48,6 +67,8 @@ impl<'a> ImapBackend<'a> {
             selected: None,
             lock: None,
             broken: false,
+            relogin: None,
+            reconnected: false,
         }
     }
 
@@ -86,9 +107,28 @@ impl<'a> ImapBackend<'a> {
                 response,
             } => client.login_token(mechanism.name(), response),
         };
-        drop(credentials);
         match login {
-            Ok(Login::Ok) => Ok(LoginAnswer::LoggedIn),
+            Ok(Login::Ok) => {
+                self.relogin = Some(match credentials {
+                    Credentials::Password {
+                        login,
+                        authzid,
+                        password,
+                    } => Relogin::Password {
+                        login,
+                        authzid,
+                        password,
+                    },
+                    Credentials::Token {
+                        mechanism,
+                        response,
+                    } => Relogin::Token {
+                        mechanism: mechanism.name(),
+                        response,
+                    },
+                });
+                Ok(LoginAnswer::LoggedIn)
+            }
             Ok(Login::Rejected) => Ok(LoginAnswer::Rejected {
                 penalty: Duration::ZERO,
             }),
@@ -148,9 +188,12 @@ impl<'a> ImapBackend<'a> {
             let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token);
             let mechanism = oauth::mechanism_name(source.mechanism);
             let login = self.client()?.login_token(mechanism, &response);
-            drop(response);
             match login {
                 Ok(Login::Ok) => {
+                    self.relogin = Some(Relogin::Token {
+                        mechanism,
+                        response,
+                    });
                     return Ok(LoginAnswer::LoggedInAs(device.mailbox.clone().into_bytes()));
                 }
                 Ok(Login::Rejected) if attempt == 0 => refused = Some(token),
@@ -240,7 +283,76 @@ impl<'a> ImapBackend<'a> {
         stored.map_err(|e| self.failure(&format!("setting \\Seen on UID {uid}"), e))
     }
 
+    /// The expunge of QUIT. If the connection is found lost (servers close
+    /// idle IMAP connections while a client reads its mail), or breaks
+    /// before the expunge is confirmed, it logs in once more, checks that
+    /// UIDVALIDITY is unchanged, and expunges by UID again: without this
+    /// the client would download and delete everything again next time.
     pub fn expunge(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
+        let first = self.expunge_once(expunge);
+        let lost = match &first {
+            Err(f) => f.kind == FailureKind::Lost,
+            Ok(ExpungeAnswer::Unconfirmed) => true,
+            Ok(_) => false,
+        };
+        if !lost || self.reconnected || self.relogin.is_none() {
+            return first;
+        }
+        self.reconnected = true;
+        if let Err(e) = self.log_in_again() {
+            warn!("cannot log in again to finish QUIT: {e}");
+            return first;
+        }
+        let name = &self.config.folders[expunge.folder];
+        warn!(
+            "the backend connection was lost: logged in again to delete the messages in {name:?}"
+        );
+        self.expunge_once(expunge)
+    }
+
+    /// A fresh connection with the session's login.
+    fn log_in_again(&mut self) -> Outcome<()> {
+        self.client = None;
+        self.selected = None;
+        self.broken = false;
+        let relogin = self.relogin.take();
+        if let Err(e) = self.client() {
+            self.relogin = relogin;
+            return Err(e);
+        }
+        let result = match &relogin {
+            Some(Relogin::Password {
+                login,
+                authzid,
+                password,
+            }) => {
+                let r = self.client()?.login(login, authzid.as_deref(), password);
+                r.map_err(|e| self.failure("login again", e))
+            }
+            Some(Relogin::Token {
+                mechanism,
+                response,
+            }) => {
+                let r = self.client()?.login_token(mechanism, response);
+                r.map_err(|e| self.failure("login again", e))
+            }
+            None => Err(Failure::new(FailureKind::Local, "no login to repeat")),
+        };
+        self.relogin = relogin;
+        match result? {
+            Login::Ok => Ok(()),
+            Login::Rejected | Login::TemporaryFailure(_) => {
+                self.client = None;
+                self.broken = true;
+                Err(Failure::new(
+                    FailureKind::Lost,
+                    "the backend refused the login this time",
+                ))
+            }
+        }
+    }
+
+    fn expunge_once(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
         let config = self.config;
         let name = &config.folders[expunge.folder];
         if !self.enter(expunge.folder, expunge.uid_validity)? {

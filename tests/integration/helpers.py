@@ -960,7 +960,8 @@ class FakeImap:
                  uidvalidity: int = 4242, folders=("INBOX",), uids=None,
                  stall: Optional[Callable[[bytes], bool]] = None,
                  override: Optional[Callable[[bytes], Optional[bytes]]] = None,
-                 stall_seconds: float = 60.0, login_ok: bool = True):
+                 stall_seconds: float = 60.0, login_ok: bool = True,
+                 drop: Optional[Callable[[bytes], bool]] = None):
         if messages is None:
             messages = [b"From: fake@example.org\r\nSubject: fake %d\r\n\r\nbody %d\r\n" % (i, i)
                         for i in (1, 2, 3)]
@@ -979,6 +980,10 @@ class FakeImap:
         self.override = override or (lambda cmd: None)
         self.stall_seconds = stall_seconds
         self.login_ok = login_ok
+        # drop(cmd): close the connection instead of answering (a connection
+        # the server dropped while the client was idle, noticed now).
+        self.drop = drop or (lambda cmd: False)
+        self.dropped: List[bytes] = []
         self.log: List[bytes] = []
         self.sasl: List[bytes] = []
         self.stalled: List[bytes] = []
@@ -1047,6 +1052,10 @@ class FakeImap:
                 return
             self.log.append(full)
             fb.received.append(full)
+            if self.drop(full):
+                self.dropped.append(full)
+                c.close()
+                return
             if self.stall(full):
                 self.stalled.append(full)
                 self._hold(c, fb)
