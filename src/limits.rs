@@ -82,11 +82,6 @@ pub const MAX_IMAP_RESPONSE: usize = FETCH_CHUNK as usize + 2 * MAX_IMAP_LINE;
 /// (BODYSTRUCTURE) stay far below, and the parser recurses per level.
 pub const MAX_IMAP_NESTING: usize = 64;
 
-/// Snapshot entries reserved up front at most, whatever EXISTS says: a
-/// backend's number must not decide how much memory is taken before any
-/// message is seen.
-pub const SNAPSHOT_RESERVE: u32 = 65_536;
-
 /// FETCH responses accepted beyond twice what SELECT announced (mail that
 /// arrived meanwhile); more is a broken backend, not a mailbox.
 pub const SNAPSHOT_SLACK: usize = 1000;

@@ -72,6 +72,7 @@ pub mod fuzzing {
     }
 }
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -84,7 +85,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::limits::{MAX_MESSAGES, MAX_UID_SET, SNAPSHOT_RESERVE, SNAPSHOT_SLACK};
+use crate::limits::{MAX_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK};
 use crate::maildrop::BackendMessage;
 use crate::secret::{Secret, WipeOnDrop};
 use conn::Conn;
@@ -517,38 +518,64 @@ impl Client {
                 selected.exists
             )));
         }
-        let mut messages = Vec::with_capacity(selected.exists.min(SNAPSHOT_RESERVE) as usize);
         let limit = (selected.exists as usize)
             .saturating_mul(2)
             .saturating_add(SNAPSHOT_SLACK)
             .min(MAX_MESSAGES as usize);
         if selected.exists == 0 {
-            return Ok(messages);
+            return Ok(Vec::new());
         }
+        // By sequence number: a server may send one message's UID and
+        // RFC822.SIZE in two FETCH responses, and a message must not drop
+        // out of the snapshot because of that.
+        let mut seen: BTreeMap<u32, (Option<u32>, Option<u64>)> = BTreeMap::new();
         self.run(
             "UID FETCH",
             &[Arg::Text(b"UID FETCH 1:* (UID RFC822.SIZE)")],
             |r| {
-                if let Response::Fetch(FetchData {
-                    uid: Some(uid),
-                    size: Some(size),
-                    ..
-                }) = r
-                {
+                if let Response::Fetch(FetchData { seq, uid, size, .. }) = r {
+                    if uid.is_none() && size.is_none() {
+                        return Ok(()); // only flags: not for us
+                    }
                     // Memory is bounded by what SELECT announced (with room
                     // for mail that arrived meanwhile), not by the backend.
-                    if messages.len() > limit {
+                    if seen.len() > limit {
                         return Err(ImapError::Protocol(format!(
                             "more FETCH responses than the {} messages announced",
                             selected.exists
                         )));
                     }
-                    messages.push(BackendMessage { uid, size });
+                    let entry = seen.entry(seq).or_default();
+                    if let (Some(old), Some(new)) = (entry.0, uid)
+                        && old != new
+                    {
+                        return Err(ImapError::Protocol(format!(
+                            "message {seq} has UID {old} and UID {new}"
+                        )));
+                    }
+                    entry.0 = entry.0.or(uid);
+                    entry.1 = entry.1.or(size);
                 }
                 Ok(())
             },
         )?
         .ok("UID FETCH")?;
+        let mut messages = Vec::with_capacity(seen.len());
+        for (seq, entry) in seen {
+            match entry {
+                (Some(uid), Some(size)) => messages.push(BackendMessage { uid, size }),
+                (Some(uid), None) => {
+                    return Err(ImapError::Protocol(format!(
+                        "the backend gave no RFC822.SIZE for UID {uid}: the maildrop cannot be listed"
+                    )));
+                }
+                (None, _) => {
+                    return Err(ImapError::Protocol(format!(
+                        "the backend gave a size but no UID for message {seq}"
+                    )));
+                }
+            }
+        }
         Ok(messages)
     }
 
@@ -1319,5 +1346,33 @@ mod tests {
                 .all(|l| l.contains("UID STORE ") && l.contains("+FLAGS"))
         );
         assert!(lines[n..].iter().all(|l| l.contains("UID EXPUNGE ")));
+    }
+
+    #[test]
+    fn a_message_whose_uid_and_size_come_in_two_responses_stays_in_the_snapshot() {
+        let (mut c, _) = scripted(&format!(
+            "{GREETING}* 1 FETCH (UID 7)\r\n* 2 FETCH (UID 9 RFC822.SIZE 20)\r\n\
+             * 1 FETCH (RFC822.SIZE 10)\r\n* 2 FETCH (FLAGS (\\Seen))\r\nA0001 OK done\r\n\
+             * 1 FETCH (UID 7)\r\nA0002 OK done\r\n"
+        ));
+        let sel = Selected {
+            exists: 2,
+            uid_validity: 1,
+        };
+        assert_eq!(
+            c.snapshot(&sel).expect("snapshot"),
+            vec![
+                BackendMessage { uid: 7, size: 10 },
+                BackendMessage { uid: 9, size: 20 }
+            ]
+        );
+        // A UID that never gets a size is refused clearly, not dropped.
+        let sel = Selected {
+            exists: 1,
+            uid_validity: 1,
+        };
+        assert!(
+            matches!(c.snapshot(&sel), Err(ImapError::Protocol(e)) if e.contains("no RFC822.SIZE for UID 7"))
+        );
     }
 }

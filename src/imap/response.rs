@@ -36,6 +36,8 @@ pub struct StatusInfo {
 
 #[derive(Debug, Default, PartialEq, Eq)]
 pub struct FetchData {
+    /// The message sequence number the data is for.
+    pub seq: u32,
     pub uid: Option<u32>,
     pub size: Option<u64>,
     /// `BODY[]` (or a piece of it): `None` if absent, `Some(None)` for NIL,
@@ -398,7 +400,9 @@ impl Parser<'_> {
                 b"EXISTS" => Ok(Response::Exists(n)),
                 b"FETCH" => {
                     self.sp()?;
-                    self.fetch().map(Response::Fetch)
+                    let mut data = self.fetch()?;
+                    data.seq = n;
+                    Ok(Response::Fetch(data))
                 }
                 _ => Ok(Response::Other),
             };
@@ -578,6 +582,7 @@ pub(crate) mod tests {
         assert_eq!(
             r[0],
             Ok(Response::Fetch(FetchData {
+                seq: 3,
                 uid: Some(17),
                 size: None,
                 body: Some(Some(b"a\r\n\"{1}".to_vec())),
@@ -587,6 +592,7 @@ pub(crate) mod tests {
         assert_eq!(
             r[1],
             Ok(Response::Fetch(FetchData {
+                seq: 4,
                 uid: Some(18),
                 size: Some(1234),
                 body: None,
@@ -602,6 +608,7 @@ pub(crate) mod tests {
         assert_eq!(
             r[0],
             Ok(Response::Fetch(FetchData {
+                seq: 1,
                 uid: Some(1),
                 size: None,
                 body: Some(Some(Vec::new())),
@@ -611,6 +618,7 @@ pub(crate) mod tests {
         assert_eq!(
             r[1],
             Ok(Response::Fetch(FetchData {
+                seq: 1,
                 uid: Some(1),
                 size: None,
                 body: Some(None),
@@ -670,6 +678,7 @@ pub(crate) mod tests {
         assert_eq!(
             r[0],
             Ok(Response::Fetch(FetchData {
+                seq: 1,
                 uid: Some(7),
                 size: None,
                 body: None,
