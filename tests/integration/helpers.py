@@ -948,7 +948,8 @@ class FakeImap:
       literals inlined, CRLF kept); if true, the command is never answered
       (the connection is held, bounded by ``stall_seconds``).
     * ``override(cmd)``: may return the bytes to answer instead (``{tag}``
-      is replaced by the command's tag).
+      is replaced by the command's tag; a final ``{close}`` closes the
+      connection after them).
     * ``log``: every command exactly as received (literal octets included);
       ``sasl``: every line sent after an AUTHENTICATE continuation.
     * UID STORE / UID EXPUNGE / UID SEARCH DELETED / EXPUNGE act on the
@@ -1066,7 +1067,12 @@ class FakeImap:
             args = words[2:]
             answer = self.override(full)
             if answer is not None:
-                c.sendall(answer.replace(b"{tag}", tag))
+                # An answer ending in {close} is the backend's last word.
+                last = answer.endswith(b"{close}")
+                c.sendall(answer.replace(b"{close}", b"").replace(b"{tag}", tag))
+                if last:
+                    c.close()
+                    return
                 continue
             done = lambda text=b"done": c.sendall(tag + b" OK " + text + b"\r\n")  # noqa: E731
             if cmd == b"CAPABILITY":

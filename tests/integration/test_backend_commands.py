@@ -290,3 +290,54 @@ def test_quit_logs_in_again_when_the_backend_dropped_the_idle_connection(fake_se
     cmds = fake.commands()
     assert len([c for c in cmds if c.startswith(b"LOGIN ")]) == 2, cmds
     assert s.wait_log(r"logged in again to delete the messages", 5)
+
+
+# --------------------------------------------------------------------------
+# hostile backends
+# --------------------------------------------------------------------------
+
+def test_bye_inside_a_retr_literal_gives_sys_temp_not_a_partial_message(fake_server):
+    def bye_mid_literal(cmd: bytes):
+        if b"BODY.PEEK[]<0." in cmd:
+            return (b"* 1 FETCH (UID 1 BODY[]<0> {100}\r\nFrom: x\r\n\r\nthe first 30 b"
+                    b"\r\n* BYE server shutting down\r\n{close}")
+        return None
+    fake = FakeImap(override=bye_mid_literal)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        st = p.cmd("RETR 1")
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+        assert p.wait_closed(5) == b""
+    assert s.wait_log(r"end=backend-error", 5), s.log()[-2000:]
+
+
+def test_a_literal_over_the_limit_is_refused_before_it_is_read(fake_server):
+    def huge_literal(cmd: bytes):
+        if b"BODY.PEEK[]<0." in cmd:
+            return b"* 1 FETCH (UID 1 BODY[]<0> {999999999}\r\n"
+        return None
+    fake = FakeImap(override=huge_literal)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        t0 = time.monotonic()
+        st = p.cmd("RETR 1")
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+        assert time.monotonic() - t0 < 2, "it waited for the literal"
+    assert s.wait_log(r"literal of 999999999 bytes is over the limit", 5), s.log()[-2000:]
+
+
+def test_uid_and_size_in_two_fetch_responses_keep_the_message(fake_server):
+    def split_snapshot(cmd: bytes):
+        if b"UID FETCH 1:* (UID RFC822.SIZE)" in cmd:
+            return (b"* 1 FETCH (UID 1)\r\n* 2 FETCH (UID 2 RFC822.SIZE 50)\r\n"
+                    b"* 3 FETCH (UID 3 RFC822.SIZE 51)\r\n* 1 FETCH (RFC822.SIZE 49)\r\n"
+                    b"{tag} OK done\r\n")
+        return None
+    fake = FakeImap(override=split_snapshot)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        st, lines = p.multi_lines("LIST")
+        assert ok(st) and lines == [b"1 49", b"2 50", b"3 51"], (st, lines)

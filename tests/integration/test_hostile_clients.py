@@ -3,6 +3,8 @@ byte at a time (the whole line must arrive within the idle timeout), one
 that sends bad commands without end (closed after max_bad_commands)."""
 
 import select
+import socket
+import subprocess
 import time
 
 from helpers import Pop3, ok
@@ -42,3 +44,25 @@ def test_a_client_that_sends_only_bad_commands_is_closed(make_server):
             assert p.cmd("XYZZY %d" % i).startswith(b"-ERR")
         assert p.cmd("XYZZY") == b"-ERR Too many bad commands, closing"
         assert p.wait_closed(5) == b""
+
+
+def test_a_client_that_never_reads_is_dropped_after_the_idle_timeout(dovecot, make_server):
+    """RETR of a 20 MiB message to a client that reads nothing: once the
+    socket buffers are full, no write makes progress for the idle timeout,
+    and the session process ends."""
+    s = make_server(["--idle-timeout", "3"], mode="inetd")
+    carol = dovecot.carol_names
+    big = [i for i, name in enumerate(carol, 1) if "big" in name]
+    assert big, carol
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login("carol", "secret"))
+        child = s.child_for(p)
+        p.sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+        p.send(b"RETR %d\r\n" % big[0])
+        t0 = time.monotonic()
+        try:
+            child.wait(30)
+        except subprocess.TimeoutExpired:
+            raise AssertionError("the session still runs 30 s after its client stopped reading")
+        elapsed = time.monotonic() - t0
+    assert elapsed < 20, elapsed
