@@ -45,9 +45,10 @@ command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
-# Debian's python3 has no pip and refuses `pip install` (PEP 668): pytest
-# comes from Debian (python3-pytest, for /usr/bin/python3). A python3 on PATH
-# that already has pytest is used as it is.
+# Debian's python3 comes without pip and, by PEP 668, without system-wide
+# installs from PyPI: pytest comes from Debian (python3-pytest, for
+# /usr/bin/python3). A python3 on PATH that already has pytest is used as
+# it is.
 PYTHON=python3
 if ! python3 -c 'import pytest' >/dev/null 2>&1; then
     PYTHON=/usr/bin/python3

@@ -128,7 +128,7 @@ fn device_login(
         &format!("token: ok, valid for {} more minutes", left / 60),
     );
     let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token.access_token);
-    let login = client.login_token(oauth::mechanism_name(source.mechanism), &response);
+    let login = client.login_token(source.mechanism.name(), &response);
     if let Ok(Login::Rejected) = login {
         return Err(format!(
             "the backend refused the token for mailbox {}: check that the app may access it",

@@ -12,6 +12,7 @@ use std::time::Duration;
 use clap::Parser;
 use serde::Deserialize;
 
+use crate::backend::TokenMechanism;
 use crate::limits;
 use crate::uidl::UidlFormat;
 
@@ -100,13 +101,6 @@ pub enum OAuthGrant {
     RefreshToken,
 }
 
-/// The SASL mechanism that carries the token to IMAP.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OAuthMechanism {
-    XOAuth2,
-    OAuthBearer,
-}
-
 /// One `[oauth.NAME]` table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct OAuthSource {
@@ -119,7 +113,8 @@ pub struct OAuthSource {
     /// File holding the client secret (first line); none for public clients.
     pub client_secret_file: Option<PathBuf>,
     pub scope: String,
-    pub mechanism: OAuthMechanism,
+    /// The SASL mechanism that carries the token to IMAP.
+    pub mechanism: TokenMechanism,
     /// CA certificates for the token endpoint instead of the system store.
     pub ca_file: Option<PathBuf>,
     /// HTTP(S) proxy for the token endpoint, e.g. `http://proxy:3128`.
@@ -784,8 +779,8 @@ fn oauth_source(name: &str, src: FileOAuthSource) -> Result<OAuthSource, String>
         }
     };
     let mechanism = match src.mechanism.as_deref().unwrap_or("xoauth2") {
-        "xoauth2" => OAuthMechanism::XOAuth2,
-        "oauthbearer" => OAuthMechanism::OAuthBearer,
+        "xoauth2" => TokenMechanism::XOAuth2,
+        "oauthbearer" => TokenMechanism::OAuthBearer,
         other => return Err(format!("mechanism {other:?} is not xoauth2 or oauthbearer")),
     };
     for url in std::iter::once(&src.token_url).chain(&src.device_authorization_url) {

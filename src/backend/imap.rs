@@ -186,7 +186,7 @@ impl<'a> ImapBackend<'a> {
                 }
             };
             let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token);
-            let mechanism = oauth::mechanism_name(source.mechanism);
+            let mechanism = source.mechanism.name();
             let login = self.client()?.login_token(mechanism, &response);
             match login {
                 Ok(Login::Ok) => {

@@ -164,11 +164,6 @@ impl Failure {
             text: text.into(),
         }
     }
-
-    /// The session cannot go on after this.
-    pub fn is_fatal(&self) -> bool {
-        self.kind != FailureKind::Refused
-    }
 }
 
 impl fmt::Display for Failure {

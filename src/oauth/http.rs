@@ -120,17 +120,18 @@ pub fn post<T: for<'de> Deserialize<'de>>(
     form: &[(&str, &[u8])],
 ) -> Result<Answer<T>, TokenError> {
     let agent = agent(source)?;
-    // Form values are text; a secret that is not UTF-8 is sent as lossily
-    // as any HTTP client would, without being copied into a log.
-    let pairs: Vec<(&str, String)> = form
+    // Form values are text. Secrets and tokens are ASCII, so they are
+    // borrowed, not copied into buffers nobody wipes; anything else is sent
+    // as lossily as any HTTP client would.
+    let pairs: Vec<(&str, std::borrow::Cow<str>)> = form
         .iter()
-        .map(|(k, v)| (*k, String::from_utf8_lossy(v).into_owned()))
+        .map(|(k, v)| (*k, String::from_utf8_lossy(v)))
         .collect();
     let unavailable = |why: String| TokenError::Unavailable(format!("{url}: {why}"));
     let response = agent
         .post(url)
         .header("Accept", "application/json")
-        .send_form(pairs.iter().map(|(k, v)| (*k, v.as_str())))
+        .send_form(pairs.iter().map(|(k, v)| (*k, v.as_ref())))
         .map_err(|e| unavailable(e.to_string()))?;
     let status = response.status().as_u16();
     let body = response

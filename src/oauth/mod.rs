@@ -17,7 +17,7 @@ pub mod store;
 
 use std::fmt;
 
-use crate::config::OAuthMechanism;
+use crate::backend::TokenMechanism;
 use crate::secret::Secret;
 
 /// Why no token could be had.
@@ -46,14 +46,14 @@ impl fmt::Display for TokenError {
 
 /// The SASL response that logs `user` in with `token` (RFC 7628 for
 /// OAUTHBEARER; Google's and Microsoft's XOAUTH2 format).
-pub fn sasl_response(mechanism: OAuthMechanism, user: &str, token: &Secret) -> Secret {
+pub fn sasl_response(mechanism: TokenMechanism, user: &str, token: &Secret) -> Secret {
     let mut out = Vec::with_capacity(user.len() + token.expose().len() + 32);
     match mechanism {
-        OAuthMechanism::XOAuth2 => {
+        TokenMechanism::XOAuth2 => {
             out.extend_from_slice(b"user=");
             out.extend_from_slice(user.as_bytes());
         }
-        OAuthMechanism::OAuthBearer => {
+        TokenMechanism::OAuthBearer => {
             // The GS2 header's authzid escapes ',' and '=' (RFC 7628 3.1).
             out.extend_from_slice(b"n,a=");
             out.extend_from_slice(user.replace('=', "=3D").replace(',', "=2C").as_bytes());
@@ -66,13 +66,6 @@ pub fn sasl_response(mechanism: OAuthMechanism, user: &str, token: &Secret) -> S
     Secret::new(out)
 }
 
-pub fn mechanism_name(mechanism: OAuthMechanism) -> &'static str {
-    match mechanism {
-        OAuthMechanism::XOAuth2 => "XOAUTH2",
-        OAuthMechanism::OAuthBearer => "OAUTHBEARER",
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -80,12 +73,12 @@ mod tests {
     #[test]
     fn sasl_responses_name_the_mailbox_and_carry_the_token() {
         let token = Secret::new(b"tok".to_vec());
-        let x = sasl_response(OAuthMechanism::XOAuth2, "scans@example.org", &token);
+        let x = sasl_response(TokenMechanism::XOAuth2, "scans@example.org", &token);
         assert_eq!(
             x.expose(),
             b"user=scans@example.org\x01auth=Bearer tok\x01\x01"
         );
-        let o = sasl_response(OAuthMechanism::OAuthBearer, "a,b=c@example.org", &token);
+        let o = sasl_response(TokenMechanism::OAuthBearer, "a,b=c@example.org", &token);
         assert_eq!(
             o.expose(),
             b"n,a=a=2Cb=3Dc@example.org,\x01auth=Bearer tok\x01\x01"

@@ -99,10 +99,6 @@ impl Auth {
         self.sasl.is_some()
     }
 
-    pub fn is_tls(&self) -> bool {
-        self.connection.tls
-    }
-
     pub fn on_tls_started(&mut self) {
         self.connection.tls = true;
         // USER given before STLS is forgotten (RFC 2595 section 4).

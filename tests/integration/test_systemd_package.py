@@ -190,23 +190,6 @@ class Container:
                 return int(stat_path.split("/")[2])
         return 0
 
-    def _kill_leader(self) -> None:
-        """SIGKILL the container's PID 1, if that PID is still the systemd
-        whose root is this container's (a PID can be reused)."""
-        if not self.leader:
-            return
-        try:
-            with open("/proc/%d/comm" % self.leader) as f:
-                comm = f.read().strip()
-            root = os.readlink("/proc/%d/root" % self.leader)
-        except OSError:
-            return
-        if comm == "systemd" and root.startswith(self.root):
-            try:
-                os.kill(self.leader, signal.SIGKILL)
-            except ProcessLookupError:
-                pass
-
     def sh(self, script: str, check: bool = True, timeout: float = 120,
            input: Optional[str] = None) -> subprocess.CompletedProcess:
         cmd = ["nsenter", "-t", str(self.leader), "-a", "-r", "-w",
@@ -257,59 +240,6 @@ class Container:
                 os.kill(self.leader, signal.SIGKILL)
             except ProcessLookupError:
                 pass
-
-    def sh(self, script: str, check: bool = True, timeout: float = 120,
-           input: Optional[str] = None) -> subprocess.CompletedProcess:
-        cmd = ["nsenter", "-t", str(self.leader), "-a", "-r", "-w",
-               "/usr/bin/env", "-i", "PATH=/usr/sbin:/usr/bin:/sbin:/bin",
-               "DEBIAN_FRONTEND=noninteractive", "LANG=C.UTF-8", "HOME=/root",
-               "/bin/sh", "-ec", script]
-        r = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, input=input)
-        if check and r.returncode != 0:
-            raise AssertionError("in the container: %s\nexit %d\n%s\n%s" % (
-                script, r.returncode, r.stdout[-5000:], r.stderr[-5000:]))
-        return r
-
-    def put(self, path: str, data: str, mode: int = 0o644) -> None:
-        full = self.root + path
-        os.makedirs(os.path.dirname(full), exist_ok=True)
-        with open(full, "w") as f:
-            f.write(data)
-        os.chmod(full, mode)
-
-    def log(self) -> str:
-        try:
-            with open(self.log_path, errors="replace") as f:
-                return f.read()[-5000:]
-        except OSError:
-            return ""
-
-    def stop(self) -> None:
-        """Halts the container; if it does not halt in time, kills its PID 1,
-        which ends every process in it (the container's init is in a PID
-        namespace of its own: killing systemd-nspawn alone would leave it
-        running, reparented to this machine's init)."""
-        if self.proc and self.proc.poll() is None:
-            if self.leader:
-                # SIGRTMIN+3 asks systemd in a container to halt cleanly.
-                try:
-                    os.kill(self.leader, signal.SIGRTMIN + 3)
-                except ProcessLookupError:
-                    pass
-            try:
-                self.proc.wait(HALT_TIMEOUT)
-            except subprocess.TimeoutExpired:
-                print("container did not halt in %d s: killing it" % HALT_TIMEOUT)
-                self._kill_leader()
-                try:
-                    os.kill(self.proc.pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-                self.proc.wait(10)
-        # Nothing of the container may outlive the test.
-        self._kill_leader()
-        if getattr(self, "logf", None):
-            self.logf.close()
 
 
 @pytest.fixture(scope="module")
