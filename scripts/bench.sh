@@ -10,6 +10,7 @@ missing=()
 [ -x /usr/sbin/dovecot ] || missing+=(dovecot-imapd)
 [ -e /usr/lib/dovecot/pop3 ] || missing+=(dovecot-pop3d)
 install_debs "${missing[@]}"
+ensure_session_user
 ensure_cargo
 cargo build --release
 exec python3 scripts/bench.py "$@"

@@ -16,6 +16,7 @@ demo_pkgs=()
 [ -x /usr/sbin/dovecot ] || demo_pkgs+=(dovecot-imapd)
 command -v curl >/dev/null 2>&1 || demo_pkgs+=(curl)
 install_debs "${demo_pkgs[@]}"
+ensure_session_user
 ensure_cargo
 
 DEMO_DIR=$(mktemp -d /tmp/pop3demo.XXXXXX)

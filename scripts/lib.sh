@@ -33,3 +33,14 @@ ensure_cargo() {
     echo "cargo not found: install Rust 1.89 or newer with rustup (https://rustup.rs)" >&2
     return 1
 }
+
+# ensure_session_user: as root, the account sessions switch to (user =
+# pop3server, see pop3server(8) PRIVILEGES) must exist, as the packages
+# make it; create it as a system account if it does not.
+ensure_session_user() {
+    [ "$(id -u)" -eq 0 ] || return 0
+    getent passwd pop3server >/dev/null && return 0
+    echo "creating the system user pop3server (sessions started as root switch to it)"
+    useradd --system --user-group --no-create-home --home-dir /nonexistent \
+        --shell /usr/sbin/nologin --comment "POP3 to IMAP proxy" pop3server
+}

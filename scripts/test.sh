@@ -76,6 +76,8 @@ if [ "${#need_pkgs[@]}" -gt 0 ] && [ -z "${SKIP_APT:-}" ]; then
     install_debs "${need_pkgs[@]}"
 fi
 
+ensure_session_user
+
 "$PYTHON" -c 'import pytest' >/dev/null 2>&1 || {
     echo "$PYTHON has no pytest: apt-get install python3-pytest" >&2
     exit 1

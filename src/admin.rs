@@ -9,6 +9,7 @@ use crate::config::Config;
 use crate::devices;
 use crate::oauth::consent;
 use crate::oauth::store::Store;
+use crate::privilege;
 use crate::secret::Secret;
 
 /// Reads a password (asked twice without echo on a terminal, else the first
@@ -49,21 +50,34 @@ pub fn oauth_consent(config: &Config, name: &str, out: &mut dyn Write) -> Result
         .oauth
         .get(name)
         .ok_or_else(|| format!("no [oauth.{name}] in the configuration"))?;
-    // The sessions run as the owner of state_dir: tokens written by anyone
-    // else (root, typically) would be unreadable for them.
-    if let (Ok(dir), Ok(me)) = (
-        std::fs::metadata(&config.state_dir),
-        std::fs::metadata("/proc/self"),
-    ) && dir.uid() != me.uid()
-    {
-        return Err(format!(
-            "{} belongs to uid {}, this is uid {}: run it as the service's user, \
-             e.g. sudo -u pop3server pop3server --oauth-consent {name}",
-            config.state_dir.display(),
-            dir.uid(),
-            me.uid()
-        ));
-    }
+    // Root writes the tokens and then hands them to the account sessions
+    // run as (see `privilege`); anyone else must be that account, or the
+    // sessions could not read what it wrote.
+    let session_user = if privilege::is_root() {
+        Some(privilege::resolve(&config.user, config.group.as_deref()).map_err(|e| e.to_string())?)
+    } else {
+        if let (Ok(dir), Ok(me)) = (
+            std::fs::metadata(&config.state_dir),
+            std::fs::metadata("/proc/self"),
+        ) && dir.uid() != me.uid()
+        {
+            return Err(format!(
+                "{} belongs to uid {}, this is uid {}: run it as root or as the service's user, \
+                 e.g. sudo -u pop3server pop3server --oauth-consent {name}",
+                config.state_dir.display(),
+                dir.uid(),
+                me.uid()
+            ));
+        }
+        None
+    };
     let store = Store::new(&config.state_dir, source);
-    consent::run(source, &store, out, &std::thread::sleep).map_err(|e| e.to_string())
+    let result = consent::run(source, &store, out, &std::thread::sleep).map_err(|e| e.to_string());
+    if let Some(id) = &session_user
+        && config.state_dir.exists()
+    {
+        let handed = privilege::hand_over(id, &config.state_dir).map_err(|e| e.to_string());
+        return result.and(handed);
+    }
+    result
 }

@@ -19,6 +19,8 @@ use crate::uidl::UidlFormat;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
 pub const DEFAULT_LOCK_DIR: &str = "/run/pop3server";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pop3server";
+/// The account a session started as root switches to; the packages create it.
+pub const DEFAULT_USER: &str = "pop3server";
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum BackendTls {
@@ -77,6 +79,11 @@ pub struct Config {
     pub state_dir: PathBuf,
     /// The `[oauth.NAME]` token sources.
     pub oauth: BTreeMap<String, OAuthSource>,
+    /// The account a session started as root switches to before it reads
+    /// from the client (see `privilege`).
+    pub user: String,
+    /// Its group; the user's primary group when unset.
+    pub group: Option<String>,
     /// What to do instead of serving a session, if anything.
     pub task: Option<Task>,
 }
@@ -187,6 +194,8 @@ pub struct FileConfig {
     devices_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
     oauth: Option<BTreeMap<String, FileOAuthSource>>,
+    user: Option<String>,
+    group: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -671,6 +680,9 @@ impl Config {
                 .or(file.state_dir)
                 .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
             oauth,
+            // File keys only: `--user` is the user of `--check`.
+            user: file.user.unwrap_or_else(|| DEFAULT_USER.to_string()),
+            group: file.group,
             task,
             backend_ca_file: flags.backend_ca_file.or(file.backend_ca_file),
             backend_tls_verify: flags

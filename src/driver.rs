@@ -20,8 +20,8 @@ use crate::pop3::command::known_verb;
 use crate::pop3::lines::{Line, LineReader};
 use crate::pop3::reply::Reply;
 use crate::pop3::session::{Response, Session, SessionConfig, Step};
+use crate::preload::Preloaded;
 use crate::timeout::is_timeout;
-use crate::tls;
 use crate::transport::{ClientConn, ClientStream};
 
 /// How a session ended, for the summary line.
@@ -78,22 +78,15 @@ struct Driver<'a> {
     backend: ImapBackend<'a>,
 }
 
-/// Runs one session to its end and logs its summary.
-pub fn serve(config: &Config, conn: ClientConn) -> End {
+/// Runs one session to its end and logs its summary. `files` were read
+/// for this connection (see `preload`).
+pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
     let started = Instant::now();
     let peer_text = conn
         .peer
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
-    // Read per connection, so a renewed certificate is used without restart.
-    let tls_config = match config.tls.as_ref().map(tls::server_config) {
-        Some(Ok(c)) => Some(c),
-        Some(Err(e)) => {
-            error!("TLS disabled for this connection: {e}");
-            None
-        }
-        None => None,
-    };
+    let tls_config = files.tls.clone();
     let loopback = conn.peer.is_some_and(|p| p.ip().is_loopback());
     let mut driver = Driver {
         config,
@@ -109,7 +102,7 @@ pub fn serve(config: &Config, conn: ClientConn) -> End {
         out: Vec::with_capacity(CLIENT_WRITE_BUFFER),
         sent: 0,
         tls_config,
-        backend: ImapBackend::new(config, conn.peer),
+        backend: ImapBackend::new(config, files, conn.peer),
     };
     debug!("connection from {peer_text}");
     let end = driver.run();

@@ -16,6 +16,8 @@
 //! - [`transport`]: how the client connection reaches the process (inetd,
 //!   systemd, the standalone listener).
 //! - [`driver`]: the thin I/O loop that runs one session.
+//! - [`preload`], [`privilege`]: what a session reads while it may still be
+//!   root, and how it then leaves root for good.
 //! - [`tls`]: rustls set-up for both sides.
 //! - [`limits`]: every limit and default timeout, with reasons.
 //! - [`decimal`], [`timeout`], [`secret`]: the one decimal parser, what a
@@ -36,6 +38,8 @@ pub mod maildrop;
 pub mod oauth;
 pub mod penalty;
 pub mod pop3;
+pub mod preload;
+pub mod privilege;
 pub mod secret;
 #[cfg(test)]
 mod test_support;

@@ -10,7 +10,9 @@ use std::process::ExitCode;
 use pop3server::config::{Config, ConfigSetupError, Task};
 use pop3server::driver::{self, End};
 use pop3server::logging;
-use pop3server::transport::{self, Systemd, listener::Listener};
+use pop3server::preload::Preloaded;
+use pop3server::privilege;
+use pop3server::transport::{self, ClientConn, Systemd, listener::Listener};
 
 enum Mode {
     /// One connection on stdin/stdout.
@@ -104,18 +106,27 @@ fn run() -> Result<ExitCode, String> {
         Mode::Inetd => {
             let client = transport::from_stdio(config.idle_timeout)
                 .map_err(|e| format!("cannot use stdin/stdout: {e}"))?;
-            Ok(exit_code(driver::serve(&config, client)))
+            Ok(serve_one(&config, client))
         }
         Mode::SystemdConnection(stream) => {
             let client = transport::from_socket(stream, config.idle_timeout)
                 .map_err(|e| format!("cannot use fd 3: {e}"))?;
-            Ok(exit_code(driver::serve(&config, client)))
+            Ok(serve_one(&config, client))
         }
         Mode::Listen(listeners) => {
             // Each child reads the files again; checking here catches a bad
             // pair before the first client does.
             if let Some(files) = &config.tls {
                 pop3server::tls::server_config(files).map_err(|e| e.to_string())?;
+            }
+            // The listener itself stays as it was started: it parses no
+            // client input, and as root its children can still read a
+            // root-only key. Each child leaves root before its first read;
+            // an account they could not switch to is reported here, once.
+            if privilege::is_root() {
+                let id = privilege::resolve(&config.user, config.group.as_deref())
+                    .map_err(|e| e.to_string())?;
+                log::info!("sessions run as user {} group {}", id.user, id.group);
             }
             for l in &listeners {
                 if let Ok(addr) = l.local_addr() {
@@ -138,6 +149,25 @@ fn run() -> Result<ExitCode, String> {
             Ok(ExitCode::SUCCESS)
         }
     }
+}
+
+/// One connection: what may need root is read first, then root is left
+/// (if this is root), then the session runs. A process that cannot leave
+/// root serves nobody.
+fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
+    let files = Preloaded::read(config);
+    if let Err(e) = privilege::leave_root(config) {
+        log::error!("{e}");
+        // An implicit-TLS client expects a handshake, not a plaintext line.
+        if !config.implicit_tls {
+            let _ = client
+                .stream
+                .write_all(b"-ERR [SYS/TEMP] Server configuration error, see the server log\r\n")
+                .and_then(|()| client.stream.flush());
+        }
+        return ExitCode::from(2);
+    }
+    exit_code(driver::serve(config, &files, client))
 }
 
 /// Under inetd stderr and stdout are the client's socket: a configuration

@@ -5,7 +5,6 @@
 //! are its business; what the client is told is the session's.
 
 use std::net::SocketAddr;
-use std::path::Path;
 use std::time::Duration;
 
 use log::{error, warn};
@@ -15,7 +14,6 @@ use super::{
     PieceAnswer, PieceRequest,
 };
 use crate::config::{BackendTls, Config};
-use crate::devices::Devices;
 use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
@@ -23,11 +21,14 @@ use crate::maildrop::{FolderDeletions, FolderSnapshot};
 use crate::oauth::store::Store;
 use crate::oauth::{self, TokenError};
 use crate::penalty;
+use crate::preload::Preloaded;
 use crate::secret::Secret;
 use crate::tls;
 
 pub struct ImapBackend<'a> {
     config: &'a Config,
+    /// Files read before root was left (devices, client secrets).
+    files: &'a Preloaded,
     /// The POP3 client's address, for IMAP `ID` (backend_send_id).
     peer: Option<SocketAddr>,
     client: Option<Client>,
@@ -59,9 +60,10 @@ enum Relogin {
 }
 
 impl<'a> ImapBackend<'a> {
-    pub fn new(config: &'a Config, peer: Option<SocketAddr>) -> Self {
+    pub fn new(config: &'a Config, files: &'a Preloaded, peer: Option<SocketAddr>) -> Self {
         ImapBackend {
             config,
+            files,
             peer,
             client: None,
             selected: None,
@@ -90,10 +92,8 @@ impl<'a> ImapBackend<'a> {
     }
 
     pub fn login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer> {
-        if let (Some(path), Credentials::Password { .. }) =
-            (&self.config.devices_file, &credentials)
-        {
-            return self.device_login(path, credentials);
+        if let (Some(_), Credentials::Password { .. }) = (&self.config.devices_file, &credentials) {
+            return self.device_login(credentials);
         }
         let client = self.client()?;
         let login = match &credentials {
@@ -140,7 +140,7 @@ impl<'a> ImapBackend<'a> {
     /// A device: its own password is checked here (an unknown device the
     /// same way as a wrong password), then the backend is logged in to as
     /// its mailbox with a token of its source.
-    fn device_login(&mut self, path: &Path, credentials: Credentials) -> Outcome<LoginAnswer> {
+    fn device_login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer> {
         let Credentials::Password {
             login,
             authzid,
@@ -149,7 +149,8 @@ impl<'a> ImapBackend<'a> {
         else {
             return Err(Failure::new(FailureKind::Local, "not a password login"));
         };
-        let devices = Devices::load(path).map_err(|why| {
+        let files = self.files;
+        let devices = files.devices().map_err(|why| {
             error!("device logins are off: {why}");
             Failure::new(FailureKind::Local, why)
         })?;
@@ -173,7 +174,8 @@ impl<'a> ImapBackend<'a> {
             );
             return Ok(LoginAnswer::Unavailable("device misconfigured".into()));
         };
-        let store = Store::new(&config.state_dir, source);
+        let store = Store::new(&config.state_dir, source)
+            .with_client_secret(files.client_secret(&source.name));
         let mut refused: Option<Secret> = None;
         // A token the store thought valid may still be refused (revoked,
         // clock skew): refresh once and try once more.

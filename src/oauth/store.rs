@@ -37,6 +37,9 @@ struct Saved {
 pub struct Store<'a> {
     source: &'a OAuthSource,
     dir: PathBuf,
+    /// The client secret as read before root was left; read from its file
+    /// when `None`.
+    client_secret: Option<&'a Result<Option<Secret>, String>>,
 }
 
 /// A token and when it expires (Unix seconds).
@@ -56,7 +59,17 @@ impl<'a> Store<'a> {
         Store {
             source,
             dir: state_dir.join("oauth"),
+            client_secret: None,
         }
+    }
+
+    /// Uses a client secret read earlier (see `preload`) instead of its file.
+    pub fn with_client_secret(
+        mut self,
+        secret: Option<&'a Result<Option<Secret>, String>>,
+    ) -> Self {
+        self.client_secret = secret;
+        self
     }
 
     pub fn path(&self) -> PathBuf {
@@ -96,7 +109,15 @@ impl<'a> Store<'a> {
 
     fn request(&self, saved: &Saved) -> Result<TokenAnswer, TokenError> {
         let name = &self.source.name;
-        let secret = http::client_secret(self.source)?;
+        let read;
+        let secret = match self.client_secret {
+            Some(Ok(secret)) => secret.as_ref(),
+            Some(Err(why)) => return Err(TokenError::Setup(why.clone())),
+            None => {
+                read = http::client_secret(self.source)?;
+                read.as_ref()
+            }
+        };
         let mut form: Vec<(&str, &[u8])> = vec![
             ("client_id", self.source.client_id.as_bytes()),
             ("scope", self.source.scope.as_bytes()),

@@ -181,6 +181,24 @@ def pytest_terminal_summary(terminalreporter, exitstatus, config):
         tr.write_line("SKIPPED %s: %s" % (nodeid, reason))
 
 
+@pytest.fixture(autouse=True)
+def _session_user_can_reach_tmp_path(request):
+    """Run as root, every session switches to the unprivileged user
+    (``user``, default pop3server), as it must on a real host.  pytest makes
+    its temporary directories 0700 root; the state and lock directories the
+    tests put there must be reachable for that user, as /run and /var/lib
+    are on a real host.  Adds search permission only (no listing)."""
+    if os.geteuid() != 0 or "tmp_path" not in request.fixturenames:
+        yield
+        return
+    path = request.getfixturevalue("tmp_path")
+    for d in [path] + list(path.parents):
+        if str(d) in ("/", tempfile.gettempdir()):
+            break
+        os.chmod(d, os.stat(d).st_mode | 0o111)
+    yield
+
+
 @pytest.fixture(scope="session")
 def workdir():
     d = tempfile.mkdtemp(prefix="p3it-")

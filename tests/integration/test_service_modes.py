@@ -455,6 +455,10 @@ def test_systemd_analyze_security_exposure(unit):
 # configuration file, man page, inetd example
 # --------------------------------------------------------------------------
 
+# Keys without an option of the same name (`--user` is the user of --check).
+FILE_ONLY_KEYS = {"user", "group"}
+
+
 def help_keys() -> set:
     out = subprocess.run([require_binary(), "--help"], capture_output=True, text=True,
                          timeout=30).stdout
@@ -470,7 +474,7 @@ def conffile_keys() -> List[str]:
 def test_conffile_lists_every_key_once():
     keys = conffile_keys()
     assert len(keys) == len(set(keys)), keys
-    assert set(keys) == help_keys()
+    assert set(keys) == help_keys() | FILE_ONLY_KEYS
 
 
 def test_conffile_commented_out_is_all_defaults_and_valid(dovecot, rundir, tmp_path):
@@ -508,6 +512,8 @@ def test_man_page_documents_every_key_and_renders():
     for key in help_keys():
         assert key in plain, "man page does not mention key %s" % key
         assert "--" + key.replace("_", "-") in plain, "man page lacks --%s" % key
+    for key in FILE_ONLY_KEYS:
+        assert re.search(r"\b%s\b" % key, plain), "man page does not mention key %s" % key
     for section in ("SYNOPSIS", "MODES", "OPTIONS", "INETD", "SYSTEMD", "FILES",
                     "EXIT STATUS", "EXAMPLES", "--check"):
         assert section in plain
