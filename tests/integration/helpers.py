@@ -1261,3 +1261,56 @@ class RefusingRelay(LoopbackAcceptor):
                 s.close()
             except OSError:
                 pass
+
+
+class TricklingRelay(LoopbackAcceptor):
+    """A TCP relay in front of a real server that passes bytes through as
+    they come until ``trickle`` is set; from then on the server's bytes go
+    to the client one per ``interval`` seconds (at most ``max_trickled`` of
+    them per connection, then the relay stops sending).  In front of an
+    implicit-TLS port the client sees a TLS record that never completes in
+    time, one byte arriving well within any per-read timeout.  Bounded:
+    ``max_conns`` connections, 30 s idle each."""
+
+    def __init__(self, upstream_port: int, interval: float = 1.0, max_trickled: int = 120,
+                 max_conns: int = 10):
+        self.upstream_port = upstream_port
+        self.interval = interval
+        self.max_trickled = max_trickled
+        self.trickle = threading.Event()
+        self.trickled = 0
+        self.socks: List[socket.socket] = []
+        super().__init__(max_conns)
+
+    def _on_connection(self, c: socket.socket, peer) -> None:
+        up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+        c.settimeout(30)
+        self.socks += [c, up]
+        threading.Thread(target=self._pipe, args=(up, c, True), daemon=True).start()
+        threading.Thread(target=self._pipe, args=(c, up, False), daemon=True).start()
+
+    def _pipe(self, src: socket.socket, dst: socket.socket, downstream: bool) -> None:
+        try:
+            while not self.stopping.is_set():
+                d = src.recv(65536)
+                if not d:
+                    break
+                if not (downstream and self.trickle.is_set()):
+                    dst.sendall(d)
+                    continue
+                for i in range(len(d)):
+                    if self.stopping.is_set() or self.trickled >= self.max_trickled:
+                        return
+                    dst.sendall(d[i:i + 1])
+                    self.trickled += 1
+                    time.sleep(self.interval)
+        except OSError:
+            pass
+
+    def stop(self) -> None:
+        self._stop_accepting()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass

@@ -3,8 +3,8 @@
 
 import time
 
-from helpers import (FakeBackend, FakeImap, Pop3, ScriptedImap, garbage_handler, ok,
-                     silent_handler)
+from helpers import (FakeBackend, FakeImap, Pop3, ScriptedImap, TricklingRelay,
+                     garbage_handler, ok, silent_handler)
 import testbed
 
 
@@ -148,3 +148,31 @@ def test_capability_asked_when_greeting_has_none(make_server):
                                 b'A0002 LOGIN "dave" "p\\"a\\\\ss {5} w"\r\n'], fake.log
     finally:
         fb.stop()
+
+
+def test_backend_trickling_one_byte_a_second_through_tls_hits_the_command_deadline(
+        make_server, dovecot, fresh_user):
+    """Each byte of the backend's TLS record arrives within a second, far
+    inside --backend-timeout; the record as a whole never does.  The
+    command's deadline is one deadline for all the socket reads rustls makes,
+    so RETR fails after about --backend-timeout, not after the hundreds of
+    seconds the record would take."""
+    relay = TricklingRelay(dovecot.imaps_port, interval=1.0, max_trickled=120)
+    try:
+        user = fresh_user(2)
+        s = make_server(["--backend-tls", "implicit", "--backend-host", "127.0.0.1",
+                         "--backend-ca-file", dovecot.tls["ca"], "--backend-timeout", "3"],
+                        backend_port=relay.port)
+        with Pop3(s.port, timeout=60) as p:
+            assert ok(p.login(user, "secret"))
+            assert ok(p.cmd("STAT"))
+            relay.trickle.set()
+            t0 = time.monotonic()
+            st = p.cmd("RETR 1")
+            elapsed = time.monotonic() - t0
+        assert st.startswith(b"-ERR [SYS/TEMP]"), st
+        assert 2.5 < elapsed < 8, elapsed
+        assert relay.trickled <= 10, relay.trickled
+        assert s.wait_log(r"tim(e|ed) ?out", 5), s.log()[-2000:]
+    finally:
+        relay.stop()
