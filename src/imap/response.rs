@@ -445,17 +445,45 @@ impl Parser<'_> {
                 _ => {
                     let key = self.atom()?.to_ascii_uppercase();
                     self.sp()?;
+                    // An item given twice with two values leaves no way
+                    // to tell which is true: a wrong size or body is worse
+                    // than a clear error.
                     match key.as_slice() {
-                        b"UID" => data.uid = Some(self.number32()?),
-                        b"RFC822.SIZE" => data.size = Some(self.number()?),
+                        b"UID" => set_once(
+                            &mut data.uid,
+                            self.number32()?,
+                            "FETCH gives UID twice, with different values",
+                        )?,
+                        b"RFC822.SIZE" => set_once(
+                            &mut data.size,
+                            self.number()?,
+                            "FETCH gives RFC822.SIZE twice, with different values",
+                        )?,
                         k if k.starts_with(b"BODY[]") => {
-                            data.body_origin = partial_origin(&k[6..])?;
-                            data.body = Some(self.nstring()?);
+                            let origin = partial_origin(&k[6..])?;
+                            let body = self.nstring()?;
+                            if data.body.is_some()
+                                && (data.body_origin != origin || data.body.as_ref() != Some(&body))
+                            {
+                                return Err("FETCH gives BODY[] twice, with different values");
+                            }
+                            data.body_origin = origin;
+                            data.body = Some(body);
                         }
                         _ => self.skip_value()?,
                     }
                 }
             }
+        }
+    }
+}
+
+fn set_once<T: PartialEq>(slot: &mut Option<T>, value: T, conflict: &'static str) -> PResult<()> {
+    match slot {
+        Some(old) if *old != value => Err(conflict),
+        _ => {
+            *slot = Some(value);
+            Ok(())
         }
     }
 }
@@ -572,6 +600,20 @@ pub(crate) mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn a_fetch_item_given_twice_with_two_values_is_a_protocol_error() {
+        // Found by the imap_codec_agrees fuzz target: which body is true?
+        let r = parse_all(b"* 2 FETCH (UID 2 BODY[] {0}\r\n BODY[] {5}\r\nabcde)\r\n");
+        assert!(matches!(&r[0], Err(why) if why.contains("BODY[] twice")));
+        let r = parse_all(b"* 2 FETCH (UID 2 RFC822.SIZE 10 UID 3)\r\n");
+        assert!(matches!(&r[0], Err(why) if why.contains("UID twice")));
+        let r = parse_all(b"* 2 FETCH (RFC822.SIZE 10 UID 2 RFC822.SIZE 11)\r\n");
+        assert!(matches!(&r[0], Err(why) if why.contains("SIZE twice")));
+        // The same value twice is only redundant.
+        let r = parse_all(b"* 2 FETCH (UID 2 RFC822.SIZE 10 UID 2)\r\n");
+        assert!(matches!(&r[0], Ok(Response::Fetch(f)) if f.uid == Some(2) && f.size == Some(10)));
     }
 
     #[test]
