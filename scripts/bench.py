@@ -138,7 +138,8 @@ class InetdServer:
             proc = subprocess.Popen(
                 [self.binary, "--config", "/dev/null", "--inetd", "--backend-host", "127.0.0.1",
                  "--backend-port", str(self.imap_port), "--backend-tls", "none",
-                 "--lock-dir", self.lockdir, "--log", "stderr"],
+                 "--lock-dir", self.lockdir, "--cache-dir", self.lockdir + "-cache",
+                 "--log", "stderr"],
                 stdin=conn, stdout=conn, stderr=subprocess.DEVNULL)
             conn.close()
             threading.Thread(target=self.watch, args=(proc,), daemon=True).start()

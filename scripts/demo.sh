@@ -52,6 +52,6 @@ MSG
 
 "$ROOT/target/release/pop3server" --config /dev/null --listen "127.0.0.1:$POP3_PORT" \
     --backend-host 127.0.0.1 --backend-port "$IMAP_PORT" --backend-tls none \
-    --lock-dir "$DEMO_DIR/locks" --log stderr &
+    --lock-dir "$DEMO_DIR/locks" --cache-dir "$DEMO_DIR/cache" --log stderr &
 SERVER_PID=$!
 wait "$SERVER_PID" || true

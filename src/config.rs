@@ -19,6 +19,7 @@ use crate::uidl::UidlFormat;
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
 pub const DEFAULT_LOCK_DIR: &str = "/run/pop3server";
 pub const DEFAULT_STATE_DIR: &str = "/var/lib/pop3server";
+pub const DEFAULT_CACHE_DIR: &str = "/var/cache/pop3server";
 /// The account a session started as root switches to; the packages create it.
 pub const DEFAULT_USER: &str = "pop3server";
 
@@ -77,6 +78,9 @@ pub struct Config {
     pub devices_file: Option<PathBuf>,
     /// Where state shared by the session processes lives (OAuth2 tokens).
     pub state_dir: PathBuf,
+    /// The snapshot cache (message sizes by UID, see `sizecache`), if on.
+    pub snapshot_cache: bool,
+    pub cache_dir: PathBuf,
     /// The `[oauth.NAME]` token sources.
     pub oauth: BTreeMap<String, OAuthSource>,
     /// The account a session started as root switches to before it reads
@@ -193,6 +197,8 @@ pub struct FileConfig {
     allow_plaintext_auth: Option<bool>,
     devices_file: Option<PathBuf>,
     state_dir: Option<PathBuf>,
+    snapshot_cache: Option<bool>,
+    cache_dir: Option<PathBuf>,
     oauth: Option<BTreeMap<String, FileOAuthSource>>,
     user: Option<String>,
     group: Option<String>,
@@ -343,6 +349,12 @@ pub struct Flags {
     /// Directory for state shared by the session processes (OAuth2 tokens) [default: /var/lib/pop3server]
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Keep message sizes by UID between sessions, so a session asks the backend only for the UID list and new messages' sizes [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub snapshot_cache: Option<bool>,
+    /// Directory of the snapshot cache [default: /var/cache/pop3server]
+    #[arg(long, value_name = "DIR")]
+    pub cache_dir: Option<PathBuf>,
     /// Print an argon2id hash of a password read from the terminal (or stdin) for the devices file, and exit
     #[arg(long, conflicts_with_all = ["check", "oauth_consent"])]
     pub hash_password: bool,
@@ -675,6 +687,11 @@ impl Config {
 
         Ok(Config {
             devices_file,
+            snapshot_cache: flags.snapshot_cache.or(file.snapshot_cache).unwrap_or(true),
+            cache_dir: flags
+                .cache_dir
+                .or(file.cache_dir)
+                .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
             state_dir: flags
                 .state_dir
                 .or(file.state_dir)

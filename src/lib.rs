@@ -9,7 +9,8 @@
 //! - [`backend`]: the boundary between session and mail store: requests,
 //!   typed answers and failures, and their IMAP implementation.
 //! - [`imap`]: the backend client, the only code that speaks IMAP.
-//! - [`lock`]: the per-user `flock`.
+//! - [`lock`]: the per-user `flock`; [`sizecache`]: message sizes by UID
+//!   kept between sessions.
 //! - [`check`]: the `--check` health probe.
 //! - [`config`]: the configuration file and flags, validated.
 //! - [`logging`]: syslog, journald or stderr.
@@ -41,6 +42,7 @@ pub mod pop3;
 pub mod preload;
 pub mod privilege;
 pub mod secret;
+pub mod sizecache;
 #[cfg(test)]
 mod test_support;
 pub mod timeout;

@@ -144,3 +144,12 @@ pub const MAX_TOKEN_RESPONSE: u64 = 64 * 1024;
 /// The longest a device consent (`--oauth-consent`) waits for the person,
 /// whatever the provider says its code is valid for.
 pub const MAX_CONSENT_WAIT: Duration = Duration::from_secs(30 * 60);
+
+/// Longest line of a snapshot cache file: a UID (10 digits), a space, a size
+/// (20 digits), a newline. Bounds how much of a cache file is read.
+pub const SIZE_CACHE_MAX_LINE: usize = 32;
+
+/// Without ESEARCH (RFC 4731), `UID SEARCH ALL` lists every UID on one line
+/// of up to `MAX_IMAP_LINE` (1 MiB): about 100,000 of them. Larger folders on
+/// such a server take the full snapshot instead of using the cache.
+pub const MAX_SEARCH_ALL_MESSAGES: u32 = 100_000;

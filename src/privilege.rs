@@ -93,7 +93,8 @@ pub fn is_root() -> bool {
 }
 
 /// For a session process: if it is root, hands the directories sessions
-/// write to the configured user and becomes that user. Returns who it
+/// write to (locks, the snapshot cache, device state) to the configured
+/// user and becomes that user. Returns who it
 /// became, or `None` when it was not root to begin with.
 pub fn leave_root(config: &Config) -> Result<Option<Identity>, PrivilegeError> {
     if !is_root() {
@@ -101,6 +102,13 @@ pub fn leave_root(config: &Config) -> Result<Option<Identity>, PrivilegeError> {
     }
     let id = resolve(&config.user, config.group.as_deref())?;
     adopt_dir(&id, &config.lock_dir, 0o750)?;
+    // The cache only saves time: a session goes on without it (and says
+    // why when it cannot write it).
+    if config.snapshot_cache
+        && let Err(e) = adopt_dir(&id, &config.cache_dir, 0o700)
+    {
+        log::warn!("snapshot cache: {e}");
+    }
     // The state directory only matters to device logins; other setups
     // never touch (or create) it.
     if config.devices_file.is_some() || !config.oauth.is_empty() {

@@ -4,25 +4,27 @@
 //! (never, after the connection is lost) and how an IMAP error is classified
 //! are its business; what the client is told is the session's.
 
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::time::Duration;
 
-use log::{error, warn};
+use log::{debug, error, warn};
 
 use super::{
     Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
     PieceAnswer, PieceRequest,
 };
 use crate::config::{BackendTls, Config};
-use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security};
+use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
-use crate::maildrop::{FolderDeletions, FolderSnapshot};
+use crate::maildrop::{BackendMessage, FolderDeletions, FolderSnapshot};
 use crate::oauth::store::Store;
 use crate::oauth::{self, TokenError};
 use crate::penalty;
 use crate::preload::Preloaded;
 use crate::secret::Secret;
+use crate::sizecache::SizeCache;
 use crate::tls;
 
 pub struct ImapBackend<'a> {
@@ -36,6 +38,9 @@ pub struct ImapBackend<'a> {
     selected: Option<usize>,
     /// Held for the rest of the process once taken.
     lock: Option<LockGuard>,
+    /// The lock's name (backend and IMAP identity): the snapshot cache is
+    /// per maildrop as the lock is.
+    lock_name: Option<String>,
     /// The connection failed and is gone: nothing more is tried on it.
     broken: bool,
     /// How the session logged in, kept (in `Secret`s) so that QUIT can log
@@ -68,6 +73,7 @@ impl<'a> ImapBackend<'a> {
             client: None,
             selected: None,
             lock: None,
+            lock_name: None,
             broken: false,
             relogin: None,
             reconnected: false,
@@ -233,6 +239,7 @@ impl<'a> ImapBackend<'a> {
         match lock::try_lock(&self.config.lock_dir, &name) {
             Ok(guard) => {
                 self.lock = Some(guard);
+                self.lock_name = Some(name);
                 Ok(LockAnswer::Locked)
             }
             Err(LockError::InUse) => Ok(LockAnswer::InUse),
@@ -249,11 +256,46 @@ impl<'a> ImapBackend<'a> {
         }
     }
 
-    /// SELECT (EXAMINE when read-only) and the snapshot of one folder.
+    /// SELECT (EXAMINE when read-only) and the snapshot of one folder:
+    /// from the snapshot cache and the UID list where the cache has sizes,
+    /// else one size per message from the backend.
     pub fn open_folder(&mut self, folder: usize) -> Outcome<FolderSnapshot> {
         let selected = self.select(folder)?;
-        let listed = self.client()?.snapshot(&selected);
+        let cache = match (&self.lock_name, self.config.snapshot_cache) {
+            (Some(lock), true) => Some(SizeCache::new(
+                &self.config.cache_dir,
+                lock,
+                &self.config.folders[folder],
+            )),
+            _ => None,
+        };
+        let cached = cache.as_ref().and_then(|c| {
+            c.load(selected.uid_validity)
+                .inspect_err(|why| debug!("snapshot cache not used: {why}"))
+                .ok()
+        });
+        let client = self.client()?;
+        let listed = match &cached {
+            Some(sizes) => listed_with(client, &selected, sizes),
+            None => client.snapshot(&selected),
+        };
         let messages = listed.map_err(|e| self.failure("listing messages", e))?;
+        if let Some(cache) = &cache {
+            let unchanged = cached.as_ref().is_some_and(|sizes| {
+                sizes.len() == messages.len()
+                    && messages.iter().all(|m| sizes.get(&m.uid) == Some(&m.size))
+            });
+            if !unchanged {
+                let sizes: Vec<(u32, u64)> = messages.iter().map(|m| (m.uid, m.size)).collect();
+                if let Err(e) = cache.store(selected.uid_validity, &sizes) {
+                    warn!(
+                        "cannot write the snapshot cache {}: {e}; check that cache_dir exists and is \
+                         writable by the service user, or set snapshot_cache = false",
+                        cache.path().display()
+                    );
+                }
+            }
+        }
         Ok(FolderSnapshot {
             uid_validity: selected.uid_validity,
             messages,
@@ -523,4 +565,38 @@ pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
         timeout: config.backend_timeout,
         security,
     })
+}
+
+/// The UID list from the backend, sizes from `cached` where it has them
+/// and from the backend for the rest, in message-number order.
+fn listed_with(
+    client: &mut Client,
+    selected: &Selected,
+    cached: &BTreeMap<u32, u64>,
+) -> Result<Vec<BackendMessage>, ImapError> {
+    let Some(uids) = client.uids(selected)? else {
+        return client.snapshot(selected);
+    };
+    let missing: Vec<u32> = uids
+        .iter()
+        .copied()
+        .filter(|uid| !cached.contains_key(uid))
+        .collect();
+    let fetched: BTreeMap<u32, u64> = if missing.is_empty() {
+        BTreeMap::new()
+    } else {
+        client
+            .sizes(&missing)?
+            .into_iter()
+            .map(|m| (m.uid, m.size))
+            .collect()
+    };
+    // A UID without a size was expunged between the two commands.
+    Ok(uids
+        .into_iter()
+        .filter_map(|uid| {
+            let size = cached.get(&uid).or_else(|| fetched.get(&uid))?;
+            Some(BackendMessage { uid, size: *size })
+        })
+        .collect())
 }

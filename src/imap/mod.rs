@@ -159,7 +159,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::limits::{MAX_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK};
+use crate::limits::{MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK};
 use crate::maildrop::BackendMessage;
 use crate::secret::{Secret, WipeOnDrop};
 use conn::Conn;
@@ -587,25 +587,77 @@ impl Client {
     /// UIDs and sizes of all messages, in one command, without bodies.
     pub fn snapshot(&mut self, selected: &Selected) -> Result<Vec<BackendMessage>, ImapError> {
         if selected.exists > MAX_MESSAGES {
-            return Err(ImapError::Protocol(format!(
-                "the folder has {} messages, more than the {MAX_MESSAGES} a POP3 session can serve",
-                selected.exists
-            )));
+            return Err(too_many(selected.exists));
         }
-        let limit = (selected.exists as usize)
-            .saturating_mul(2)
-            .saturating_add(SNAPSHOT_SLACK)
-            .min(MAX_MESSAGES as usize);
         if selected.exists == 0 {
             return Ok(Vec::new());
         }
+        self.fetch_sizes(b"1:*", expected(selected.exists))
+    }
+
+    /// The UIDs of all messages, ascending, which is message-number order:
+    /// compact with ESEARCH (RFC 4731) where offered. `None` where the list
+    /// could be longer than a response line may be (no ESEARCH, a huge
+    /// folder): then only the full snapshot will do.
+    pub fn uids(&mut self, selected: &Selected) -> Result<Option<Vec<u32>>, ImapError> {
+        if selected.exists > MAX_MESSAGES {
+            return Err(too_many(selected.exists));
+        }
+        if selected.exists == 0 {
+            return Ok(Some(Vec::new()));
+        }
+        let esearch = self.has("ESEARCH");
+        if !esearch && selected.exists > MAX_SEARCH_ALL_MESSAGES {
+            return Ok(None);
+        }
+        let command: &[u8] = if esearch {
+            b"UID SEARCH RETURN (ALL) ALL"
+        } else {
+            b"UID SEARCH ALL"
+        };
+        let limit = expected(selected.exists);
+        let mut uids = Vec::new();
+        self.run("UID SEARCH", &[Arg::Text(command)], |r| {
+            if let Response::Search(found) = r {
+                if uids.len() + found.len() > limit {
+                    return Err(ImapError::Protocol(format!(
+                        "more UIDs than the {} messages announced",
+                        selected.exists
+                    )));
+                }
+                uids.extend(found);
+            }
+            Ok(())
+        })?
+        .ok("UID SEARCH")?;
+        uids.sort_unstable();
+        uids.dedup();
+        Ok(Some(uids))
+    }
+
+    /// The sizes of these messages (UIDs); a UID expunged meanwhile is
+    /// simply absent from the answer.
+    pub fn sizes(&mut self, uids: &[u32]) -> Result<Vec<BackendMessage>, ImapError> {
+        let mut out = Vec::with_capacity(uids.len());
+        for set in uid_sets(uids, MAX_UID_SET) {
+            out.extend(self.fetch_sizes(set.as_bytes(), uids.len() + SNAPSHOT_SLACK)?);
+        }
+        Ok(out)
+    }
+
+    /// `UID FETCH <set> (UID RFC822.SIZE)`; at most `limit` messages.
+    fn fetch_sizes(&mut self, set: &[u8], limit: usize) -> Result<Vec<BackendMessage>, ImapError> {
         // By sequence number: a server may send one message's UID and
         // RFC822.SIZE in two FETCH responses, and a message must not drop
         // out of the snapshot because of that.
         let mut seen: BTreeMap<u32, (Option<u32>, Option<u64>)> = BTreeMap::new();
         self.run(
             "UID FETCH",
-            &[Arg::Text(b"UID FETCH 1:* (UID RFC822.SIZE)")],
+            &[
+                Arg::Text(b"UID FETCH "),
+                Arg::Text(set),
+                Arg::Text(b" (UID RFC822.SIZE)"),
+            ],
             |r| {
                 if let Response::Fetch(FetchData { seq, uid, size, .. }) = r {
                     if uid.is_none() && size.is_none() {
@@ -615,8 +667,7 @@ impl Client {
                     // for mail that arrived meanwhile), not by the backend.
                     if seen.len() > limit {
                         return Err(ImapError::Protocol(format!(
-                            "more FETCH responses than the {} messages announced",
-                            selected.exists
+                            "more FETCH responses than the {limit} messages expected"
                         )));
                     }
                     let entry = seen.entry(seq).or_default();
@@ -964,6 +1015,21 @@ fn astring(bytes: &[u8]) -> Arg<'_> {
 
 /// UID sets like `1:3,7,9:10` from sorted or unsorted UIDs, each at most
 /// `max` bytes long (a set is never split inside a range).
+/// How many messages a folder announced with `exists` may yield, with room
+/// for mail that arrives meanwhile.
+fn expected(exists: u32) -> usize {
+    (exists as usize)
+        .saturating_mul(2)
+        .saturating_add(SNAPSHOT_SLACK)
+        .min(MAX_MESSAGES as usize)
+}
+
+fn too_many(exists: u32) -> ImapError {
+    ImapError::Protocol(format!(
+        "the folder has {exists} messages, more than the {MAX_MESSAGES} a POP3 session can serve"
+    ))
+}
+
 fn uid_sets(uids: &[u32], max: usize) -> Vec<String> {
     let mut sorted = uids.to_vec();
     sorted.sort_unstable();
@@ -1267,6 +1333,59 @@ mod tests {
         }
         let sent = sent(&out);
         assert!(sent.contains("A0001 SELECT \"INBOX\"\r\nA0002 UID FETCH 1:* (UID RFC822.SIZE)\r\nA0003 UID FETCH 9 (UID BODY.PEEK[]<0.5>)\r\n"), "{sent}");
+    }
+
+    #[test]
+    fn uid_list_uses_esearch_where_offered_and_sizes_only_what_is_asked() {
+        let plain = Selected {
+            exists: 3,
+            uid_validity: 7,
+        };
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* SEARCH 9 4 12\r\nA0001 OK done\r\n\
+             * 2 FETCH (UID 9 RFC822.SIZE 90)\r\n* 3 FETCH (RFC822.SIZE 120 UID 12)\r\nA0002 OK done\r\n"
+        ));
+        assert_eq!(c.uids(&plain).expect("uids"), Some(vec![4, 9, 12]));
+        assert_eq!(
+            c.sizes(&[9, 12]).expect("sizes"),
+            vec![
+                BackendMessage { uid: 9, size: 90 },
+                BackendMessage { uid: 12, size: 120 }
+            ]
+        );
+        let text = sent(&out);
+        assert!(
+            text.contains("A0001 UID SEARCH ALL\r\nA0002 UID FETCH 9,12 (UID RFC822.SIZE)\r\n"),
+            "{text}"
+        );
+
+        let (mut c, out) = scripted(
+            "* OK [CAPABILITY IMAP4rev1 ESEARCH] ready\r\n\
+             * ESEARCH (TAG \"A0001\") UID ALL 4,9,12\r\nA0001 OK done\r\n",
+        );
+        assert_eq!(c.uids(&plain).expect("uids"), Some(vec![4, 9, 12]));
+        assert!(sent(&out).contains("A0001 UID SEARCH RETURN (ALL) ALL\r\n"));
+
+        // Without ESEARCH a huge folder's list would not fit one line.
+        let (mut c, _) = scripted(GREETING);
+        let huge = Selected {
+            exists: MAX_SEARCH_ALL_MESSAGES + 1,
+            uid_validity: 7,
+        };
+        assert_eq!(c.uids(&huge).expect("uids"), None);
+        // A backend must not list more UIDs than it announced (and slack).
+        let (mut c, _) = scripted(&format!(
+            "{GREETING}* SEARCH {}\r\nA0001 OK\r\n",
+            (1..=1100)
+                .map(|n| n.to_string())
+                .collect::<Vec<_>>()
+                .join(" ")
+        ));
+        let small = Selected {
+            exists: 1,
+            uid_validity: 7,
+        };
+        assert!(matches!(c.uids(&small), Err(ImapError::Protocol(e)) if e.contains("more UIDs")));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use super::ImapError;
 use super::conn::Conn;
 use crate::decimal::parse_u64;
 use crate::limits::{
-    FETCH_CHUNK, MAX_IMAP_LINE, MAX_IMAP_LITERAL, MAX_IMAP_NESTING, MAX_IMAP_RESPONSE,
+    FETCH_CHUNK, MAX_IMAP_LINE, MAX_IMAP_LITERAL, MAX_IMAP_NESTING, MAX_IMAP_RESPONSE, MAX_MESSAGES,
 };
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -424,8 +424,55 @@ impl Parser<'_> {
                 }
                 Ok(Response::Search(uids))
             }
+            b"ESEARCH" => self.esearch().map(Response::Search),
             _ => Ok(Response::Other),
         }
+    }
+
+    /// RFC 4731: `* ESEARCH [(TAG "x")] [UID] *(SP name SP value)`; the UIDs
+    /// of `ALL` (a sequence set, no `*`) are expanded, within the bound of
+    /// a maildrop's size.
+    fn esearch(&mut self) -> PResult<Vec<u32>> {
+        let mut uids = Vec::new();
+        while self.peek() == Some(b' ') {
+            self.pos += 1;
+            if self.peek() == Some(b'(') {
+                self.skip_value()?;
+                continue;
+            }
+            if self.at_end() {
+                break;
+            }
+            let name = self.atom()?.to_ascii_uppercase();
+            if name == b"UID" {
+                continue;
+            }
+            self.sp()?;
+            if name != b"ALL" {
+                self.skip_value()?;
+                continue;
+            }
+            let set = self.atom()?.to_vec();
+            for range in set.split(|&b| b == b',') {
+                let (from, to) = match range.iter().position(|&b| b == b':') {
+                    Some(i) => (&range[..i], &range[i + 1..]),
+                    None => (range, range),
+                };
+                let number = |digits: &[u8]| {
+                    parse_u64(digits)
+                        .and_then(|n| u32::try_from(n).ok())
+                        .filter(|&n| n > 0)
+                        .ok_or("bad UID in ESEARCH ALL")
+                };
+                let (from, to) = (number(from)?, number(to)?);
+                let (low, high) = (from.min(to), from.max(to));
+                if uids.len() as u64 + u64::from(high - low) >= u64::from(MAX_MESSAGES) {
+                    return Err("ESEARCH ALL lists more UIDs than a maildrop can hold");
+                }
+                uids.extend(low..=high);
+            }
+        }
+        Ok(uids)
     }
 
     fn fetch(&mut self) -> PResult<FetchData> {
@@ -600,6 +647,27 @@ pub(crate) mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn esearch_all_is_expanded_and_bounded() {
+        let r = parse_all(
+            b"* ESEARCH (TAG \"A0003\") UID ALL 1:3,7,10:9\r\n* ESEARCH (TAG \"A0004\") UID\r\n\
+              * ESEARCH (TAG \"A5\") UID COUNT 2 ALL 4\r\n",
+        );
+        assert_eq!(r[0], Ok(Response::Search(vec![1, 2, 3, 7, 9, 10])));
+        assert_eq!(r[1], Ok(Response::Search(vec![])));
+        assert_eq!(r[2], Ok(Response::Search(vec![4])));
+        let r = parse_all(b"* ESEARCH UID ALL 1:4294967295\r\n* ESEARCH UID ALL 1:*\r\n");
+        assert!(
+            matches!(&r[0], Err(why) if why.contains("more UIDs")),
+            "{r:?}"
+        );
+        let r = parse_all(b"* ESEARCH UID ALL 0:3\r\n");
+        assert!(
+            matches!(&r[0], Err(why) if why.contains("bad UID")),
+            "{r:?}"
+        );
     }
 
     #[test]

@@ -394,6 +394,9 @@ def base_args(backend_port: int, lock_dir: str, extra: List[str]) -> List[str]:
     if "--backend-tls" not in extra:
         args += ["--backend-tls", "none"]
     args += ["--lock-dir", lock_dir, "--log", "stderr"]
+    if "--cache-dir" not in extra:
+        # Never the host's /var/cache/pop3server: each server its own.
+        args += ["--cache-dir", lock_dir + "-cache"]
     if "--login-failure-delay" not in extra:
         args += ["--login-failure-delay", "0"]
     return args + list(extra)

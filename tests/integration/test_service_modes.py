@@ -153,7 +153,8 @@ def rundir(workdir):
 def write_config(path: str, backend_port: int, lock_dir: str, extra: str = "") -> str:
     with open(path, "w") as f:
         f.write('backend_host = "127.0.0.1"\nbackend_port = %d\nbackend_tls = "none"\n'
-                'lock_dir = "%s"\nlogin_failure_delay = 0\n%s' % (backend_port, lock_dir, extra))
+                'lock_dir = "%s"\ncache_dir = "%s-cache"\nlogin_failure_delay = 0\n%s'
+                % (backend_port, lock_dir, lock_dir, extra))
     os.chmod(path, 0o644)
     return path
 
@@ -487,6 +488,7 @@ def test_conffile_commented_out_is_all_defaults_and_valid(dovecot, rundir, tmp_p
     assert not [ln for ln in text.splitlines() if ln.strip() and not ln.startswith("#")]
     override = {"backend_host": '"127.0.0.1"', "backend_port": str(dovecot.port),
                 "backend_tls": '"none"', "lock_dir": '"%s"' % os.path.join(rundir, "locks"),
+                "cache_dir": '"%s"' % os.path.join(rundir, "cache"),
                 "listen": '["127.0.0.1:%d"]' % free_port()}
     # example paths that do not exist
     skip = {"backend_ca_file", "tls_cert", "tls_key", "devices_file"}
