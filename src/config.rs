@@ -47,6 +47,9 @@ pub struct Config {
     pub backend_tls_verify: bool,
     /// Send IMAP ID with the client's address (RFC 2971).
     pub backend_send_id: bool,
+    /// Connect to the backend right after the greeting, while the client
+    /// is still authenticating.
+    pub backend_connect_early: bool,
     /// The IMAP folders that form the maildrop, in message-number order.
     pub folders: Vec<String>,
     pub uidl_format: UidlFormat,
@@ -175,6 +178,7 @@ pub struct FileConfig {
     backend_ca_file: Option<PathBuf>,
     backend_tls_verify: Option<bool>,
     backend_send_id: Option<bool>,
+    backend_connect_early: Option<bool>,
     folders: Option<Vec<String>>,
     uidl_format: Option<String>,
     mark_seen: Option<bool>,
@@ -265,6 +269,9 @@ pub struct Flags {
     /// Send IMAP ID with x-originating-ip/-port of the POP3 client (the backend must trust us) [default: false]
     #[arg(long, value_name = "BOOL")]
     pub backend_send_id: Option<bool>,
+    /// Connect to the backend (TCP, TLS, greeting) right after our greeting, while the client authenticates; costs a backend connection for clients that never log in [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub backend_connect_early: Option<bool>,
     /// Backend protocol, as in older versions: IMAP (= --backend-tls none) or IMAPS (= implicit)
     #[arg(short = 'b', value_name = "IMAP|IMAPS")]
     pub backend_protocol: Option<String>,
@@ -710,6 +717,10 @@ impl Config {
                 .backend_send_id
                 .or(file.backend_send_id)
                 .unwrap_or(false),
+            backend_connect_early: flags
+                .backend_connect_early
+                .or(file.backend_connect_early)
+                .unwrap_or(true),
             tls,
             implicit_tls,
             allow_plaintext_auth: flags

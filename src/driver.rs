@@ -169,6 +169,13 @@ impl Driver<'_> {
             if self.flush().is_err() {
                 return End::Disconnect;
             }
+            // Between a client's first command and its login is at least
+            // one round trip (USER ... PASS, CAPA ... AUTH): the backend
+            // connection is made meanwhile. Only a connection: no byte the
+            // client sent goes to the backend before a command needs it.
+            if self.config.backend_connect_early && self.session.backend_wanted_soon() {
+                self.backend.connect_early();
+            }
             if !self.lines.has_partial() {
                 line_deadline = Instant::now() + self.config.idle_timeout;
             }

@@ -153,3 +153,9 @@ pub const SIZE_CACHE_MAX_LINE: usize = 32;
 /// of up to `MAX_IMAP_LINE` (1 MiB): about 100,000 of them. Larger folders on
 /// such a server take the full snapshot instead of using the cache.
 pub const MAX_SEARCH_ALL_MESSAGES: u32 = 100_000;
+
+/// A backend connection made early (`backend_connect_early`) and not used
+/// for this long before the login is replaced by a fresh one: servers close
+/// connections that stay unauthenticated (Dovecot after a minute), and a
+/// client this slow gains nothing from the head start anyway.
+pub const EARLY_CONNECTION_MAX_AGE: Duration = Duration::from_secs(20);

@@ -6,7 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 
@@ -16,6 +16,7 @@ use super::{
 };
 use crate::config::{BackendTls, Config};
 use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
+use crate::limits::EARLY_CONNECTION_MAX_AGE;
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
 use crate::maildrop::{BackendMessage, FolderDeletions, FolderSnapshot};
@@ -38,6 +39,9 @@ pub struct ImapBackend<'a> {
     selected: Option<usize>,
     /// Held for the rest of the process once taken.
     lock: Option<LockGuard>,
+    /// When `connect_early` made the connection, until it is first used.
+    connected_early: Option<Instant>,
+    tried_early: bool,
     /// The lock's name (backend and IMAP identity): the snapshot cache is
     /// per maildrop as the lock is.
     lock_name: Option<String>,
@@ -77,6 +81,8 @@ impl<'a> ImapBackend<'a> {
             broken: false,
             relogin: None,
             reconnected: false,
+            connected_early: None,
+            tried_early: false,
         }
     }
 
@@ -428,7 +434,35 @@ impl<'a> ImapBackend<'a> {
 
     /// The connection, opened on first use; never reopened once lost (the
     /// login and the selected folder went with it).
+    /// Connects now, before the login needs it, so that the connection, TLS
+    /// and the backend's greeting overlap with the client's own round trips.
+    /// A failure is only noted: the login tries again and reports it.
+    pub fn connect_early(&mut self) {
+        if self.client.is_some() || self.broken || self.tried_early {
+            return;
+        }
+        self.tried_early = true;
+        match endpoint(self.config).and_then(|e| Client::connect(&e)) {
+            Ok(mut client) => {
+                send_id(self.config, self.peer, &mut client);
+                self.client = Some(client);
+                self.connected_early = Some(Instant::now());
+            }
+            Err(e) => debug!("early backend connection failed, the login will try again: {e}"),
+        }
+    }
+
     fn client(&mut self) -> Outcome<&mut Client> {
+        if self
+            .connected_early
+            .take()
+            .is_some_and(|at| at.elapsed() > EARLY_CONNECTION_MAX_AGE)
+        {
+            // Likely closed by the server meanwhile: start afresh.
+            if let Some(old) = self.client.take() {
+                old.logout();
+            }
+        }
         if self.client.is_none() {
             if self.broken {
                 return Err(Failure::new(
@@ -439,12 +473,7 @@ impl<'a> ImapBackend<'a> {
             let mut client = endpoint(self.config)
                 .and_then(|e| Client::connect(&e))
                 .map_err(|e| self.failure("connect", e))?;
-            if self.config.backend_send_id
-                && let Some(peer) = self.peer
-                && let Err(e) = client.send_client_id(peer)
-            {
-                warn!("backend refused ID with the client address: {e}");
-            }
+            send_id(self.config, self.peer, &mut client);
             self.client = Some(client);
         }
         self.client
@@ -565,6 +594,15 @@ pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
         timeout: config.backend_timeout,
         security,
     })
+}
+
+fn send_id(config: &Config, peer: Option<SocketAddr>, client: &mut Client) {
+    if config.backend_send_id
+        && let Some(peer) = peer
+        && let Err(e) = client.send_client_id(peer)
+    {
+        warn!("backend refused ID with the client address: {e}");
+    }
 }
 
 /// The UID list from the backend, sizes from `cached` where it has them

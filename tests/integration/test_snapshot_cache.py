@@ -5,7 +5,9 @@ message and writes the cache; the next asks only for the UID list; a new
 message costs one size; a damaged file, another UIDVALIDITY or a deleted
 cache falls back to the full listing; what the client sees is always what
 IMAP says; the files hold UIDs and sizes only, mode 0600; the setting turns
-it off."""
+it off.  Also backend_connect_early: the backend connection is opened at
+the client's first command (not for a probe that sends none), before any
+client byte is due at the backend."""
 
 import os
 import re
@@ -174,3 +176,50 @@ def test_an_unwritable_cache_dir_is_logged_and_the_session_still_works(
     with open(s.log_path, errors="replace") as f:
         log = f.read()
     assert "cannot" in log and "cache" in log, log[-2000:]
+
+
+# --------------------------------------------------------------------------
+# backend_connect_early (the same recording relay counts connections)
+# --------------------------------------------------------------------------
+
+def backend_connections(relay) -> int:
+    return len(relay.socks) // 2
+
+
+def test_the_backend_connection_is_made_after_the_first_command_not_for_a_probe(
+        make_server, relay, fresh_user):
+    import time
+    from helpers import wait_for
+    s = make_server(backend_port=relay.port, mode="inetd")
+    before = backend_connections(relay)
+    # A port probe: greeting, then gone. No backend connection for it.
+    with Pop3(s.port) as p:
+        assert ok(p.greeting)
+    time.sleep(0.5)
+    assert backend_connections(relay) == before
+    user = fresh_user(1)
+    with Pop3(s.port) as p:
+        assert ok(p.cmd("USER " + user))
+        # Connected while the client is still on its way to PASS...
+        assert wait_for(lambda: backend_connections(relay) == before + 1, 5)
+        forwarded = len(relay.forwarded)
+        # ...and no byte of it reached the backend as a command yet.
+        assert ok(p.cmd("PASS secret"))
+        assert relay.forwarded[forwarded].startswith(b"LOGIN "), relay.forwarded
+        assert ok(p.cmd("QUIT"))
+    assert backend_connections(relay) == before + 1
+
+
+def test_backend_connect_early_false_connects_at_the_login(make_server, relay, fresh_user):
+    import time
+    s = make_server(["--backend-connect-early", "false"], backend_port=relay.port,
+                    mode="inetd")
+    before = backend_connections(relay)
+    user = fresh_user(1)
+    with Pop3(s.port) as p:
+        assert ok(p.cmd("USER " + user))
+        time.sleep(0.5)
+        assert backend_connections(relay) == before
+        assert ok(p.cmd("PASS secret"))
+        assert ok(p.cmd("QUIT"))
+    assert backend_connections(relay) == before + 1
