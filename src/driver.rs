@@ -252,11 +252,6 @@ impl Driver<'_> {
             Request::Lock { user } => session.on_lock(backend.lock(&user)),
             Request::OpenFolder { folder } => session.on_folder(backend.open_folder(folder)),
             Request::Piece(piece) => session.on_piece(backend.piece(piece)),
-            Request::MarkSeen {
-                folder,
-                uid_validity,
-                uid,
-            } => session.on_seen(backend.mark_seen(folder, uid_validity, uid)),
             Request::Expunge(deletions) => session.on_expunge(backend.expunge(&deletions)),
         }
     }

@@ -152,8 +152,6 @@ fuzz_target!(|data: &[u8]| {
                         usize::from(answers.next())
                     ]))),
                 },
-                Request::MarkSeen { .. } if fail => s.on_seen(Err(answers.failure())),
-                Request::MarkSeen { .. } => s.on_seen(Ok(())),
                 Request::Expunge(_) if fail => s.on_expunge(Err(answers.failure())),
                 Request::Expunge(_) => s.on_expunge(Ok(match answers.next() % 4 {
                     0 => ExpungeAnswer::Expunged,

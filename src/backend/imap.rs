@@ -12,10 +12,10 @@ use log::{debug, error, warn};
 
 use super::{
     Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
-    PieceAnswer, PieceRequest,
+    PieceAnswer, PieceRequest, Read,
 };
 use crate::config::{BackendTls, Config};
-use crate::imap::{Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
+use crate::imap::{BodyStream, Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
 use crate::limits::EARLY_CONNECTION_MAX_AGE;
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
@@ -39,6 +39,8 @@ pub struct ImapBackend<'a> {
     selected: Option<usize>,
     /// Held for the rest of the process once taken.
     lock: Option<LockGuard>,
+    /// A message being read whole by one fetch, between its pieces.
+    body: Option<BodyStream>,
     /// When `connect_early` made the connection, until it is first used.
     connected_early: Option<Instant>,
     tried_early: bool,
@@ -81,6 +83,7 @@ impl<'a> ImapBackend<'a> {
             broken: false,
             relogin: None,
             reconnected: false,
+            body: None,
             connected_early: None,
             tried_early: false,
         }
@@ -309,6 +312,10 @@ impl<'a> ImapBackend<'a> {
     }
 
     pub fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer> {
+        if let Read::Whole { set_seen, limit } = piece.read {
+            return self.whole_piece(piece, set_seen, limit);
+        }
+        self.end_body()?;
         if !self.enter(piece.folder, piece.uid_validity)? {
             return Ok(PieceAnswer::FolderChanged);
         }
@@ -322,15 +329,67 @@ impl<'a> ImapBackend<'a> {
         }
     }
 
-    pub fn mark_seen(&mut self, folder: usize, uid_validity: u32, uid: u32) -> Outcome<()> {
-        if !self.enter(folder, uid_validity)? {
+    /// The next piece of a message read whole by one fetch: the fetch is
+    /// started at offset 0 and read on as the session asks for more.
+    fn whole_piece(
+        &mut self,
+        piece: PieceRequest,
+        set_seen: bool,
+        limit: u64,
+    ) -> Outcome<PieceAnswer> {
+        let uid = piece.uid;
+        if piece.offset == 0 {
+            self.end_body()?;
+            if !self.enter(piece.folder, piece.uid_validity)? {
+                return Ok(PieceAnswer::FolderChanged);
+            }
+            let started = self.client()?.start_body(uid, !set_seen, limit);
+            match started {
+                Ok(Some(body)) => self.body = Some(body),
+                Ok(None) => return Ok(PieceAnswer::NoMessage),
+                Err(e) => return Err(self.failure(&format!("fetching message UID {uid}"), e)),
+            }
+        }
+        let Some(mut body) = self.body.take() else {
             return Err(Failure::new(
-                FailureKind::Refused,
-                "folder changed UIDVALIDITY",
+                FailureKind::Local,
+                format!(
+                    "piece {} of UID {uid} asked for without its fetch",
+                    piece.offset
+                ),
+            ));
+        };
+        if body.uid != uid || body.position() != piece.offset {
+            return Err(Failure::new(
+                FailureKind::Local,
+                format!(
+                    "piece {} of UID {uid} asked for while at {} of UID {}",
+                    piece.offset,
+                    body.position(),
+                    body.uid
+                ),
             ));
         }
-        let stored = self.client()?.mark_seen(uid);
-        stored.map_err(|e| self.failure(&format!("setting \\Seen on UID {uid}"), e))
+        let read = self.client()?.read_body(&mut body, piece.len as usize);
+        match read {
+            Ok(bytes) => {
+                if !body.is_done() {
+                    self.body = Some(body);
+                }
+                Ok(PieceAnswer::Bytes(bytes))
+            }
+            Err(e) => Err(self.failure(&format!("fetching message UID {uid}"), e)),
+        }
+    }
+
+    /// Reads what is left of a body fetch nobody asks for any more, so the
+    /// connection is ready for the next command.
+    fn end_body(&mut self) -> Outcome<()> {
+        let Some(mut body) = self.body.take() else {
+            return Ok(());
+        };
+        let drained = self.client()?.drain_body(&mut body);
+        drained.map_err(|e| self.failure(&format!("finishing the fetch of UID {}", body.uid), e))
     }
 
     /// The expunge of QUIT. If the connection is found lost (servers close
@@ -339,6 +398,7 @@ impl<'a> ImapBackend<'a> {
     /// UIDVALIDITY is unchanged, and expunges by UID again: without this
     /// the client would download and delete everything again next time.
     pub fn expunge(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
+        self.end_body()?;
         let first = self.expunge_once(expunge);
         let lost = match &first {
             Err(f) => f.kind == FailureKind::Lost,

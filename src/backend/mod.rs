@@ -59,6 +59,20 @@ pub struct PieceRequest {
     pub uid: u32,
     pub offset: u64,
     pub len: u32,
+    /// How the message is read: in pieces asked for one by one, or whole.
+    pub read: Read,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Read {
+    /// Only this piece (`BODY.PEEK[]<offset.len>`): TOP, which needs the
+    /// head of a message and must not fetch all of it.
+    Piece,
+    /// The message from start to end, the pieces in order: one fetch
+    /// whose body is handed out piece by piece. `set_seen`: the fetch
+    /// itself sets `\Seen` (`BODY[]`), instead of a `UID STORE` after it.
+    /// A body longer than `limit` is refused before any of it is read.
+    Whole { set_seen: bool, limit: u64 },
 }
 
 /// Work the driver must hand to the backend and report back to the session
@@ -77,12 +91,6 @@ pub enum Request {
     OpenFolder { folder: usize },
     /// `on_piece`.
     Piece(PieceRequest),
-    /// Set `\Seen` on a message that was sent whole: `on_seen`.
-    MarkSeen {
-        folder: usize,
-        uid_validity: u32,
-        uid: u32,
-    },
     /// `on_expunge`.
     Expunge(FolderDeletions),
 }

@@ -159,11 +159,15 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
-use crate::limits::{MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK};
+use crate::limits::{
+    FETCH_CHUNK, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK,
+};
 use crate::maildrop::BackendMessage;
 use crate::secret::{Secret, WipeOnDrop};
 use conn::Conn;
-use response::{Code, FetchData, Response, Status, StatusInfo, read_response};
+use response::{
+    Code, FetchData, Head, Response, Status, StatusInfo, read_body_tail, read_head, read_response,
+};
 
 #[derive(Debug)]
 pub enum ImapError {
@@ -231,6 +235,28 @@ pub enum Login {
     Rejected,
     /// The backend refused for a reason that may pass (`[UNAVAILABLE]`...).
     TemporaryFailure(String),
+}
+
+/// A message body being read from one FETCH (see `Client::start_body`).
+#[derive(Debug)]
+pub struct BodyStream {
+    pub uid: u32,
+    /// The server named the UID before the literal.
+    uid_confirmed: bool,
+    /// The literal's length: the message's true size.
+    pub len: u64,
+    left: u64,
+}
+
+impl BodyStream {
+    /// Bytes handed out so far.
+    pub fn position(&self) -> u64 {
+        self.len - self.left
+    }
+
+    pub fn is_done(&self) -> bool {
+        self.left == 0
+    }
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -760,10 +786,126 @@ impl Client {
         }
     }
 
-    pub fn mark_seen(&mut self, uid: u32) -> Result<(), ImapError> {
-        let command = format!("UID STORE {uid} +FLAGS.SILENT (\\Seen)");
-        self.run("UID STORE", &[Arg::Text(command.as_bytes())], |_| Ok(()))?
-            .ok("UID STORE")?;
+    /// Starts reading a whole message with one `UID FETCH uid (UID BODY[])`
+    /// (`BODY.PEEK[]` with `peek`; without it the server sets `\Seen`):
+    /// returns when the body's literal begins, its bytes unread, or `None`
+    /// if the message is gone. The bytes are then read with `read_body`,
+    /// piece by piece as the client takes them, so memory stays bounded by
+    /// the piece whatever the message size.
+    /// A body over `limit` bytes is refused before it is read (the
+    /// connection is then unusable: its literal is still coming).
+    pub fn start_body(
+        &mut self,
+        uid: u32,
+        peek: bool,
+        limit: u64,
+    ) -> Result<Option<BodyStream>, ImapError> {
+        self.tag += 1;
+        self.conn.start_deadline();
+        let item = if peek { "BODY.PEEK[]" } else { "BODY[]" };
+        let command = format!("{} UID FETCH {uid} (UID {item})\r\n", self.current_tag());
+        self.conn.write_all(command.as_bytes())?;
+        let tag = self.current_tag();
+        loop {
+            match read_head(&mut self.conn)? {
+                Head::Body { uid: got, len, .. } => {
+                    if got.is_some_and(|g| g != uid) {
+                        return Err(ImapError::Protocol(format!(
+                            "asked for the body of UID {uid}, got UID {}",
+                            got.unwrap_or_default()
+                        )));
+                    }
+                    if len > limit {
+                        return Err(ImapError::Protocol(format!(
+                            "literal of {len} bytes is over the limit of {limit} for UID {uid}"
+                        )));
+                    }
+                    return Ok(Some(BodyStream {
+                        uid,
+                        uid_confirmed: got.is_some(),
+                        len,
+                        left: len,
+                    }));
+                }
+                Head::Whole(Response::Tagged(t, info)) if t == tag => {
+                    // No body: NIL, or nothing, for a message another
+                    // session expunged (Dovecot adds `[EXPUNGEISSUED]`).
+                    let expunged = info
+                        .code
+                        .as_ref()
+                        .is_some_and(|c| c.name == "EXPUNGEISSUED");
+                    return match info.status {
+                        Status::Ok => Ok(None),
+                        Status::No if expunged => Ok(None),
+                        _ => Err(ImapError::Refused {
+                            command: "UID FETCH",
+                            info,
+                        }),
+                    };
+                }
+                Head::Whole(Response::Tagged(t, _)) => {
+                    return Err(ImapError::Protocol(format!(
+                        "unexpected tag {t} for UID FETCH"
+                    )));
+                }
+                Head::Whole(Response::Status(StatusInfo {
+                    status: Status::Bye,
+                    text,
+                    ..
+                })) => return Err(ImapError::Bye(text)),
+                Head::Whole(Response::Continuation) => {
+                    return Err(ImapError::Protocol(
+                        "unexpected continuation during UID FETCH".into(),
+                    ));
+                }
+                Head::Whole(Response::Fetch(FetchData {
+                    body: Some(Some(_)),
+                    ..
+                })) => {
+                    return Err(ImapError::Protocol(
+                        "BODY[] not at the end of the FETCH line".into(),
+                    ));
+                }
+                // NIL for an expunged message, flag updates of others...
+                Head::Whole(_) => {}
+            }
+        }
+    }
+
+    /// Up to `max` more bytes of the body, each call with a deadline of its
+    /// own (a big message to a slow client is timed by progress); empty once
+    /// it is all read. The end of the response is read with the last bytes.
+    pub fn read_body(&mut self, body: &mut BodyStream, max: usize) -> Result<Vec<u8>, ImapError> {
+        if body.left == 0 {
+            return Ok(Vec::new());
+        }
+        self.conn.start_deadline();
+        let n = usize::try_from(body.left).unwrap_or(usize::MAX).min(max);
+        let bytes = self.conn.read_exact(n)?;
+        body.left -= n as u64;
+        if body.left == 0 {
+            let tail_uid = read_body_tail(&mut self.conn)?;
+            if tail_uid.is_some_and(|u| u != body.uid)
+                || (!body.uid_confirmed && tail_uid.is_none())
+            {
+                return Err(ImapError::Protocol(format!(
+                    "the body read for UID {} came without that UID",
+                    body.uid
+                )));
+            }
+            self.finish_command("UID FETCH", &mut |_| Ok(()))?
+                .ok("UID FETCH")?;
+        }
+        Ok(bytes)
+    }
+
+    /// Reads and drops what is left of a body nobody wants any more, so that
+    /// the connection can carry the next command.
+    pub fn drain_body(&mut self, body: &mut BodyStream) -> Result<(), ImapError> {
+        // Bounded: every round reads FETCH_CHUNK bytes or ends the body.
+        while body.left > 0 {
+            self.read_body(body, FETCH_CHUNK as usize)?;
+        }
         Ok(())
     }
 
@@ -1386,6 +1528,57 @@ mod tests {
             uid_validity: 7,
         };
         assert!(matches!(c.uids(&small), Err(ImapError::Protocol(e)) if e.contains("more UIDs")));
+    }
+
+    #[test]
+    fn a_whole_body_is_read_from_one_fetch_in_pieces() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* 3 FETCH (UID 9 FLAGS (\\Seen) BODY[] {{10}}\r\n0123456789)\r\nA0001 OK done\r\n\
+             * 4 FETCH (BODY[] {{4}}\r\nabcd UID 12 FLAGS (\\Seen))\r\n* 2 EXPUNGE\r\nA0002 OK done\r\n\
+             * 4 FETCH (UID 13 BODY[] NIL)\r\nA0003 NO [EXPUNGEISSUED] gone\r\n\
+             A0004 OK nothing\r\n"
+        ));
+        let mut body = c.start_body(9, false, 10).expect("start").expect("a body");
+        assert_eq!(body.len, 10);
+        assert_eq!(c.read_body(&mut body, 4).expect("piece"), b"0123");
+        assert_eq!(body.position(), 4);
+        assert_eq!(c.read_body(&mut body, 4).expect("piece"), b"4567");
+        assert_eq!(c.read_body(&mut body, 4).expect("piece"), b"89");
+        assert!(body.is_done());
+        assert_eq!(c.read_body(&mut body, 4).expect("end"), b"");
+        // The UID after the literal; a piece that ends the body exactly.
+        let mut body = c.start_body(12, true, 100).expect("start").expect("a body");
+        assert_eq!(c.read_body(&mut body, 4).expect("piece"), b"abcd");
+        assert!(body.is_done());
+        assert!(c.start_body(13, true, 100).expect("start").is_none());
+        assert!(c.start_body(14, true, 100).expect("start").is_none());
+        let text = sent(&out);
+        assert!(
+            text.contains(
+                "A0001 UID FETCH 9 (UID BODY[])\r\nA0002 UID FETCH 12 (UID BODY.PEEK[])\r\n"
+            ),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_body_of_another_uid_or_with_a_bad_end_is_a_protocol_error() {
+        for script in [
+            "* 3 FETCH (UID 8 BODY[] {2}\r\nab)\r\nA0001 OK\r\n",
+            "* 3 FETCH (BODY[] {2}\r\nab UID 8)\r\nA0001 OK\r\n",
+            "* 3 FETCH (BODY[] {2}\r\nab)\r\nA0001 OK\r\n",
+            "* 3 FETCH (UID 9 BODY[] {2}\r\nab BODY[] {1}\r\nc)\r\nA0001 OK\r\n",
+            "* 3 FETCH (UID 9 BODY[] {2}\r\nab\r\nA0001 OK\r\n",
+            "* 3 FETCH (UID 9 BODY[] {2}\r\nab)\r\nA0001 NO [SERVERBUG] oops\r\n",
+            "* 3 FETCH (UID 9 BODY[] {101}\r\n",
+        ] {
+            let (mut c, _) = scripted(&format!("{GREETING}{script}"));
+            let result = c.start_body(9, true, 100).and_then(|b| {
+                let mut b = b.expect("a body");
+                c.read_body(&mut b, 100)
+            });
+            assert!(result.is_err(), "{script:?} was taken: {result:?}");
+        }
     }
 
     #[test]

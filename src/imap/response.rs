@@ -68,12 +68,22 @@ struct Raw {
 }
 
 fn read_raw(conn: &mut Conn) -> Result<Raw, ImapError> {
+    let first = conn.read_line(MAX_IMAP_LINE)?;
+    read_raw_from(conn, first)
+}
+
+/// The rest of a response whose first line was read already.
+fn read_raw_from(conn: &mut Conn, first: Vec<u8>) -> Result<Raw, ImapError> {
     let mut text = Vec::new();
     let mut literals = Vec::new();
     let mut total = 0usize;
     let mut grammar = None;
+    let mut first = Some(first);
     loop {
-        let line = conn.read_line(MAX_IMAP_LINE)?;
+        let line = match first.take() {
+            Some(line) => line,
+            None => conn.read_line(MAX_IMAP_LINE)?,
+        };
         total += line.len();
         text.extend_from_slice(&line);
         let where_ = grammar.get_or_insert_with(|| LiteralGrammar::of_first_line(&line));
@@ -180,6 +190,130 @@ fn literal_size(line: &[u8]) -> Option<usize> {
 
 pub fn read_response(conn: &mut Conn) -> Result<Response, ImapError> {
     let raw = read_raw(conn)?;
+    parse_raw(raw)
+}
+
+/// The start of a response, for a caller that streams a message body: a
+/// whole response, or the head of a FETCH whose `BODY[]` literal comes next,
+/// its bytes still unread (they are the caller's to read, `len` of them,
+/// then `read_body_tail`).
+#[derive(Debug, PartialEq, Eq)]
+pub enum Head {
+    Whole(Response),
+    Body {
+        seq: u32,
+        uid: Option<u32>,
+        len: u64,
+    },
+}
+
+pub fn read_head(conn: &mut Conn) -> Result<Head, ImapError> {
+    let first = conn.read_line(MAX_IMAP_LINE)?;
+    if let Some(head) = body_head(&first) {
+        return head.map_err(|why| ImapError::Protocol(format!("{why} in a FETCH of BODY[]")));
+    }
+    parse_raw(read_raw_from(conn, first)?).map(Head::Whole)
+}
+
+/// What follows a streamed `BODY[]` literal up to the FETCH's `)`: more
+/// items, perhaps the UID (returned if there).
+pub fn read_body_tail(conn: &mut Conn) -> Result<Option<u32>, ImapError> {
+    let line = conn.read_line(MAX_IMAP_LINE)?;
+    let fail = |why: &str| ImapError::Protocol(format!("{why} after a BODY[] literal"));
+    if literal_size(&line).is_some() {
+        return Err(fail("another literal"));
+    }
+    let mut p = Parser {
+        text: &line,
+        pos: 0,
+        literals: Vec::new().into_iter(),
+    };
+    let mut uid = None;
+    loop {
+        match p.peek() {
+            Some(b')') if p.pos + 1 == line.len() => return Ok(uid),
+            Some(b' ') => p.pos += 1,
+            None | Some(b')') => return Err(fail("no end of the FETCH")),
+            _ => {
+                let key = p.atom().map_err(fail)?.to_ascii_uppercase();
+                p.sp().map_err(fail)?;
+                if key == b"UID" {
+                    uid = Some(p.number32().map_err(fail)?);
+                } else if key.starts_with(b"BODY[") {
+                    return Err(fail("a second body"));
+                } else {
+                    p.skip_value().map_err(fail)?;
+                }
+            }
+        }
+    }
+}
+
+/// `* <seq> FETCH (... BODY[] {n}` (or `BODY[]<0> {n}`) as a first line:
+/// the head of a body to stream; `None` for any other line.
+fn body_head(line: &[u8]) -> Option<PResult<Head>> {
+    if !matches!(LiteralGrammar::of_first_line(line), LiteralGrammar::Data) {
+        return None;
+    }
+    let len = literal_size(line)?;
+    let open = line.iter().rposition(|&b| b == b'{')?;
+    let before = line[..open].strip_suffix(b" ")?;
+    let upper = before.to_ascii_uppercase();
+    if !(upper.ends_with(b" BODY[]")
+        || upper.ends_with(b"(BODY[]")
+        || upper.ends_with(b"BODY[]<0>"))
+    {
+        return None;
+    }
+    let mut p = Parser {
+        text: before,
+        pos: 0,
+        literals: Vec::new().into_iter(),
+    };
+    let head = (|| {
+        if p.atom()? != b"*" {
+            return Err("expected *");
+        }
+        p.sp()?;
+        let seq = p.number32()?;
+        p.sp()?;
+        if !p.atom()?.eq_ignore_ascii_case(b"FETCH") {
+            return Err("expected FETCH");
+        }
+        p.sp()?;
+        if p.peek() != Some(b'(') {
+            return Err("expected ( after FETCH");
+        }
+        p.pos += 1;
+        let mut uid = None;
+        loop {
+            if p.peek() == Some(b' ') {
+                p.pos += 1;
+                continue;
+            }
+            let key = p.atom()?.to_ascii_uppercase();
+            if key.starts_with(b"BODY[]") {
+                if !p.at_end() {
+                    return Err("items after BODY[]");
+                }
+                return Ok(Head::Body {
+                    seq,
+                    uid,
+                    len: len as u64,
+                });
+            }
+            p.sp()?;
+            if key == b"UID" {
+                uid = Some(p.number32()?);
+            } else {
+                p.skip_value()?;
+            }
+        }
+    })();
+    Some(head)
+}
+
+fn parse_raw(raw: Raw) -> Result<Response, ImapError> {
     let mut p = Parser {
         text: &raw.text,
         pos: 0,

@@ -1,5 +1,6 @@
 //! One RETR or TOP, as a small state machine beside the session: it asks
-//! for the message piece by piece (`BODY.PEEK[]<offset.length>`), turns each
+//! for the message piece by piece (RETR: pieces of one whole-message fetch;
+//! TOP: `BODY.PEEK[]<offset.length>` pieces), turns each
 //! piece into dot-stuffed reply bytes, and decides what a failure means for
 //! the reply: before the first byte went out it can still be an `-ERR`;
 //! after that the only honest thing is to cut the connection, so that no
@@ -9,7 +10,7 @@ use log::warn;
 
 use super::body::BodyEncoder;
 use super::reply::{Reply, RespCode};
-use crate::backend::{Failure, FailureKind, Outcome, PieceAnswer, PieceRequest};
+use crate::backend::{Failure, FailureKind, Outcome, PieceAnswer, PieceRequest, Read};
 use crate::limits::{FETCH_CHUNK, MAX_BACKEND_TEXT};
 use crate::maildrop::{Message, MsgNum};
 
@@ -30,6 +31,8 @@ pub struct Retrieval {
     offset: u64,
     /// The `+OK` line went out.
     started: bool,
+    /// RETR's fetch sets `\Seen` itself (see `backend::Read`).
+    set_seen: bool,
 }
 
 /// What the session does next.
@@ -61,7 +64,19 @@ impl Retrieval {
             encoder,
             offset: 0,
             started: false,
+            set_seen: false,
         }
+    }
+
+    /// A RETR whose fetch marks the message `\Seen` (`mark_seen`, not
+    /// read-only): no separate store afterwards.
+    pub fn setting_seen(mut self, set_seen: bool) -> Self {
+        self.set_seen = set_seen && self.kind == Kind::Retr;
+        self
+    }
+
+    pub fn sets_seen(&self) -> bool {
+        self.set_seen
     }
 
     pub fn kind(&self) -> Kind {
@@ -84,7 +99,23 @@ impl Retrieval {
             uid: self.message.uid,
             offset: self.offset,
             len: FETCH_CHUNK,
+            read: match self.kind {
+                Kind::Retr => Read::Whole {
+                    set_seen: self.set_seen,
+                    limit: self.bound(),
+                },
+                Kind::Top(_) => Read::Piece,
+            },
         }
+    }
+
+    /// RFC822.SIZE is the size of BODY[]: a backend that sends far more
+    /// would otherwise keep a RETR going for ever.
+    fn bound(&self) -> u64 {
+        self.message
+            .size
+            .saturating_mul(2)
+            .saturating_add(u64::from(FETCH_CHUNK))
     }
 
     pub fn on_piece(&mut self, outcome: Outcome<PieceAnswer>) -> Next {
@@ -119,14 +150,7 @@ impl Retrieval {
             self.encoder.finish(&mut out);
             return Next::Done(out);
         }
-        // RFC822.SIZE is the size of BODY[]: a backend that sends far more
-        // would otherwise keep this going for ever.
-        let bound = self
-            .message
-            .size
-            .saturating_mul(2)
-            .saturating_add(u64::from(FETCH_CHUNK));
-        if self.offset > bound {
+        if self.offset > self.bound() {
             warn!(
                 "message UID {} is over twice its announced size {}: reply cut short",
                 self.message.uid, self.message.size
@@ -196,7 +220,11 @@ mod tests {
                 uid_validity: 42,
                 uid: 7,
                 offset: 0,
-                len: FETCH_CHUNK
+                len: FETCH_CHUNK,
+                read: Read::Whole {
+                    set_seen: false,
+                    limit: 9 * 2 + u64::from(FETCH_CHUNK)
+                },
             }
         );
         let Next::Done(out) = r.on_piece(Ok(PieceAnswer::Bytes(b"A: b\r\n\r\n.x".to_vec()))) else {

@@ -129,8 +129,6 @@ enum Pending {
         folders: Vec<FolderSnapshot>,
     },
     Retrieval(Retrieval),
-    /// `\Seen` for a message that went out whole.
-    Seen,
     /// Expunging `deletions[done]`.
     Commit {
         deletions: Vec<FolderDeletions>,
@@ -271,6 +269,8 @@ impl Session {
                 match transaction::command(&rules, drop, cmd) {
                     TxStep::Reply(reply) => respond(reply),
                     TxStep::Retrieve(retrieval) => {
+                        let retrieval =
+                            retrieval.setting_seen(self.config.mark_seen && !self.config.read_only);
                         let piece = retrieval.piece();
                         self.pending = Pending::Retrieval(retrieval);
                         Step::Backend(Request::Piece(piece))
@@ -438,18 +438,8 @@ impl Session {
                 self.stats.retrieved += 1;
                 self.stats.retrieved_bytes =
                     self.stats.retrieved_bytes.saturating_add(message.size);
-                if !self.config.mark_seen || self.config.read_only {
-                    return Step::Write { bytes, next: None };
-                }
-                self.pending = Pending::Seen;
-                Step::Write {
-                    bytes,
-                    next: Some(Request::MarkSeen {
-                        folder: message.folder,
-                        uid_validity: retrieval.uid_validity(),
-                        uid: message.uid,
-                    }),
-                }
+                // `\Seen` (with mark_seen) came with the fetch itself.
+                Step::Write { bytes, next: None }
             }
             Next::Refuse(reply) => respond(reply),
             Next::Fail(reply) => {
@@ -461,17 +451,6 @@ impl Session {
                 Step::Cut
             }
         }
-    }
-
-    /// `\Seen` after a RETR. The message went out whole, so the reply stands
-    /// whatever the backend said: a refusal (a read-only or ACL-limited
-    /// mailbox) was logged and the session goes on; a lost backend shows at
-    /// the next command that needs it.
-    pub fn on_seen(&mut self, _outcome: Outcome<()>) -> Step {
-        let Pending::Seen = self.take_pending() else {
-            return self.out_of_order("seen");
-        };
-        Step::Done
     }
 
     pub fn on_expunge(&mut self, outcome: Outcome<ExpungeAnswer>) -> Step {
@@ -601,7 +580,7 @@ fn respond(reply: Reply) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Credentials, PieceRequest, TokenMechanism};
+    use crate::backend::{Credentials, PieceRequest, Read, TokenMechanism};
     use crate::limits::FETCH_CHUNK;
     use crate::maildrop::BackendMessage;
     use base64::Engine as _;
@@ -857,12 +836,21 @@ mod tests {
     }
 
     #[test]
-    fn retr_is_sent_piece_by_piece_then_marked_seen() {
+    fn retr_is_one_whole_fetch_that_sets_seen_and_top_reads_pieces_only() {
         let mut s = logged_in();
         let p = piece_of(line(&mut s, "RETR 2"));
         assert_eq!(
-            (p.folder, p.uid_validity, p.uid, p.offset),
-            (0, 0x5f3c2a10, 5, 0)
+            (p.folder, p.uid_validity, p.uid, p.offset, p.read),
+            (
+                0,
+                0x5f3c2a10,
+                5,
+                0,
+                Read::Whole {
+                    set_seen: true,
+                    limit: 600 + u64::from(FETCH_CHUNK)
+                }
+            )
         );
         let Step::Write { bytes, next } =
             s.on_piece(Ok(PieceAnswer::Bytes(b"S: x\r\n\r\nhi".to_vec())))
@@ -870,14 +858,29 @@ mod tests {
             panic!("the message goes out");
         };
         assert_eq!(text(&bytes), "+OK 300 octets\r\nS: x\r\n\r\nhi\r\n.\r\n");
-        let Some(Request::MarkSeen {
-            folder: 0, uid: 5, ..
-        }) = next
-        else {
-            panic!("then \\Seen: {next:?}");
-        };
-        assert!(matches!(s.on_seen(Ok(())), Step::Done));
+        // \Seen came with the fetch: nothing more for the backend.
+        assert!(next.is_none(), "{next:?}");
         assert_eq!((s.stats().retrieved, s.stats().retrieved_bytes), (1, 300));
+        let p = piece_of(line(&mut s, "TOP 2 0"));
+        assert_eq!(p.read, Read::Piece);
+    }
+
+    #[test]
+    fn without_mark_seen_or_read_only_the_whole_fetch_peeks() {
+        for (mark_seen, read_only) in [(false, false), (true, true), (false, true)] {
+            let mut c = config();
+            c.mark_seen = mark_seen;
+            c.read_only = read_only;
+            let mut s = logged_in_with(c);
+            let p = piece_of(line(&mut s, "RETR 1"));
+            assert!(matches!(
+                p.read,
+                Read::Whole {
+                    set_seen: false,
+                    ..
+                }
+            ));
+        }
     }
 
     #[test]
@@ -892,31 +895,6 @@ mod tests {
             panic!("a full piece asks for more");
         };
         assert_eq!(p.offset, u64::from(FETCH_CHUNK));
-    }
-
-    #[test]
-    fn a_refused_seen_keeps_the_session_and_quit_still_deletes() {
-        let mut s = logged_in();
-        for n in [1, 2] {
-            let _ = piece_of(line(&mut s, &format!("RETR {n}")));
-            let Step::Write {
-                next: Some(Request::MarkSeen { .. }),
-                ..
-            } = s.on_piece(Ok(PieceAnswer::Bytes(b"x".to_vec())))
-            else {
-                panic!("RETR {n} asks for \\Seen");
-            };
-            let refused = Failure::new(FailureKind::Refused, "[READ-ONLY] Mailbox is read-only");
-            assert!(matches!(s.on_seen(Err(refused)), Step::Done));
-        }
-        assert_eq!(s.stats().retrieved, 2);
-        assert_eq!(say(&mut s, "DELE 1"), "+OK Message 1 deleted\r\n");
-        let Step::Backend(Request::Expunge(d)) = line(&mut s, "QUIT") else {
-            panic!("QUIT should expunge");
-        };
-        assert_eq!(d.uids, vec![1]);
-        let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::Expunged)));
-        assert_eq!(wire(&r.reply), "+OK Logging out, 1 messages deleted\r\n");
     }
 
     #[test]
@@ -1447,8 +1425,6 @@ mod tests {
                             let size = [0, 1, FETCH_CHUNK as usize][rng.below(3)];
                             s.on_piece(Ok(PieceAnswer::Bytes(vec![b'.'; size])))
                         }
-                        Request::MarkSeen { .. } if fail => s.on_seen(Err(failure())),
-                        Request::MarkSeen { .. } => s.on_seen(Ok(())),
                         Request::Expunge(_) if fail => s.on_expunge(Err(failure())),
                         Request::Expunge(_) => s.on_expunge(Ok(ExpungeAnswer::Expunged)),
                     };

@@ -952,7 +952,7 @@ class FakeImap:
       (the connection is held, bounded by ``stall_seconds``).
     * ``override(cmd)``: may return the bytes to answer instead (``{tag}``
       is replaced by the command's tag; a final ``{close}`` closes the
-      connection after them).
+      connection after them, a final ``{stall}`` holds it as ``stall`` does).
     * ``log``: every command exactly as received (literal octets included);
       ``sasl``: every line sent after an AUTHENTICATE continuation.
     * UID STORE / UID EXPUNGE / UID SEARCH DELETED / EXPUNGE act on the
@@ -1072,9 +1072,15 @@ class FakeImap:
             if answer is not None:
                 # An answer ending in {close} is the backend's last word.
                 last = answer.endswith(b"{close}")
-                c.sendall(answer.replace(b"{close}", b"").replace(b"{tag}", tag))
+                hold = answer.endswith(b"{stall}")
+                c.sendall(answer.replace(b"{close}", b"").replace(b"{stall}", b"")
+                          .replace(b"{tag}", tag))
                 if last:
                     c.close()
+                    return
+                if hold:
+                    self.stalled.append(full)
+                    self._hold(c, fb)
                     return
                 continue
             done = lambda text=b"done": c.sendall(tag + b" OK " + text + b"\r\n")  # noqa: E731
@@ -1117,6 +1123,7 @@ class FakeImap:
                 if sub == b"FETCH":
                     rest = b" ".join(args[2:])
                     m = re.search(rb"BODY\.PEEK\[\]<(\d+)\.(\d+)>", rest, re.I)
+                    whole = re.search(rb"BODY(\.PEEK)?\[\]\)", rest, re.I)
                     out = b""
                     for u in self._set(args[1]):
                         if m:
@@ -1124,6 +1131,11 @@ class FakeImap:
                             piece = self.msgs[u][off:off + ln]
                             out += (b"* %d FETCH (UID %d BODY[]<%d> {%d}\r\n"
                                     % (seqs[u], u, off, len(piece)) + piece + b")\r\n")
+                        elif whole:
+                            if not whole.group(1):
+                                self.flags[u].add(b"\\Seen")  # BODY[] sets it
+                            out += (b"* %d FETCH (UID %d BODY[] {%d}\r\n"
+                                    % (seqs[u], u, len(self.msgs[u])) + self.msgs[u] + b")\r\n")
                         else:
                             out += b"* %d FETCH (UID %d RFC822.SIZE %d)\r\n" % (
                                 seqs[u], u, len(self.msgs[u]))

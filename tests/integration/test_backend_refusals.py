@@ -1,8 +1,8 @@
 """A backend NO to one command is an answer, not a dead session: through a
 relay in front of the real Dovecot that refuses exactly one kind of command
-(helpers.RefusingRelay), a refused \\Seen store still lets the client fetch
-every message and QUIT with its deletions, and a refused FETCH of one message
-is an -ERR for that message while the others are served."""
+(helpers.RefusingRelay), a refused FETCH of one message is an -ERR for that
+message while the others are served.  The same relay, refusing nothing,
+shows that a RETR is one FETCH which sets \\Seen itself (no UID STORE)."""
 
 import re
 
@@ -25,23 +25,21 @@ def relay(dovecot):
         r.stop()
 
 
-SEEN_STORE = re.compile(rb"^UID STORE \d+ \+FLAGS\.SILENT \(\\Seen\)$", re.I)
+WHOLE_FETCH = re.compile(rb"^UID FETCH (\d+) \(UID BODY(\.PEEK)?\[\]\)$", re.I)
 
 
-def refuse_seen(command: bytes):
-    if SEEN_STORE.match(command):
-        return b"[NOPERM] You may not set \\Seen in this mailbox"
-    return None
-
-
-def test_refused_seen_still_serves_every_message_and_quit_deletes(
-        dovecot, fresh_user, make_server, relay):
+@pytest.mark.parametrize("mark_seen", [True, False])
+def test_retr_is_one_fetch_per_message_that_sets_seen_itself(
+        dovecot, fresh_user, make_server, relay, mark_seen):
+    """One round trip per RETR: `UID FETCH n (UID BODY[])` sets \\Seen on the
+    server as it sends the message (no UID STORE after it); with
+    mark_seen = false it is BODY.PEEK[] and nothing is set."""
     user = fresh_user(n=3)
     with ImapView(dovecot.dc, user) as v:
         uids = v.uids()
         bodies = [v.body(u) for u in uids]
-    r = relay(refuse_seen)
-    s = make_server(backend_port=r.port)
+    r = relay(lambda command: None)
+    s = make_server(["--mark-seen", "true" if mark_seen else "false"], backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
         for n, body in enumerate(bodies, 1):
@@ -49,14 +47,15 @@ def test_refused_seen_still_serves_every_message_and_quit_deletes(
             assert ok(st), (n, st, s.log()[-2000:])
             assert got == pop3_expected(body), n
         assert ok(p.cmd("DELE 1"))
-        st = p.quit()
-        assert st == b"+OK Logging out, 1 messages deleted", st
-    assert len(r.refused) == 3 and all(SEEN_STORE.match(c) for c in r.refused), r.refused
+        assert p.quit() == b"+OK Logging out, 1 messages deleted"
+    fetches = [m for m in map(WHOLE_FETCH.match, r.forwarded) if m]
+    assert [int(m.group(1)) for m in fetches] == uids, r.forwarded
+    assert all(bool(m.group(2)) != mark_seen for m in fetches), r.forwarded
+    assert not [c for c in r.forwarded if b"Seen" in c], r.forwarded
     with ImapView(dovecot.dc, user) as v:
         assert v.uids() == uids[1:]
         for u in uids[1:]:
-            assert b"\\Seen" not in v.flags(u)
-    assert s.wait_log(r"Seen on UID \d+: backend refused UID STORE", 5), s.log()[-2000:]
+            assert (b"\\Seen" in v.flags(u)) == mark_seen
     assert s.wait_log(r"session end: user=%s .* retrieved=3/.* deleted=1/.* end=quit" % user,
                       5), s.log()[-2000:]
 
@@ -70,7 +69,7 @@ def test_refused_fetch_of_one_message_is_an_err_and_the_others_are_served(
     bad = uids[1]
 
     def refuse_fetch(command: bytes):
-        if re.match(rb"^UID FETCH %d \(UID BODY\.PEEK\[\]<0\.\d+>\)$" % bad, command):
+        if re.match(rb"^UID FETCH %d \(UID BODY(\.PEEK)?\[\](<0\.\d+>)?\)$" % bad, command):
             return b"[SERVERBUG] Error reading message"
         return None
     r = relay(refuse_fetch)
