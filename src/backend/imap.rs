@@ -373,9 +373,9 @@ impl<'a> ImapBackend<'a> {
         let read = self.client()?.read_body(&mut body, piece.len as usize);
         match read {
             Ok(bytes) => {
-                if !body.is_done() {
-                    self.body = Some(body);
-                }
+                // Kept when done too: a body of whole pieces ends with one
+                // more, empty, piece asked for.
+                self.body = Some(body);
                 Ok(PieceAnswer::Bytes(bytes))
             }
             Err(e) => Err(self.failure(&format!("fetching message UID {uid}"), e)),
@@ -385,7 +385,7 @@ impl<'a> ImapBackend<'a> {
     /// Reads what is left of a body fetch nobody asks for any more, so the
     /// connection is ready for the next command.
     fn end_body(&mut self) -> Outcome<()> {
-        let Some(mut body) = self.body.take() else {
+        let Some(mut body) = self.body.take().filter(|b| !b.is_done()) else {
             return Ok(());
         };
         let drained = self.client()?.drain_body(&mut body);

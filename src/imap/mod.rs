@@ -246,6 +246,8 @@ pub struct BodyStream {
     /// The literal's length: the message's true size.
     pub len: u64,
     left: u64,
+    /// The response after the literal was read too.
+    finished: bool,
 }
 
 impl BodyStream {
@@ -255,7 +257,7 @@ impl BodyStream {
     }
 
     pub fn is_done(&self) -> bool {
-        self.left == 0
+        self.finished
     }
 }
 
@@ -825,6 +827,7 @@ impl Client {
                         uid_confirmed: got.is_some(),
                         len,
                         left: len,
+                        finished: false,
                     }));
                 }
                 Head::Whole(Response::Tagged(t, info)) if t == tag => {
@@ -876,14 +879,17 @@ impl Client {
     /// own (a big message to a slow client is timed by progress); empty once
     /// it is all read. The end of the response is read with the last bytes.
     pub fn read_body(&mut self, body: &mut BodyStream, max: usize) -> Result<Vec<u8>, ImapError> {
-        if body.left == 0 {
+        if body.finished {
             return Ok(Vec::new());
         }
         self.conn.start_deadline();
         let n = usize::try_from(body.left).unwrap_or(usize::MAX).min(max);
         let bytes = self.conn.read_exact(n)?;
         body.left -= n as u64;
+        // Also for an empty body: its `)` and the tagged answer are read
+        // before the stream counts as done.
         if body.left == 0 {
+            body.finished = true;
             let tail_uid = read_body_tail(&mut self.conn)?;
             if tail_uid.is_some_and(|u| u != body.uid)
                 || (!body.uid_confirmed && tail_uid.is_none())
@@ -903,7 +909,7 @@ impl Client {
     /// the connection can carry the next command.
     pub fn drain_body(&mut self, body: &mut BodyStream) -> Result<(), ImapError> {
         // Bounded: every round reads FETCH_CHUNK bytes or ends the body.
-        while body.left > 0 {
+        while !body.finished {
             self.read_body(body, FETCH_CHUNK as usize)?;
         }
         Ok(())
@@ -1536,7 +1542,8 @@ mod tests {
             "{GREETING}* 3 FETCH (UID 9 FLAGS (\\Seen) BODY[] {{10}}\r\n0123456789)\r\nA0001 OK done\r\n\
              * 4 FETCH (BODY[] {{4}}\r\nabcd UID 12 FLAGS (\\Seen))\r\n* 2 EXPUNGE\r\nA0002 OK done\r\n\
              * 4 FETCH (UID 13 BODY[] NIL)\r\nA0003 NO [EXPUNGEISSUED] gone\r\n\
-             A0004 OK nothing\r\n"
+             A0004 OK nothing\r\n\
+             * 5 FETCH (UID 15 BODY[] {{0}}\r\n)\r\nA0005 OK empty\r\nA0006 OK next\r\n"
         ));
         let mut body = c.start_body(9, false, 10).expect("start").expect("a body");
         assert_eq!(body.len, 10);
@@ -1552,6 +1559,11 @@ mod tests {
         assert!(body.is_done());
         assert!(c.start_body(13, true, 100).expect("start").is_none());
         assert!(c.start_body(14, true, 100).expect("start").is_none());
+        // An empty body: its end is read with the (empty) first piece.
+        let mut body = c.start_body(15, true, 100).expect("start").expect("a body");
+        assert_eq!(c.read_body(&mut body, 4).expect("piece"), b"");
+        assert!(body.is_done());
+        assert!(c.start_body(16, true, 100).expect("next command").is_none());
         let text = sent(&out);
         assert!(
             text.contains(

@@ -171,3 +171,29 @@ def test_top_with_bad_arguments_is_refused(server):
             assert err(p.cmd(c)), c
         assert ok(p.cmd("NOOP"))
         p.quit()
+
+
+@pytest.mark.parametrize("size", [256 * 1024, 512 * 1024])
+def test_a_body_of_whole_pieces_is_exact_and_the_session_goes_on(
+        dovecot, fresh_user, make_server, size):
+    """One FETCH streams the body in 256 KiB pieces: a body of exactly one or
+    two pieces ends with an empty one, and the next command is unharmed."""
+    user = fresh_user(1)
+    head = b"From: x@example.org\r\nSubject: exact\r\n\r\n"
+    lines = b"".join(b"%077d\r\n" % i for i in range(size // 79 + 1))
+    msg = head + lines[:size - len(head) - 2] + b"\r\n"
+    assert len(msg) == size
+    with ImapView(dovecot.dc, user) as v:
+        v.append(msg)
+        uids = v.uids()
+        stored = v.body(uids[-1])
+        assert dict(v.uid_sizes())[uids[-1]] == size
+    s = make_server()
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        st, got = p.retr(2)
+        assert ok(st) and got == pop3_expected(stored), (len(got), len(stored))
+        st, got = p.retr(1)
+        assert ok(st)
+        assert p.cmd("STAT").startswith(b"+OK 2 ")
+        assert ok(p.quit())
