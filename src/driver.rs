@@ -141,6 +141,11 @@ impl Driver<'_> {
         if self.send(&greeting).and_then(|_| self.flush()).is_err() {
             return End::Disconnect;
         }
+        // The backend connection is made while the client is on its way to
+        // the login (see `ImapBackend::connect_early`).
+        if self.config.backend_connect_early {
+            self.backend.connect_early();
+        }
         let mut buf = vec![0u8; CLIENT_READ_CHUNK];
         // A whole command line must arrive within the idle timeout, counted
         // from when it is awaited: a client that sends a byte now and then
@@ -168,13 +173,6 @@ impl Driver<'_> {
             }
             if self.flush().is_err() {
                 return End::Disconnect;
-            }
-            // Between a client's first command and its login is at least
-            // one round trip (USER ... PASS, CAPA ... AUTH): the backend
-            // connection is made meanwhile. Only a connection: no byte the
-            // client sent goes to the backend before a command needs it.
-            if self.config.backend_connect_early && self.session.backend_wanted_soon() {
-                self.backend.connect_early();
             }
             if !self.lines.has_partial() {
                 line_deadline = Instant::now() + self.config.idle_timeout;

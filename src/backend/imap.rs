@@ -6,6 +6,7 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
@@ -41,9 +42,8 @@ pub struct ImapBackend<'a> {
     lock: Option<LockGuard>,
     /// A message being read whole by one fetch, between its pieces.
     body: Option<BodyStream>,
-    /// When `connect_early` made the connection, until it is first used.
-    connected_early: Option<Instant>,
-    tried_early: bool,
+    /// The connection `connect_early` is making, and since when.
+    early: Option<(Instant, JoinHandle<Result<Client, ImapError>>)>,
     /// The lock's name (backend and IMAP identity): the snapshot cache is
     /// per maildrop as the lock is.
     lock_name: Option<String>,
@@ -84,8 +84,7 @@ impl<'a> ImapBackend<'a> {
             relogin: None,
             reconnected: false,
             body: None,
-            connected_early: None,
-            tried_early: false,
+            early: None,
         }
     }
 
@@ -96,6 +95,9 @@ impl<'a> ImapBackend<'a> {
 
     /// Ends the IMAP session (LOGOUT, never CLOSE) and releases the lock.
     pub fn finish(&mut self) {
+        // An early connection nobody used (a client that never logged in)
+        // is just closed with the process: no LOGOUT round trip for it.
+        self.early = None;
         if let Some(client) = self.client.take() {
             client.logout();
         }
@@ -492,35 +494,42 @@ impl<'a> ImapBackend<'a> {
         }
     }
 
-    /// The connection, opened on first use; never reopened once lost (the
-    /// login and the selected folder went with it).
-    /// Connects now, before the login needs it, so that the connection, TLS
-    /// and the backend's greeting overlap with the client's own round trips.
-    /// A failure is only noted: the login tries again and reports it.
+    /// Starts connecting now, in a thread of its own, so that the TCP
+    /// connection, TLS and the backend's greeting overlap with the client's
+    /// way to the login (on loopback too, where its round trips are too
+    /// short to hide anything). Only a connection: nothing the client sends
+    /// goes to the backend before a command needs it. A failure is only
+    /// noted: the login connects again and reports it.
     pub fn connect_early(&mut self) {
-        if self.client.is_some() || self.broken || self.tried_early {
+        if self.client.is_some() || self.broken || self.early.is_some() {
             return;
         }
-        self.tried_early = true;
-        match endpoint(self.config).and_then(|e| Client::connect(&e)) {
-            Ok(mut client) => {
-                send_id(self.config, self.peer, &mut client);
-                self.client = Some(client);
-                self.connected_early = Some(Instant::now());
-            }
-            Err(e) => debug!("early backend connection failed, the login will try again: {e}"),
+        let config = self.config.clone();
+        let peer = self.peer;
+        let spawned = std::thread::Builder::new()
+            .name("backend-connect".into())
+            .spawn(move || {
+                let mut client = endpoint(&config).and_then(|e| Client::connect(&e))?;
+                send_id(&config, peer, &mut client);
+                Ok(client)
+            });
+        match spawned {
+            Ok(handle) => self.early = Some((Instant::now(), handle)),
+            Err(e) => debug!("cannot start the early backend connection: {e}"),
         }
     }
 
+    /// The connection, opened on first use (or taken from `connect_early`);
+    /// never reopened once lost (the login and the selected folder went
+    /// with it).
     fn client(&mut self) -> Outcome<&mut Client> {
-        if self
-            .connected_early
-            .take()
-            .is_some_and(|at| at.elapsed() > EARLY_CONNECTION_MAX_AGE)
-        {
-            // Likely closed by the server meanwhile: start afresh.
-            if let Some(old) = self.client.take() {
-                old.logout();
+        if let Some((started, handle)) = self.early.take() {
+            match handle.join() {
+                // Likely closed by the server meanwhile: start afresh.
+                Ok(Ok(_)) if started.elapsed() > EARLY_CONNECTION_MAX_AGE => {}
+                Ok(Ok(client)) => self.client = Some(client),
+                Ok(Err(e)) => debug!("early backend connection failed, connecting again: {e}"),
+                Err(_) => debug!("early backend connection failed, connecting again"),
             }
         }
         if self.client.is_none() {

@@ -145,8 +145,6 @@ pub struct Session {
     failed_logins: u32,
     /// Bad commands since the last good one.
     bad_commands: u32,
-    /// A valid command arrived: this is a client, not a port probe.
-    commanded: bool,
     stats: Stats,
 }
 
@@ -164,17 +162,8 @@ impl Session {
             pending: Pending::Nothing,
             failed_logins: 0,
             bad_commands: 0,
-            commanded: false,
             stats: Stats::default(),
         }
-    }
-
-    /// Whether the backend connection may be opened now, ahead of the login
-    /// that will need it: once a valid command showed a real client (a
-    /// health check that connects and leaves costs no backend connection),
-    /// and while still authorizing.
-    pub fn backend_wanted_soon(&self) -> bool {
-        self.commanded && matches!(self.state, State::Authorization)
     }
 
     /// The greeting; no APOP timestamp, as APOP is not offered.
@@ -225,7 +214,6 @@ impl Session {
         match parsed {
             Ok(cmd) => {
                 self.bad_commands = 0;
-                self.commanded = true;
                 self.handle(cmd)
             }
             // SPEC: NUL in a credential is an authentication error.

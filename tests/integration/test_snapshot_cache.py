@@ -6,8 +6,7 @@ message costs one size; a damaged file, another UIDVALIDITY or a deleted
 cache falls back to the full listing; what the client sees is always what
 IMAP says; the files hold UIDs and sizes only, mode 0600; the setting turns
 it off.  Also backend_connect_early: the backend connection is opened at
-the client's first command (not for a probe that sends none), before any
-client byte is due at the backend."""
+the greeting, and nothing goes over it before the login."""
 
 import os
 import re
@@ -186,28 +185,29 @@ def backend_connections(relay) -> int:
     return len(relay.socks) // 2
 
 
-def test_the_backend_connection_is_made_after_the_first_command_not_for_a_probe(
+def test_the_backend_connection_is_made_at_the_greeting_and_sent_nothing_before_pass(
         make_server, relay, fresh_user):
-    import time
     from helpers import wait_for
     s = make_server(backend_port=relay.port, mode="inetd")
     before = backend_connections(relay)
-    # A port probe: greeting, then gone. No backend connection for it.
+    forwarded = len(relay.forwarded)
+    # A port probe: greeting, then gone. Its early connection is closed
+    # without a command (no LOGOUT round trip either).
     with Pop3(s.port) as p:
         assert ok(p.greeting)
-    time.sleep(0.5)
-    assert backend_connections(relay) == before
+        assert wait_for(lambda: backend_connections(relay) == before + 1, 5)
     user = fresh_user(1)
     with Pop3(s.port) as p:
+        # Connected before the client said anything...
+        assert wait_for(lambda: backend_connections(relay) == before + 2, 5)
         assert ok(p.cmd("USER " + user))
-        # Connected while the client is still on its way to PASS...
-        assert wait_for(lambda: backend_connections(relay) == before + 1, 5)
-        forwarded = len(relay.forwarded)
-        # ...and no byte of it reached the backend as a command yet.
+        # ...and no byte of the client's reached the backend as a command
+        # before PASS: the first one is the LOGIN.
+        assert relay.forwarded[forwarded:] == []
         assert ok(p.cmd("PASS secret"))
         assert relay.forwarded[forwarded].startswith(b"LOGIN "), relay.forwarded
         assert ok(p.cmd("QUIT"))
-    assert backend_connections(relay) == before + 1
+    assert backend_connections(relay) == before + 2
 
 
 def test_backend_connect_early_false_connects_at_the_login(make_server, relay, fresh_user):
