@@ -318,6 +318,25 @@ def test_bye_inside_a_retr_literal_gives_sys_temp_not_a_partial_message(fake_ser
     assert s.wait_log(r"end=backend-error", 5), s.log()[-2000:]
 
 
+def test_a_brace_number_in_a_response_text_is_text_not_a_literal(fake_server):
+    """`{5}` at the end of a status text is not a literal (resp-text has
+    none): taken for one, it would swallow the next response and the stream
+    would desync."""
+    def alert_on_select(cmd: bytes):
+        if b" SELECT " in cmd:
+            return (b"* OK [ALERT] quota {5}\r\n* 3 EXISTS\r\n* OK [UIDVALIDITY 4242] ok\r\n"
+                    b"{tag} OK [READ-WRITE] selected {2}\r\n")
+        return None
+    fake = FakeImap(override=alert_on_select)
+    s = fake_server(fake)
+    with Pop3(s.port, timeout=20) as p:
+        assert ok(p.login("alice", "secret"))
+        assert p.stat()[0] == 3
+        st, body = p.retr(2)
+        assert ok(st) and body == fake.msgs[2]
+        assert ok(p.quit())
+
+
 def test_a_literal_over_the_limit_is_refused_before_it_is_read(fake_server):
     def huge_literal(cmd: bytes):
         if b"(UID BODY[])" in cmd:
