@@ -373,6 +373,22 @@ impl Parser<'_> {
         Ok(&self.text[start..self.pos])
     }
 
+    /// A tag: ASTRING-CHARs but `+` (RFC 3501 `tag`), up to the space. Not
+    /// an `atom()`: a `[` in a tag opens no section.
+    fn tag(&mut self) -> PResult<&[u8]> {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if b <= b' ' || b == 0x7f || b"(){%*\"\\+".contains(&b) {
+                break;
+            }
+            self.pos += 1;
+        }
+        if self.pos == start {
+            return Err("expected a tag");
+        }
+        Ok(&self.text[start..self.pos])
+    }
+
     fn number(&mut self) -> PResult<u64> {
         let start = self.pos;
         while self.peek().is_some_and(|b| b.is_ascii_digit()) {
@@ -517,7 +533,7 @@ impl Parser<'_> {
                 self.untagged()
             }
             _ => {
-                let tag = String::from_utf8_lossy(self.atom()?).into_owned();
+                let tag = String::from_utf8_lossy(self.tag()?).into_owned();
                 self.sp()?;
                 let status = status_of(self.atom()?).ok_or("unknown status in tagged response")?;
                 Ok(Response::Tagged(tag, self.resp_text(status)?))
@@ -781,6 +797,18 @@ pub(crate) mod tests {
                 ..
             }))
         ));
+    }
+
+    #[test]
+    fn a_tag_is_read_up_to_the_space_even_with_a_bracket_in_it() {
+        // Found by the imap_codec_agrees fuzz target: `[` in a tag was taken
+        // for a section and the tag ran on to the next `]`.
+        let r = parse_all(b"[RFC82.a8 NO &TRYCREATE] no such mailbox\r\n");
+        let Ok(Response::Tagged(tag, info)) = &r[0] else {
+            panic!("{r:?}");
+        };
+        assert_eq!((tag.as_str(), info.status), ("[RFC82.a8", Status::No));
+        assert!(parse_all(b" NO x\r\n")[0].is_err());
     }
 
     #[test]
