@@ -13,7 +13,6 @@
 //! cut end) makes it count as absent: the session then takes the full
 //! snapshot, never a wrong size.
 
-use std::collections::BTreeMap;
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
 use std::os::unix::fs::OpenOptionsExt;
@@ -48,9 +47,10 @@ impl SizeCache {
         &self.path
     }
 
-    /// The cached sizes by UID, if the file exists, is whole, and is for
-    /// `uid_validity`; `Err` says why it is not used (for the debug log).
-    pub fn load(&self, uid_validity: u32) -> Result<BTreeMap<u32, u64>, String> {
+    /// The cached (UID, size) pairs, UIDs ascending, if the file exists, is
+    /// whole, and is for `uid_validity`; `Err` says why it is not used (for
+    /// the debug log).
+    pub fn load(&self, uid_validity: u32) -> Result<Vec<(u32, u64)>, String> {
         let limit = (MAX_MESSAGES as u64 + 4) * SIZE_CACHE_MAX_LINE as u64;
         let mut text = String::new();
         fs::File::open(&self.path)
@@ -87,7 +87,7 @@ impl SizeCache {
     }
 }
 
-fn parse(text: &str, uid_validity: u32) -> Result<BTreeMap<u32, u64>, String> {
+fn parse(text: &str, uid_validity: u32) -> Result<Vec<(u32, u64)>, String> {
     let mut lines = text.split('\n');
     if lines.next() != Some(MAGIC) {
         return Err("not a cache file of this version".into());
@@ -108,7 +108,8 @@ fn parse(text: &str, uid_validity: u32) -> Result<BTreeMap<u32, u64>, String> {
     if count > u64::from(MAX_MESSAGES) {
         return Err("count over the limit".into());
     }
-    let mut sizes = BTreeMap::new();
+    // Bounded by MAX_MESSAGES above, whatever the file claims.
+    let mut sizes = Vec::with_capacity(count as usize);
     let mut last = 0u32;
     for _ in 0..count {
         let line = lines.next().ok_or("cut short")?;
@@ -121,7 +122,7 @@ fn parse(text: &str, uid_validity: u32) -> Result<BTreeMap<u32, u64>, String> {
             return Err("UIDs out of order".into());
         }
         last = uid;
-        sizes.insert(uid, size);
+        sizes.push((uid, size));
     }
     if lines.next() != Some("end") || lines.next() != Some("") || lines.next().is_some() {
         return Err("no end marker".into());
@@ -148,10 +149,7 @@ mod tests {
             .store(7, &[(1, 10), (5, 0), (9, 123_456_789_012)])
             .expect("store");
         let sizes = cache.load(7).expect("load");
-        assert_eq!(
-            sizes.into_iter().collect::<Vec<_>>(),
-            vec![(1, 10), (5, 0), (9, 123_456_789_012)]
-        );
+        assert_eq!(sizes, vec![(1, 10), (5, 0), (9, 123_456_789_012)]);
         assert!(cache.load(8).unwrap_err().contains("UIDVALIDITY changed"));
         let mode = fs::metadata(cache.path()).expect("meta").permissions();
         assert_eq!(

@@ -4,7 +4,6 @@
 //! (never, after the connection is lost) and how an IMAP error is classified
 //! are its business; what the client is told is the session's.
 
-use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
@@ -294,7 +293,10 @@ impl<'a> ImapBackend<'a> {
         if let Some(cache) = &cache {
             let unchanged = cached.as_ref().is_some_and(|sizes| {
                 sizes.len() == messages.len()
-                    && messages.iter().all(|m| sizes.get(&m.uid) == Some(&m.size))
+                    && sizes
+                        .iter()
+                        .zip(&messages)
+                        .all(|(&(uid, size), m)| uid == m.uid && size == m.size)
             });
             if !unchanged {
                 let sizes: Vec<(u32, u64)> = messages.iter().map(|m| (m.uid, m.size)).collect();
@@ -675,35 +677,47 @@ fn send_id(config: &Config, peer: Option<SocketAddr>, client: &mut Client) {
 }
 
 /// The UID list from the backend, sizes from `cached` where it has them
-/// and from the backend for the rest, in message-number order.
+/// and from the backend for the rest, in message-number order. Both lists
+/// are sorted by UID, so each lookup is a step of a merge, not a search.
 fn listed_with(
     client: &mut Client,
     selected: &Selected,
-    cached: &BTreeMap<u32, u64>,
+    cached: &[(u32, u64)],
 ) -> Result<Vec<BackendMessage>, ImapError> {
     let Some(uids) = client.uids(selected)? else {
         return client.snapshot(selected);
     };
+    let mut known: Vec<Option<u64>> = Vec::with_capacity(uids.len());
+    let mut from_cache = cached.iter().peekable();
+    for &uid in &uids {
+        while from_cache.next_if(|&&(u, _)| u < uid).is_some() {}
+        known.push(
+            from_cache
+                .next_if(|&&(u, _)| u == uid)
+                .map(|&(_, size)| size),
+        );
+    }
     let missing: Vec<u32> = uids
         .iter()
-        .copied()
-        .filter(|uid| !cached.contains_key(uid))
+        .zip(&known)
+        .filter(|(_, size)| size.is_none())
+        .map(|(&uid, _)| uid)
         .collect();
-    let fetched: BTreeMap<u32, u64> = if missing.is_empty() {
-        BTreeMap::new()
+    let mut fetched = if missing.is_empty() {
+        Vec::new()
     } else {
-        client
-            .sizes(&missing)?
-            .into_iter()
-            .map(|m| (m.uid, m.size))
-            .collect()
+        client.sizes(&missing)?
     };
+    fetched.sort_unstable_by_key(|m| m.uid);
+    let mut from_backend = fetched.iter().peekable();
     // A UID without a size was expunged between the two commands.
     Ok(uids
         .into_iter()
-        .filter_map(|uid| {
-            let size = cached.get(&uid).or_else(|| fetched.get(&uid))?;
-            Some(BackendMessage { uid, size: *size })
+        .zip(known)
+        .filter_map(|(uid, size)| {
+            while from_backend.next_if(|m| m.uid < uid).is_some() {}
+            let size = size.or_else(|| from_backend.next_if(|m| m.uid == uid).map(|m| m.size))?;
+            Some(BackendMessage { uid, size })
         })
         .collect())
 }
