@@ -155,7 +155,7 @@ fn run() -> Result<ExitCode, String> {
 /// (if this is root), then the session runs. A process that cannot leave
 /// root serves nobody.
 fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
-    let files = Preloaded::read(config);
+    let files = Preloaded::read(config, privilege::is_root());
     if let Err(e) = privilege::leave_root(config) {
         log::error!("{e}");
         // An implicit-TLS client expects a handshake, not a plaintext line.

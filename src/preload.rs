@@ -1,10 +1,14 @@
-//! What a session reads before its first byte from the client: the files
-//! that may be readable by root only (TLS key, device password hashes,
-//! OAuth2 client secrets). They are read per connection, so a renewed
-//! certificate or a changed devices file counts without a restart, and before
-//! `privilege::switch_to`, so they may stay root's (mode 0600).
+//! What a session reads before its first byte from the client. The TLS
+//! files always: STLS and implicit TLS need them, and reading them per
+//! connection lets a renewed certificate count without a restart. The files
+//! that may be readable by root only (device password hashes, OAuth2 client
+//! secrets) only in a process that is about to leave root
+//! (`privilege::switch_to`), so they may stay root's (mode 0600); any other
+//! process reads them when a login needs them, as before.
 
+use std::cell::OnceCell;
 use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use log::error;
@@ -21,12 +25,17 @@ pub struct Preloaded {
     /// For STLS and implicit TLS; `None` when not configured or unreadable
     /// (already logged: the session then runs without TLS).
     pub tls: Option<Arc<ServerConfig>>,
-    devices: Option<Result<Devices, String>>,
+    devices_file: Option<PathBuf>,
+    /// Read now (before leaving root) or at the first device login.
+    devices: OnceCell<Result<Devices, String>>,
+    /// Only before leaving root; otherwise each source reads its own file.
     client_secrets: BTreeMap<String, Result<Option<Secret>, String>>,
 }
 
 impl Preloaded {
-    pub fn read(config: &Config) -> Preloaded {
+    /// `leaving_root`: this process switches to the session user before the
+    /// client's first byte, so the root-only files must be read now.
+    pub fn read(config: &Config, leaving_root: bool) -> Preloaded {
         let tls = match config.tls.as_ref().map(tls::server_config) {
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
@@ -35,7 +44,16 @@ impl Preloaded {
             }
             None => None,
         };
-        let devices = config.devices_file.as_deref().map(Devices::load);
+        let files = Preloaded {
+            tls,
+            devices_file: config.devices_file.clone(),
+            devices: OnceCell::new(),
+            client_secrets: BTreeMap::new(),
+        };
+        if !leaving_root {
+            return files;
+        }
+        let _ = files.devices();
         let client_secrets = config
             .oauth
             .iter()
@@ -45,23 +63,75 @@ impl Preloaded {
             })
             .collect();
         Preloaded {
-            tls,
-            devices,
             client_secrets,
+            ..files
         }
     }
 
-    /// The devices file as read at the start of the connection.
+    /// The devices file, read once per connection.
     pub fn devices(&self) -> Result<&Devices, String> {
-        match &self.devices {
-            Some(Ok(d)) => Ok(d),
-            Some(Err(why)) => Err(why.clone()),
-            None => Err("no devices_file is configured".into()),
-        }
+        let Some(path) = &self.devices_file else {
+            return Err("no devices_file is configured".into());
+        };
+        self.devices
+            .get_or_init(|| Devices::load(path))
+            .as_ref()
+            .map_err(Clone::clone)
     }
 
-    /// The client secret of the `[oauth.NAME]` source, if it was read.
+    /// The client secret of the `[oauth.NAME]` source, if it was read ahead
+    /// (`None`: the source reads its file itself).
     pub fn client_secret(&self, name: &str) -> Option<&Result<Option<Secret>, String>> {
         self.client_secrets.get(name)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::fs;
+    use std::os::unix::fs::PermissionsExt;
+
+    use super::*;
+
+    #[test]
+    fn root_only_files_are_read_ahead_only_when_leaving_root() {
+        let dir = std::env::temp_dir().join(format!("preload-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).expect("dir");
+        let hash = crate::devices::hash_password(&Secret::new(b"pw".to_vec())).expect("hash");
+        let devices = dir.join("devices.toml");
+        fs::write(
+            &devices,
+            format!("[device.d]\npassword = \"{hash}\"\nmailbox = \"m\"\noauth = \"src\"\n"),
+        )
+        .expect("devices");
+        fs::set_permissions(&devices, fs::Permissions::from_mode(0o600)).expect("mode");
+        let secret = dir.join("secret");
+        fs::write(&secret, "s3cret\n").expect("secret");
+        let conf = dir.join("pop3server.toml");
+        fs::write(
+            &conf,
+            format!(
+                "devices_file = {devices:?}\n[oauth.src]\ngrant = \"client_credentials\"\n\
+                 token_url = \"https://idp.example/token\"\nclient_id = \"c\"\n\
+                 client_secret_file = {secret:?}\nscope = \"s\"\n"
+            ),
+        )
+        .expect("config");
+        let config = Config::from_args(["pop3server", "--config", conf.to_str().expect("path")])
+            .unwrap_or_else(|_| panic!("config"));
+
+        let ahead = Preloaded::read(&config, true);
+        let lazy = Preloaded::read(&config, false);
+        assert!(matches!(ahead.client_secret("src"), Some(Ok(Some(s))) if s.expose() == b"s3cret"));
+        assert!(
+            lazy.client_secret("src").is_none(),
+            "the source reads its own file"
+        );
+        // What was read ahead no longer needs the file; the lazy one does.
+        fs::remove_file(&devices).expect("remove");
+        assert!(ahead.devices().is_ok());
+        assert!(lazy.devices().is_err());
+        let _ = fs::remove_dir_all(dir);
     }
 }

@@ -810,7 +810,7 @@ impl Client {
         let tag = self.current_tag();
         loop {
             match read_head(&mut self.conn)? {
-                Head::Body { uid: got, len, .. } => {
+                Head::Body { uid: got, len } => {
                     if got.is_some_and(|g| g != uid) {
                         return Err(ImapError::Protocol(format!(
                             "asked for the body of UID {uid}, got UID {}",

@@ -200,11 +200,7 @@ pub fn read_response(conn: &mut Conn) -> Result<Response, ImapError> {
 #[derive(Debug, PartialEq, Eq)]
 pub enum Head {
     Whole(Response),
-    Body {
-        seq: u32,
-        uid: Option<u32>,
-        len: u64,
-    },
+    Body { uid: Option<u32>, len: u64 },
 }
 
 pub fn read_head(conn: &mut Conn) -> Result<Head, ImapError> {
@@ -275,7 +271,7 @@ fn body_head(line: &[u8]) -> Option<PResult<Head>> {
             return Err("expected *");
         }
         p.sp()?;
-        let seq = p.number32()?;
+        p.number32()?;
         p.sp()?;
         if !p.atom()?.eq_ignore_ascii_case(b"FETCH") {
             return Err("expected FETCH");
@@ -297,7 +293,6 @@ fn body_head(line: &[u8]) -> Option<PResult<Head>> {
                     return Err("items after BODY[]");
                 }
                 return Ok(Head::Body {
-                    seq,
                     uid,
                     len: len as u64,
                 });

@@ -87,10 +87,6 @@ impl Retrieval {
         self.message
     }
 
-    pub fn uid_validity(&self) -> u32 {
-        self.uid_validity
-    }
-
     /// The piece to ask for next.
     pub fn piece(&self) -> PieceRequest {
         PieceRequest {

@@ -1182,7 +1182,31 @@ class FakeImap:
                 c.sendall(tag + b" BAD unknown command\r\n")
 
 
-class RefusingRelay(LoopbackAcceptor):
+class _Relay(LoopbackAcceptor):
+    """What the relays share: an upstream connection per client connection
+    on 127.0.0.1, 30 s idle each, and closing both sides on stop()."""
+
+    def __init__(self, upstream_port: int, max_conns: int):
+        self.upstream_port = upstream_port
+        self.socks: List[socket.socket] = []
+        super().__init__(max_conns)
+
+    def _upstream(self, c: socket.socket) -> socket.socket:
+        up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
+        c.settimeout(30)
+        self.socks += [c, up]
+        return up
+
+    def stop(self) -> None:
+        self._stop_accepting()
+        for s in self.socks:
+            try:
+                s.close()
+            except OSError:
+                pass
+
+
+class RefusingRelay(_Relay):
     """A fault-injecting relay in front of a real IMAP server (the testbed's
     Dovecot): commands pass through unchanged, except those for which
     ``refuse(command)`` returns a text: those are not forwarded but answered
@@ -1197,18 +1221,14 @@ class RefusingRelay(LoopbackAcceptor):
 
     def __init__(self, upstream_port: int, refuse: Callable[[bytes], Optional[bytes]],
                  max_conns: int = 20):
-        self.upstream_port = upstream_port
         self.refuse = refuse
         self.refused: List[bytes] = []
         self.forwarded: List[bytes] = []
-        self.socks: List[socket.socket] = []
         self.lock = threading.Lock()
-        super().__init__(max_conns)
+        super().__init__(upstream_port, max_conns)
 
     def _on_connection(self, c: socket.socket, peer) -> None:
-        up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
-        c.settimeout(30)
-        self.socks += [c, up]
+        up = self._upstream(c)
         threading.Thread(target=self._down, args=(up, c), daemon=True).start()
         threading.Thread(target=self._up, args=(c, up), daemon=True).start()
 
@@ -1269,16 +1289,8 @@ class RefusingRelay(LoopbackAcceptor):
             except OSError:
                 pass
 
-    def stop(self) -> None:
-        self._stop_accepting()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
 
-
-class TricklingRelay(LoopbackAcceptor):
+class TricklingRelay(_Relay):
     """A TCP relay in front of a real server that passes bytes through as
     they come until ``trickle`` is set; from then on the server's bytes go
     to the client one per ``interval`` seconds (at most ``max_trickled`` of
@@ -1289,18 +1301,14 @@ class TricklingRelay(LoopbackAcceptor):
 
     def __init__(self, upstream_port: int, interval: float = 1.0, max_trickled: int = 120,
                  max_conns: int = 10):
-        self.upstream_port = upstream_port
         self.interval = interval
         self.max_trickled = max_trickled
         self.trickle = threading.Event()
         self.trickled = 0
-        self.socks: List[socket.socket] = []
-        super().__init__(max_conns)
+        super().__init__(upstream_port, max_conns)
 
     def _on_connection(self, c: socket.socket, peer) -> None:
-        up = socket.create_connection(("127.0.0.1", self.upstream_port), timeout=30)
-        c.settimeout(30)
-        self.socks += [c, up]
+        up = self._upstream(c)
         threading.Thread(target=self._pipe, args=(up, c, True), daemon=True).start()
         threading.Thread(target=self._pipe, args=(c, up, False), daemon=True).start()
 
@@ -1321,11 +1329,3 @@ class TricklingRelay(LoopbackAcceptor):
                     time.sleep(self.interval)
         except OSError:
             pass
-
-    def stop(self) -> None:
-        self._stop_accepting()
-        for s in self.socks:
-            try:
-                s.close()
-            except OSError:
-                pass
