@@ -50,6 +50,9 @@ pub struct Config {
     /// Connect to the backend right after the greeting, while the client
     /// is still authenticating.
     pub backend_connect_early: bool,
+    /// After a RETR, ask the backend for the next message ahead (see
+    /// `limits::PREFETCH_MAX_MESSAGE`).
+    pub backend_prefetch: bool,
     /// The IMAP folders that form the maildrop, in message-number order.
     pub folders: Vec<String>,
     pub uidl_format: UidlFormat,
@@ -179,6 +182,7 @@ pub struct FileConfig {
     backend_tls_verify: Option<bool>,
     backend_send_id: Option<bool>,
     backend_connect_early: Option<bool>,
+    backend_prefetch: Option<bool>,
     folders: Option<Vec<String>>,
     uidl_format: Option<String>,
     mark_seen: Option<bool>,
@@ -272,6 +276,9 @@ pub struct Flags {
     /// Connect to the backend (TCP, TLS, greeting) right after our greeting, while the client authenticates; costs a backend connection for clients that never log in [default: true]
     #[arg(long, value_name = "BOOL")]
     pub backend_connect_early: Option<bool>,
+    /// After each RETR, ask the backend for the next message (up to 256 KiB) while the client reads this one, so that a client downloading in order waits less [default: true]
+    #[arg(long, value_name = "BOOL")]
+    pub backend_prefetch: Option<bool>,
     /// Backend protocol, as in older versions: IMAP (= --backend-tls none) or IMAPS (= implicit)
     #[arg(short = 'b', value_name = "IMAP|IMAPS")]
     pub backend_protocol: Option<String>,
@@ -720,6 +727,10 @@ impl Config {
             backend_connect_early: flags
                 .backend_connect_early
                 .or(file.backend_connect_early)
+                .unwrap_or(true),
+            backend_prefetch: flags
+                .backend_prefetch
+                .or(file.backend_prefetch)
                 .unwrap_or(true),
             tls,
             implicit_tls,

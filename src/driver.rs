@@ -64,6 +64,7 @@ pub fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
         allow_plaintext_auth: config.allow_plaintext_auth,
         stls_available,
         folders: config.folders.clone(),
+        prefetch: config.backend_prefetch,
     }
 }
 
@@ -250,6 +251,7 @@ impl Driver<'_> {
             Request::Lock { user } => session.on_lock(backend.lock(&user)),
             Request::OpenFolder { folder } => session.on_folder(backend.open_folder(folder)),
             Request::Piece(piece) => session.on_piece(backend.piece(piece)),
+            Request::Prefetch(next) => session.on_prefetch(backend.prefetch(next)),
             Request::Expunge(deletions) => session.on_expunge(backend.expunge(&deletions)),
         }
     }

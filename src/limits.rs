@@ -159,3 +159,9 @@ pub const MAX_SEARCH_ALL_MESSAGES: u32 = 100_000;
 /// connections that stay unauthenticated (Dovecot after a minute), and a
 /// client this slow gains nothing from the head start anyway.
 pub const EARLY_CONNECTION_MAX_AGE: Duration = Duration::from_secs(20);
+
+/// `backend_prefetch` asks for the next message ahead only up to this size:
+/// a message the client does not ask for after all is read and dropped
+/// before the next backend command, and that costs the backend one read and
+/// the session the time to drain it; typical mail is far below this.
+pub const PREFETCH_MAX_MESSAGE: u64 = 256 * 1024;

@@ -121,6 +121,17 @@ impl Maildrop {
             .map(|(i, (m, _))| (number(i), *m))
     }
 
+    /// The first message after `n` not marked deleted.
+    pub fn next_after(&self, n: MsgNum) -> Option<Message> {
+        let from = usize::try_from(n).ok()?;
+        self.messages
+            .iter()
+            .zip(&self.deleted)
+            .skip(from)
+            .find(|(_, d)| !**d)
+            .map(|(m, _)| *m)
+    }
+
     pub fn mark_deleted(&mut self, n: MsgNum) -> Result<Message, MessageError> {
         let m = self.get(n)?;
         if let Some(i) = index(n) {

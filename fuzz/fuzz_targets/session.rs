@@ -28,6 +28,7 @@ fn config() -> SessionConfig {
         allow_plaintext_auth: false,
         stls_available: true,
         folders: vec!["INBOX".into(), "Archive".into()],
+        prefetch: true,
     }
 }
 
@@ -152,6 +153,15 @@ fuzz_target!(|data: &[u8]| {
                         usize::from(answers.next())
                     ]))),
                 },
+                Request::Prefetch(_) => {
+                    // Asked for ahead only once a message went out whole.
+                    assert!(out.ends_with(b"\r\n.\r\n"), "a fetch ahead mid-reply");
+                    if fail {
+                        s.on_prefetch(Err(answers.failure()))
+                    } else {
+                        s.on_prefetch(Ok(()))
+                    }
+                }
                 Request::Expunge(_) if fail => s.on_expunge(Err(answers.failure())),
                 Request::Expunge(_) => s.on_expunge(Ok(match answers.next() % 4 {
                     0 => ExpungeAnswer::Expunged,

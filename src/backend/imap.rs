@@ -12,7 +12,7 @@ use log::{debug, error, warn};
 
 use super::{
     Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
-    PieceAnswer, PieceRequest, Read,
+    PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
 use crate::config::{BackendTls, Config};
 use crate::imap::{BodyStream, Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
@@ -41,6 +41,9 @@ pub struct ImapBackend<'a> {
     lock: Option<LockGuard>,
     /// A message being read whole by one fetch, between its pieces.
     body: Option<BodyStream>,
+    /// Messages of the selected folder that a RETR with `\Seen` read from
+    /// a fetch sent ahead (`BODY.PEEK[]`): `\Seen` is still to be set.
+    owed_seen: Vec<u32>,
     /// The connection `connect_early` is making, and since when.
     early: Option<(Instant, JoinHandle<Result<Client, ImapError>>)>,
     /// The lock's name (backend and IMAP identity): the snapshot cache is
@@ -83,6 +86,7 @@ impl<'a> ImapBackend<'a> {
             relogin: None,
             reconnected: false,
             body: None,
+            owed_seen: Vec::new(),
             early: None,
         }
     }
@@ -97,6 +101,11 @@ impl<'a> ImapBackend<'a> {
         // An early connection nobody used (a client that never logged in)
         // is just closed with the process: no LOGOUT round trip for it.
         self.early = None;
+        if self.client.is_some()
+            && let Err(e) = self.pay_seen()
+        {
+            debug!("\\Seen not set at the end: {e}");
+        }
         if let Some(client) = self.client.take() {
             client.logout();
         }
@@ -347,9 +356,17 @@ impl<'a> ImapBackend<'a> {
             if !self.enter(piece.folder, piece.uid_validity)? {
                 return Ok(PieceAnswer::FolderChanged);
             }
-            let started = self.client()?.start_body(uid, !set_seen, limit);
+            let client = self.client()?;
+            // A fetch sent ahead has no `\Seen` in it: owed, see `pay_seen`.
+            let ahead = client.prefetched() == Some(uid);
+            let started = client.start_body(uid, !set_seen || ahead, limit);
             match started {
-                Ok(Some(body)) => self.body = Some(body),
+                Ok(Some(body)) => {
+                    if ahead && set_seen {
+                        self.owed_seen.push(uid);
+                    }
+                    self.body = Some(body);
+                }
                 Ok(None) => return Ok(PieceAnswer::NoMessage),
                 Err(e) => return Err(self.failure(&format!("fetching message UID {uid}"), e)),
             }
@@ -386,6 +403,47 @@ impl<'a> ImapBackend<'a> {
         }
     }
 
+    /// Sends the fetch of the message the client will likely ask for next,
+    /// without waiting for its answer (`backend_prefetch`). Only in the
+    /// folder already selected and on a connection that is idle: a fetch
+    /// ahead never costs a command of its own.
+    pub fn prefetch(&mut self, next: PrefetchRequest) -> Outcome<()> {
+        if self.selected != Some(next.folder) || self.body.as_ref().is_some_and(|b| !b.is_done()) {
+            return Ok(());
+        }
+        let Some(client) = self.client.as_mut() else {
+            return Ok(());
+        };
+        if client.prefetched().is_some() {
+            return Ok(());
+        }
+        let sent = client.prefetch_body(next.uid);
+        sent.map_err(|e| self.failure(&format!("asking for UID {} ahead", next.uid), e))
+    }
+
+    /// Sets the `\Seen` that messages served from a fetch ahead still owe,
+    /// in the selected folder: before another folder is selected, before
+    /// QUIT's expunge, at the end. A refusal is only logged: the messages
+    /// were delivered, and a missing `\Seen` loses nothing.
+    fn pay_seen(&mut self) -> Outcome<()> {
+        if self.owed_seen.is_empty() {
+            return Ok(());
+        }
+        let uids = std::mem::take(&mut self.owed_seen);
+        let marked = self.client()?.mark_seen(&uids);
+        match marked {
+            Ok(()) => Ok(()),
+            Err(e @ ImapError::Refused { .. }) => {
+                warn!(
+                    "backend refused \\Seen for UIDs {} read ahead: {e}",
+                    uid_list(&uids)
+                );
+                Ok(())
+            }
+            Err(e) => Err(self.failure("setting \\Seen", e)),
+        }
+    }
+
     /// Reads what is left of a body fetch nobody asks for any more, so the
     /// connection is ready for the next command.
     fn end_body(&mut self) -> Outcome<()> {
@@ -403,6 +461,10 @@ impl<'a> ImapBackend<'a> {
     /// the client would download and delete everything again next time.
     pub fn expunge(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
         self.end_body()?;
+        // Before the expunge, whose reconnection would lose them.
+        if let Err(e) = self.pay_seen() {
+            debug!("\\Seen not set before the expunge: {e}");
+        }
         let first = self.expunge_once(expunge);
         let lost = match &first {
             Err(f) => f.kind == FailureKind::Lost,
@@ -428,6 +490,7 @@ impl<'a> ImapBackend<'a> {
     fn log_in_again(&mut self) -> Outcome<()> {
         self.client = None;
         self.selected = None;
+        self.owed_seen.clear();
         self.broken = false;
         let relogin = self.relogin.take();
         if let Err(e) = self.client() {
@@ -555,6 +618,8 @@ impl<'a> ImapBackend<'a> {
     fn select(&mut self, folder: usize) -> Outcome<crate::imap::Selected> {
         let config = self.config;
         let name = &config.folders[folder];
+        // Owed in the folder selected now, which this select leaves.
+        self.pay_seen()?;
         self.selected = None;
         let read_only = self.config.read_only;
         let selected = self.client()?.select(name, read_only);
@@ -601,6 +666,7 @@ impl<'a> ImapBackend<'a> {
         warn!("backend {at}: {what}: {e}");
         self.client = None;
         self.selected = None;
+        self.owed_seen.clear();
         self.broken = true;
         Failure::new(kind, format!("{what}: {e}"))
     }

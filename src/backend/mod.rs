@@ -1,6 +1,6 @@
 //! The boundary between the POP3 session and the mail store: what the session
-//! asks for (log in, lock, open a folder, read a piece of a message, set
-//! `\Seen`, expunge) and the typed answers it gets back. The session decides
+//! asks for (log in, lock, open a folder, read a piece of a message, ask
+//! for one ahead, expunge) and the typed answers it gets back. The session decides
 //! what each answer means for the client; [`imap::ImapBackend`] carries the
 //! requests out over an IMAP connection and the lock directory.
 //!
@@ -63,6 +63,16 @@ pub struct PieceRequest {
     pub read: Read,
 }
 
+/// A message to ask for ahead, after a RETR (`backend_prefetch`): the client
+/// that reads in order asks for it next, and then it is already on its way.
+/// Fetched without `\Seen`; a later RETR of it that should set `\Seen` gets
+/// it by a `UID STORE` before the session ends.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PrefetchRequest {
+    pub folder: usize,
+    pub uid: u32,
+}
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Read {
     /// Only this piece (`BODY.PEEK[]<offset.len>`): TOP, which needs the
@@ -91,6 +101,9 @@ pub enum Request {
     OpenFolder { folder: usize },
     /// `on_piece`.
     Piece(PieceRequest),
+    /// Send the fetch of a message the client will likely ask for next and
+    /// do not wait for it: `on_prefetch`.
+    Prefetch(PrefetchRequest),
     /// `on_expunge`.
     Expunge(FolderDeletions),
 }

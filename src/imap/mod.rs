@@ -300,6 +300,9 @@ pub struct Client {
     conn: Conn,
     tag: u32,
     capabilities: Vec<String>,
+    /// A `UID FETCH uid (UID BODY.PEEK[])` sent ahead (`prefetch_body`)
+    /// whose answer is still unread: its UID.
+    prefetched: Option<u32>,
 }
 
 /// Part of a command: text sent as is, or bytes sent as a literal.
@@ -355,6 +358,7 @@ impl Client {
             conn: Conn::new(io, timeout),
             tag: 0,
             capabilities: Vec::new(),
+            prefetched: None,
         };
         client.conn.start_deadline();
         match read_response(&mut client.conn)? {
@@ -802,11 +806,58 @@ impl Client {
         peek: bool,
         limit: u64,
     ) -> Result<Option<BodyStream>, ImapError> {
-        self.tag += 1;
+        if self.prefetched == Some(uid) && peek {
+            self.prefetched = None;
+        } else {
+            self.settle_prefetch()?;
+            self.send_body_fetch(uid, peek)?;
+        }
         self.conn.start_deadline();
+        self.read_body_head(uid, limit)
+    }
+
+    /// Sends `UID FETCH uid (UID BODY.PEEK[])` and returns without reading
+    /// the answer: the server works on it while the client is busy, and the
+    /// next `start_body` for this UID (with `peek`) reads it. Any other
+    /// command first reads and drops it.
+    pub fn prefetch_body(&mut self, uid: u32) -> Result<(), ImapError> {
+        self.settle_prefetch()?;
+        self.send_body_fetch(uid, true)?;
+        self.prefetched = Some(uid);
+        Ok(())
+    }
+
+    /// The UID whose body was asked for ahead and not read yet.
+    pub fn prefetched(&self) -> Option<u32> {
+        self.prefetched
+    }
+
+    /// Reads and drops the answer to a fetch sent ahead that nobody asked
+    /// for, so that the connection can carry the next command. A message
+    /// gone meanwhile, or a refusal, does not matter here: nobody wants it.
+    fn settle_prefetch(&mut self) -> Result<(), ImapError> {
+        let Some(uid) = self.prefetched.take() else {
+            return Ok(());
+        };
+        self.conn.start_deadline();
+        match self.read_body_head(uid, u64::MAX) {
+            Ok(Some(mut body)) => self.drain_body(&mut body),
+            Ok(None) | Err(ImapError::Refused { .. }) => Ok(()),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn send_body_fetch(&mut self, uid: u32, peek: bool) -> Result<(), ImapError> {
+        self.tag += 1;
         let item = if peek { "BODY.PEEK[]" } else { "BODY[]" };
         let command = format!("{} UID FETCH {uid} (UID {item})\r\n", self.current_tag());
-        self.conn.write_all(command.as_bytes())?;
+        self.conn.start_deadline();
+        self.conn.write_all(command.as_bytes())
+    }
+
+    /// Reads the answer to the body fetch just sent up to the body's
+    /// literal (see `start_body`).
+    fn read_body_head(&mut self, uid: u32, limit: u64) -> Result<Option<BodyStream>, ImapError> {
         let tag = self.current_tag();
         loop {
             match read_head(&mut self.conn)? {
@@ -915,6 +966,18 @@ impl Client {
         Ok(())
     }
 
+    /// Sets `\Seen` on messages whose bodies were read with `BODY.PEEK[]`
+    /// (fetched ahead) for a RETR that should have set it; split like the
+    /// expunge's sets.
+    pub fn mark_seen(&mut self, uids: &[u32]) -> Result<(), ImapError> {
+        for set in uid_sets(uids, MAX_UID_SET) {
+            let store = format!("UID STORE {set} +FLAGS.SILENT (\\Seen)");
+            self.run("UID STORE", &[Arg::Text(store.as_bytes())], |_| Ok(()))?
+                .ok("UID STORE")?;
+        }
+        Ok(())
+    }
+
     /// Removes exactly these messages: `\Deleted` then `UID EXPUNGE`; without
     /// UIDPLUS a plain EXPUNGE only if no other message is `\Deleted`. UID
     /// sets are split so that no command line exceeds `MAX_UID_SET` (servers
@@ -1016,6 +1079,7 @@ impl Client {
         args: &[Arg],
         mut on_data: impl FnMut(Response) -> Result<(), ImapError>,
     ) -> Result<StatusInfo, ImapError> {
+        self.settle_prefetch()?;
         self.tag += 1;
         self.conn.start_deadline();
         // The command may carry a password (LOGIN): a buffer sized for all

@@ -47,6 +47,9 @@ impl BodyEncoder {
 
     pub fn push(&mut self, mut input: &[u8], out: &mut Vec<u8>) {
         out.reserve(input.len() + input.len() / 64);
+        if self.top.is_none() {
+            return self.push_whole(input, out);
+        }
         // Line by line: runs of bytes are copied whole, which keeps a large
         // RETR cheap; only line starts and ends need a look.
         while !input.is_empty() && !self.done {
@@ -79,6 +82,37 @@ impl BodyEncoder {
                 input = &[];
             }
         }
+    }
+
+    /// RETR: nothing to count, so only the line ends matter, found with a
+    /// vectorised search; the runs between the few that need a change (a
+    /// bare LF, a line starting with `.`) are copied whole. Most messages
+    /// are copied in one piece.
+    fn push_whole(&mut self, input: &[u8], out: &mut Vec<u8>) {
+        let Some(&last) = input.last() else { return };
+        if self.at_line_start && input[0] == b'.' {
+            out.push(b'.');
+        }
+        let mut run = 0;
+        for lf in memchr::memchr_iter(b'\n', input) {
+            let cr_before = match lf.checked_sub(1) {
+                Some(before) => input[before] == b'\r',
+                None => self.prev_cr,
+            };
+            if !cr_before {
+                out.extend_from_slice(&input[run..lf]);
+                out.extend_from_slice(b"\r\n");
+                run = lf + 1;
+            }
+            if input.get(lf + 1) == Some(&b'.') {
+                out.extend_from_slice(&input[run..lf + 1]);
+                out.push(b'.');
+                run = lf + 1;
+            }
+        }
+        out.extend_from_slice(&input[run..]);
+        self.at_line_start = last == b'\n';
+        self.prev_cr = last == b'\r';
     }
 
     fn end_of_line(&mut self) {

@@ -10,7 +10,9 @@ use log::warn;
 
 use super::body::BodyEncoder;
 use super::reply::{Reply, RespCode};
-use crate::backend::{Failure, FailureKind, Outcome, PieceAnswer, PieceRequest, Read};
+use crate::backend::{
+    Failure, FailureKind, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
+};
 use crate::limits::{FETCH_CHUNK, MAX_BACKEND_TEXT};
 use crate::maildrop::{Message, MsgNum};
 
@@ -33,6 +35,8 @@ pub struct Retrieval {
     started: bool,
     /// RETR's fetch sets `\Seen` itself (see `backend::Read`).
     set_seen: bool,
+    /// Asked for ahead once this RETR is done.
+    prefetch: Option<PrefetchRequest>,
 }
 
 /// What the session does next.
@@ -65,7 +69,18 @@ impl Retrieval {
             offset: 0,
             started: false,
             set_seen: false,
+            prefetch: None,
         }
+    }
+
+    /// The message to ask for ahead once this one is sent (RETR only).
+    pub fn then_prefetch(mut self, next: Option<PrefetchRequest>) -> Self {
+        self.prefetch = next.filter(|_| self.kind == Kind::Retr);
+        self
+    }
+
+    pub fn prefetch(&self) -> Option<PrefetchRequest> {
+        self.prefetch
     }
 
     /// A RETR whose fetch marks the message `\Seen` (`mark_seen`, not

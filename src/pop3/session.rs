@@ -11,7 +11,7 @@
 use std::mem;
 use std::time::Duration;
 
-use log::{error, info, warn};
+use log::{debug, error, info, warn};
 
 use super::auth::{Auth, AuthStep, Connection};
 use super::command::{Command, ParseError, parse};
@@ -45,6 +45,8 @@ pub struct SessionConfig {
     pub stls_available: bool,
     /// The IMAP folders that form the maildrop, in order (for messages).
     pub folders: Vec<String>,
+    /// After a RETR, ask for the next message ahead (`backend_prefetch`).
+    pub prefetch: bool,
 }
 
 /// A reply to send, possibly after a delay, possibly as the last one.
@@ -253,6 +255,7 @@ impl Session {
                 let rules = Rules {
                     uidl_format: &self.config.uidl_format,
                     read_only: self.config.read_only,
+                    prefetch: self.config.prefetch,
                 };
                 match transaction::command(&rules, drop, cmd) {
                     TxStep::Reply(reply) => respond(reply),
@@ -406,6 +409,15 @@ impl Session {
         )))
     }
 
+    /// A fetch sent ahead: nothing for the client. A failure (the backend
+    /// logged it) shows at the next command that needs the backend.
+    pub fn on_prefetch(&mut self, outcome: Outcome<()>) -> Step {
+        if let Err(e) = outcome {
+            debug!("asking for the next message ahead failed: {e}");
+        }
+        Step::Done
+    }
+
     pub fn on_piece(&mut self, outcome: Outcome<PieceAnswer>) -> Step {
         let Pending::Retrieval(mut retrieval) = self.take_pending() else {
             return self.out_of_order("piece");
@@ -426,8 +438,12 @@ impl Session {
                 self.stats.retrieved += 1;
                 self.stats.retrieved_bytes =
                     self.stats.retrieved_bytes.saturating_add(message.size);
-                // `\Seen` (with mark_seen) came with the fetch itself.
-                Step::Write { bytes, next: None }
+                // `\Seen` (with mark_seen) came with the fetch itself, or
+                // is owed by the backend for a message fetched ahead.
+                Step::Write {
+                    bytes,
+                    next: retrieval.prefetch().map(Request::Prefetch),
+                }
             }
             Next::Refuse(reply) => respond(reply),
             Next::Fail(reply) => {
@@ -568,8 +584,8 @@ fn respond(reply: Reply) -> Step {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::backend::{Credentials, PieceRequest, Read, TokenMechanism};
-    use crate::limits::FETCH_CHUNK;
+    use crate::backend::{Credentials, PieceRequest, PrefetchRequest, Read, TokenMechanism};
+    use crate::limits::{FETCH_CHUNK, PREFETCH_MAX_MESSAGE};
     use crate::maildrop::BackendMessage;
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
@@ -586,6 +602,7 @@ mod tests {
             allow_plaintext_auth: false,
             stls_available: true,
             folders: vec!["INBOX".into()],
+            prefetch: true,
         }
     }
 
@@ -941,12 +958,115 @@ mod tests {
             read_only: true,
             ..config()
         });
-        let _ = piece_of(line(&mut s, "RETR 1"));
+        let p = piece_of(line(&mut s, "RETR 1"));
+        assert!(matches!(
+            p.read,
+            Read::Whole {
+                set_seen: false,
+                ..
+            }
+        ));
+        // The next one is asked for ahead, which never sets \Seen either.
         assert!(matches!(
             s.on_piece(Ok(PieceAnswer::Bytes(b"x".to_vec()))),
-            Step::Write { next: None, .. }
+            Step::Write {
+                next: Some(Request::Prefetch(PrefetchRequest { uid: 5, .. })),
+                ..
+            }
         ));
         assert!(say(&mut s, "DELE 1").starts_with("-ERR [SYS/PERM]"));
+    }
+
+    /// The session after a login to these folders.
+    fn logged_in_to(config: SessionConfig, folders: Vec<FolderSnapshot>) -> Session {
+        let mut s = Session::new(config, LOCAL);
+        pass(&mut s, "alice");
+        let r = open(&mut s, folders);
+        assert!(wire(&r.reply).starts_with("+OK Logged in"));
+        s
+    }
+
+    /// What a RETR asks for ahead once its message went out.
+    fn ahead_of(s: &mut Session, command: &str) -> Option<PrefetchRequest> {
+        let _ = piece_of(line(s, command));
+        match s.on_piece(Ok(PieceAnswer::Bytes(b"S: x\r\n\r\nhi".to_vec()))) {
+            Step::Write { next: None, .. } => None,
+            Step::Write {
+                next: Some(Request::Prefetch(p)),
+                bytes,
+            } => {
+                assert!(bytes.ends_with(b"\r\n.\r\n"), "the reply is complete first");
+                Some(p)
+            }
+            other => panic!("expected the message, got {other:?}"),
+        }
+    }
+
+    fn folder(uid_validity: u32, sizes: &[(u32, u64)]) -> FolderSnapshot {
+        FolderSnapshot {
+            uid_validity,
+            messages: sizes
+                .iter()
+                .map(|&(uid, size)| BackendMessage { uid, size })
+                .collect(),
+        }
+    }
+
+    #[test]
+    fn a_retr_asks_for_the_next_live_message_ahead_and_nothing_else_does() {
+        let big = PREFETCH_MAX_MESSAGE + 1;
+        let folders = || {
+            vec![
+                folder(7, &[(10, 100), (11, 200), (12, 300), (13, big), (14, 50)]),
+                folder(8, &[(3, 10), (4, 10)]),
+            ]
+        };
+        let two = || SessionConfig {
+            folders: vec!["INBOX".into(), "Archive".into()],
+            ..config()
+        };
+        let mut s = logged_in_to(two(), folders());
+        assert_eq!(
+            ahead_of(&mut s, "RETR 1"),
+            Some(PrefetchRequest { folder: 0, uid: 11 })
+        );
+        // A message marked deleted is skipped: the client will not ask for it.
+        say(&mut s, "DELE 2");
+        assert_eq!(ahead_of(&mut s, "RETR 1").map(|p| p.uid), Some(12));
+        // Too big to be worth it (message 4), in another folder (6), after
+        // the last: nothing.
+        assert_eq!(ahead_of(&mut s, "RETR 3"), None);
+        assert_eq!(ahead_of(&mut s, "RETR 5"), None);
+        assert_eq!(
+            ahead_of(&mut s, "RETR 6"),
+            Some(PrefetchRequest { folder: 1, uid: 4 })
+        );
+        assert_eq!(ahead_of(&mut s, "RETR 7"), None);
+        // TOP reads only a head: nothing ahead.
+        let _ = piece_of(line(&mut s, "TOP 1 0"));
+        assert!(matches!(
+            s.on_piece(Ok(PieceAnswer::Bytes(b"S: x\r\n\r\n".to_vec()))),
+            Step::Write { next: None, .. }
+        ));
+        // backend_prefetch = false: nothing.
+        let mut s = logged_in_to(
+            SessionConfig {
+                prefetch: false,
+                ..two()
+            },
+            folders(),
+        );
+        assert_eq!(ahead_of(&mut s, "RETR 1"), None);
+        // The answer to a fetch ahead, good or bad, is nothing to the client.
+        let mut s = logged_in_to(two(), folders());
+        assert!(ahead_of(&mut s, "RETR 1").is_some());
+        assert!(matches!(s.on_prefetch(Ok(())), Step::Done));
+        assert!(matches!(
+            s.on_prefetch(Err(Failure::new(FailureKind::Lost, "gone"))),
+            Step::Done
+        ));
+        assert!(!s.is_closed());
+        assert_eq!(say(&mut s, "STAT"), format!("+OK 7 {}\r\n", 670 + big));
     }
 
     #[test]
@@ -1413,6 +1533,8 @@ mod tests {
                             let size = [0, 1, FETCH_CHUNK as usize][rng.below(3)];
                             s.on_piece(Ok(PieceAnswer::Bytes(vec![b'.'; size])))
                         }
+                        Request::Prefetch(_) if fail => s.on_prefetch(Err(failure())),
+                        Request::Prefetch(_) => s.on_prefetch(Ok(())),
                         Request::Expunge(_) if fail => s.on_expunge(Err(failure())),
                         Request::Expunge(_) => s.on_expunge(Ok(ExpungeAnswer::Expunged)),
                     };

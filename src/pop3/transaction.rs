@@ -6,6 +6,8 @@
 use super::command::Command;
 use super::reply::{Reply, RespCode};
 use super::retrieval::{Kind, Retrieval};
+use crate::backend::PrefetchRequest;
+use crate::limits::PREFETCH_MAX_MESSAGE;
 use crate::maildrop::{FolderDeletions, Maildrop, MsgNum, UidlFormat};
 
 pub enum TxStep {
@@ -18,6 +20,8 @@ pub enum TxStep {
 pub struct Rules<'a> {
     pub uidl_format: &'a UidlFormat,
     pub read_only: bool,
+    /// A RETR names the message to ask for ahead (see `Maildrop::next_after`).
+    pub prefetch: bool,
 }
 
 pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
@@ -51,8 +55,8 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
             Ok(m) => Reply::ok(format!("{n} {}", drop.uidl(&m, rules.uidl_format).0)),
             Err(e) => Reply::err(e.message()),
         },
-        Command::Retr(n) => return retrieve(drop, n, Kind::Retr),
-        Command::Top(n, lines) => return retrieve(drop, n, Kind::Top(lines)),
+        Command::Retr(n) => return retrieve(drop, n, Kind::Retr, rules.prefetch),
+        Command::Top(n, lines) => return retrieve(drop, n, Kind::Top(lines), false),
         Command::Dele(_) if rules.read_only => Reply::err_code(
             RespCode::SysPerm,
             "This server is configured read-only: DELE is not possible",
@@ -75,9 +79,18 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
     TxStep::Reply(reply)
 }
 
-fn retrieve(drop: &Maildrop, n: MsgNum, kind: Kind) -> TxStep {
-    match drop.get(n) {
-        Ok(m) => TxStep::Retrieve(Retrieval::new(n, m, drop.uid_validity(m.folder), kind)),
-        Err(e) => TxStep::Reply(Reply::err(e.message())),
-    }
+fn retrieve(drop: &Maildrop, n: MsgNum, kind: Kind, prefetch: bool) -> TxStep {
+    let m = match drop.get(n) {
+        Ok(m) => m,
+        Err(e) => return TxStep::Reply(Reply::err(e.message())),
+    };
+    // A client that reads in order asks for the next message next.
+    let next = drop
+        .next_after(n)
+        .filter(|next| prefetch && next.folder == m.folder && next.size <= PREFETCH_MAX_MESSAGE)
+        .map(|next| PrefetchRequest {
+            folder: next.folder,
+            uid: next.uid,
+        });
+    TxStep::Retrieve(Retrieval::new(n, m, drop.uid_validity(m.folder), kind).then_prefetch(next))
 }

@@ -1,0 +1,201 @@
+"""backend_prefetch: after a RETR the next message is asked for ahead with
+BODY.PEEK[], so a client reading in order finds it on its way.  Against the
+real Dovecot, through a relay that records (and can refuse) the commands:
+what is fetched ahead and what is not, that \\Seen ends up exactly on the
+messages the client retrieved (also when it hangs up without QUIT), that a
+fetch ahead nobody wanted is read and dropped before the next command, and
+that a refused fetch ahead is an -ERR for that message only."""
+
+import re
+import socket
+
+import pytest
+
+import testbed
+from helpers import ImapView, Pop3, RefusingRelay, ok, pop3_expected, wait_for
+
+
+@pytest.fixture
+def relay(dovecot):
+    """relay(refuse=None) -> a RefusingRelay in front of the testbed's Dovecot."""
+    relays = []
+
+    def make(refuse=None):
+        r = RefusingRelay(dovecot.port, refuse or (lambda command: None))
+        relays.append(r)
+        return r
+    yield make
+    for r in relays:
+        r.stop()
+
+
+WHOLE_FETCH = re.compile(rb"^UID FETCH (\d+) \(UID BODY(\.PEEK)?\[\]\)$", re.I)
+SEEN_STORE = re.compile(rb"^UID STORE (\S+) \+FLAGS\.SILENT \(\\Seen\)$", re.I)
+
+
+def whole_fetches(r):
+    """[(uid, peek)] of the whole-message fetches the relay passed on."""
+    return [(int(m.group(1)), bool(m.group(2)))
+            for m in map(WHOLE_FETCH.match, r.forwarded) if m]
+
+
+def seen_stores(r):
+    return [m.group(1) for m in map(SEEN_STORE.match, r.forwarded) if m]
+
+
+def seen(view, uid):
+    return b"\\Seen" in view.flags(uid)
+
+
+def test_the_next_message_is_fetched_ahead_and_seen_set_only_on_retrieved_ones(
+        dovecot, fresh_user, make_server, relay):
+    user = fresh_user(n=4)
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+        bodies = [v.body(u) for u in uids]
+    r = relay()
+    s = make_server(backend_port=r.port)
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        for n in (1, 2, 3):
+            st, got = p.retr(n)
+            assert ok(st), (n, st, s.log()[-2000:])
+            assert got == pop3_expected(bodies[n - 1]), n
+        assert p.quit() == b"+OK Logging out, 0 messages deleted"
+    # The first with \Seen, then each next one ahead (4 too: asked ahead,
+    # never retrieved); each message fetched once.
+    assert whole_fetches(r) == [(uids[0], False), (uids[1], True), (uids[2], True),
+                                (uids[3], True)], r.forwarded
+    # The \Seen owed by messages 2 and 3, in one command.
+    assert seen_stores(r) == [b"%d:%d" % (uids[1], uids[2])], r.forwarded
+    with ImapView(dovecot.dc, user) as v:
+        assert [seen(v, u) for u in uids] == [True, True, True, False]
+    assert s.wait_log(r"session end: user=%s .* retrieved=3/.* end=quit" % user, 5)
+
+
+def test_a_client_that_hangs_up_without_quit_still_gets_seen_set(
+        dovecot, fresh_user, make_server, relay):
+    user = fresh_user(n=3)
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+    r = relay()
+    s = make_server(backend_port=r.port)
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        for n in (1, 2):
+            st, _ = p.retr(n)
+            assert ok(st)
+        p.sock.shutdown(socket.SHUT_RDWR)
+    assert s.wait_log(r"session end: user=%s .* end=disconnect" % user, 10), s.log()[-2000:]
+    with ImapView(dovecot.dc, user) as v:
+        assert [seen(v, u) for u in uids] == [True, True, False]
+
+
+def test_with_mark_seen_false_or_read_only_nothing_is_stored(
+        dovecot, fresh_user, make_server, relay):
+    for flags in (["--mark-seen", "false"], ["--read-only", "true"]):
+        user = fresh_user(n=3)
+        with ImapView(dovecot.dc, user) as v:
+            uids = v.uids()
+        r = relay()
+        s = make_server(flags, backend_port=r.port)
+        with Pop3(s.port, timeout=30) as p:
+            assert ok(p.login(user, "secret"))
+            for n in (1, 2, 3):
+                assert ok(p.retr(n)[0])
+            assert ok(p.quit())
+        assert whole_fetches(r) == [(u, True) for u in uids], (flags, r.forwarded)
+        assert not [c for c in r.forwarded if b"STORE" in c.upper()], (flags, r.forwarded)
+        with ImapView(dovecot.dc, user) as v:
+            assert not any(seen(v, u) for u in uids), flags
+
+
+def test_a_fetch_ahead_nobody_wanted_is_dropped_before_the_next_command(
+        dovecot, fresh_user, make_server, relay):
+    """RETR 1 asks for 2 ahead; TOP 3 needs the connection, so 2's answer is
+    read and dropped first; RETR 2 then fetches it again.  Commands that need
+    no backend (LIST, UIDL, DELE, NOOP) leave a fetch ahead waiting."""
+    user = fresh_user(n=4)
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+        bodies = [v.body(u) for u in uids]
+    r = relay()
+    s = make_server(backend_port=r.port)
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        assert p.retr(1)[1] == pop3_expected(bodies[0])
+        st, _ = p.multi("TOP 3 0")
+        assert ok(st)
+        st, got = p.retr(2)
+        assert ok(st) and got == pop3_expected(bodies[1])
+        # 3 is now on its way; these do not disturb it.
+        assert ok(p.multi("LIST")[0])
+        assert ok(p.multi("UIDL")[0])
+        assert ok(p.cmd("DELE 1"))
+        assert ok(p.cmd("NOOP"))
+        st, got = p.retr(3)
+        assert ok(st) and got == pop3_expected(bodies[2])
+        assert p.quit() == b"+OK Logging out, 1 messages deleted"
+    assert whole_fetches(r) == [(uids[0], False), (uids[1], True), (uids[1], False),
+                                (uids[2], True), (uids[3], True)], r.forwarded
+    with ImapView(dovecot.dc, user) as v:
+        assert v.uids() == uids[1:]
+        assert [seen(v, u) for u in uids[1:]] == [True, True, False]
+
+
+def test_deleted_and_big_messages_are_not_fetched_ahead(
+        dovecot, fresh_user, make_server, relay):
+    big = testbed.big_message(300 * 1024, seed=7)
+    small = [testbed.simple_message("pf", k) for k in range(1, 4)]
+    user = fresh_user(messages=[small[0], small[1], big, small[2]])
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+    r = relay()
+    s = make_server(backend_port=r.port)
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        assert ok(p.cmd("DELE 2"))
+        # Next after 1 is 3 (2 is marked deleted), which is over 256 KiB.
+        assert ok(p.retr(1)[0])
+        st, got = p.retr(3)
+        assert ok(st) and got == pop3_expected(big)
+        assert ok(p.cmd("RSET"))
+        assert ok(p.quit())
+    # 3 was fetched for its RETR only; after it, 4 ahead.
+    assert whole_fetches(r) == [(uids[0], False), (uids[2], False), (uids[3], True)], \
+        r.forwarded
+
+
+def test_backend_prefetch_false_fetches_nothing_ahead(
+        dovecot, fresh_user, make_server, relay):
+    user = fresh_user(n=3)
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+    r = relay()
+    s = make_server(["--backend-prefetch", "false"], backend_port=r.port)
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        assert ok(p.retr(2)[0])
+        assert ok(p.quit())
+    assert whole_fetches(r) == [(uids[1], False)], r.forwarded
+
+
+def test_a_refused_fetch_ahead_is_an_err_for_that_message_only(
+        dovecot, fresh_user, make_server, relay):
+    user = fresh_user(n=3)
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+        bodies = [v.body(u) for u in uids]
+    ahead = re.compile(rb"^UID FETCH %d \(UID BODY\.PEEK\[\]\)$" % uids[1])
+    r = relay(lambda c: b"[SERVERBUG] Error reading message" if ahead.match(c) else None)
+    s = make_server(backend_port=r.port)
+    with Pop3(s.port, timeout=30) as p:
+        assert ok(p.login(user, "secret"))
+        assert ok(p.retr(1)[0])
+        assert p.cmd("RETR 2") == (b"-ERR Message 2 cannot be read now, the mail server said: "
+                                   b"[SERVERBUG] Error reading message")
+        st, got = p.retr(3)
+        assert ok(st) and got == pop3_expected(bodies[2])
+        assert ok(p.quit())
+    assert r.refused, r.forwarded
+    assert wait_for(lambda: "session end: user=%s" % user in s.log(), 5, 0.1)
