@@ -20,11 +20,27 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         BackendTls::StartTls => "STARTTLS",
         BackendTls::Implicit => "implicit TLS",
     };
-    let verify = if config.backend_tls != BackendTls::None && !config.backend_tls_verify {
-        ", certificate NOT verified (backend_tls_verify = false)"
-    } else {
-        ""
+    let verify = match (config.backend_tls, config.backend_tls_fingerprint) {
+        (BackendTls::None, _) => String::new(),
+        (_, Some(pin)) => format!(", certificate pinned (backend_tls_fingerprint {pin})"),
+        _ if !config.backend_tls_verify => {
+            ", certificate NOT verified (backend_tls_verify = false)".to_string()
+        }
+        _ => match &config.backend_ca_file {
+            Some(ca) => format!(", certificate checked against {}", ca.display()),
+            None => ", certificate checked against the system trust store".to_string(),
+        },
     };
+    say(
+        out,
+        &format!(
+            "configuration: {}",
+            match &config.config_file {
+                Some(path) => path.display().to_string(),
+                None => "none read (defaults and command line)".to_string(),
+            }
+        ),
+    );
     say(
         out,
         &format!(
@@ -39,15 +55,24 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
     };
     let endpoint = backend_endpoint(config).map_err(|e| diagnose(config, &e))?;
     let mut client = Client::connect(&endpoint).map_err(|e| diagnose(config, &e))?;
-    let verified = match (config.backend_tls, config.backend_tls_verify) {
-        (BackendTls::None, _) => "connected (no TLS)".to_string(),
-        (_, true) => format!(
+    let verified = match (
+        config.backend_tls,
+        config.backend_tls_fingerprint,
+        config.backend_tls_verify,
+    ) {
+        (BackendTls::None, _, _) => "connected (no TLS)".to_string(),
+        (_, Some(_), _) => "connected, TLS certificate is the pinned one".to_string(),
+        (_, None, true) => format!(
             "connected, TLS certificate verified for {}",
             config.backend_host
         ),
-        (_, false) => "connected, TLS without certificate verification".to_string(),
+        (_, None, false) => "connected, TLS without certificate verification".to_string(),
     };
     say(out, &verified);
+    if let Some(fp) = client.backend_fingerprint() {
+        // What to copy into backend_tls_fingerprint to pin this one.
+        say(out, &format!("certificate SHA-256: {fp}"));
+    }
     say(
         out,
         &format!("capabilities: {}", client.capabilities().join(" ")),
@@ -155,7 +180,13 @@ fn diagnose(config: &Config, e: &ImapError) -> String {
     let at = format!("{}:{}", config.backend_host, config.backend_port);
     match e {
         ImapError::Resolve(why) => format!("DNS: {why}"),
-        ImapError::Connect(why) => format!("cannot connect to {at}: {why}"),
+        // `why` names the address tried: "127.0.0.1:143: Connection refused".
+        ImapError::Connect(why) if config.backend_host.parse::<std::net::IpAddr>().is_ok() => {
+            format!("cannot connect to {why}")
+        }
+        ImapError::Connect(why) => {
+            format!("cannot connect to {} ({why})", config.backend_host)
+        }
         ImapError::Tls(why) => format!("TLS with {at} failed: {why}"),
         ImapError::Timeout => {
             format!("{at} did not answer in time (backend_connect_timeout/backend_timeout)")

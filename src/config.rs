@@ -13,6 +13,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::backend::TokenMechanism;
+use crate::fingerprint::Fingerprint;
 use crate::limits;
 use crate::uidl::UidlFormat;
 
@@ -44,6 +45,10 @@ pub struct Config {
     pub backend_port: u16,
     pub backend_tls: BackendTls,
     pub backend_ca_file: Option<PathBuf>,
+    /// The configuration file read, if one was.
+    pub config_file: Option<PathBuf>,
+    /// Accept exactly this backend certificate (see `tls::Verify::Pinned`).
+    pub backend_tls_fingerprint: Option<Fingerprint>,
     pub backend_tls_verify: bool,
     /// Send IMAP ID with the client's address (RFC 2971).
     pub backend_send_id: bool,
@@ -179,6 +184,7 @@ pub struct FileConfig {
     backend_port: Option<u16>,
     backend_tls: Option<String>,
     backend_ca_file: Option<PathBuf>,
+    backend_tls_fingerprint: Option<String>,
     backend_tls_verify: Option<bool>,
     backend_send_id: Option<bool>,
     backend_connect_early: Option<bool>,
@@ -267,6 +273,9 @@ pub struct Flags {
     /// PEM file of CA certificates to verify the backend with, instead of the system store
     #[arg(long, value_name = "PATH")]
     pub backend_ca_file: Option<PathBuf>,
+    /// Accept exactly the backend certificate with this SHA-256 fingerprint (AB:CD:... as openssl x509 -fingerprint -sha256 prints it; --check shows it), whoever signed it; its validity period is still checked
+    #[arg(long, value_name = "SHA256")]
+    pub backend_tls_fingerprint: Option<String>,
     /// Verify the backend's certificate and host name; false is insecure and logged every session [default: true]
     #[arg(long, value_name = "BOOL")]
     pub backend_tls_verify: Option<bool>,
@@ -388,14 +397,15 @@ impl Config {
         T: Into<OsString> + Clone,
     {
         let flags = Flags::try_parse_from(args).map_err(ConfigSetupError::Usage)?;
-        let (file, source) = match &flags.config {
-            Some(path) => (read_file(path, true)?, path.display().to_string()),
-            None => (
-                read_file(&PathBuf::from(DEFAULT_CONFIG_PATH), false)?,
-                DEFAULT_CONFIG_PATH.to_string(),
-            ),
-        };
-        Config::merge(file, &source, flags).map_err(ConfigSetupError::Invalid)
+        let path = flags
+            .config
+            .clone()
+            .unwrap_or_else(|| PathBuf::from(DEFAULT_CONFIG_PATH));
+        let source = path.display().to_string();
+        let (file, found) = read_file(&path, flags.config.is_some())?;
+        let mut config = Config::merge(file, &source, flags).map_err(ConfigSetupError::Invalid)?;
+        config.config_file = found.then_some(path);
+        Ok(config)
     }
 
     pub fn merge(file: FileConfig, source: &str, flags: Flags) -> Result<Config, ConfigError> {
@@ -620,6 +630,23 @@ impl Config {
                 "must not be empty".into(),
             ));
         }
+        let pin_flag = flags.backend_tls_fingerprint.is_some();
+        let backend_tls_fingerprint = flags
+            .backend_tls_fingerprint
+            .or(file.backend_tls_fingerprint)
+            .map(|text| Fingerprint::parse(&text))
+            .transpose()
+            .map_err(|why| value_err(pin_flag, "backend_tls_fingerprint", why))?;
+        let verify = flags.backend_tls_verify.or(file.backend_tls_verify);
+        if backend_tls_fingerprint.is_some() && verify == Some(false) {
+            return Err(value_err(
+                pin_flag,
+                "backend_tls_fingerprint",
+                "a pinned certificate is a check: it contradicts backend_tls_verify = false; \
+                 drop one of the two"
+                    .into(),
+            ));
+        }
         let implementation = flags.implementation.or(file.implementation);
         if implementation
             .as_deref()
@@ -716,6 +743,8 @@ impl Config {
             group: file.group,
             task,
             backend_ca_file: flags.backend_ca_file.or(file.backend_ca_file),
+            backend_tls_fingerprint,
+            config_file: None,
             backend_tls_verify: flags
                 .backend_tls_verify
                 .or(file.backend_tls_verify)
@@ -780,12 +809,14 @@ pub enum ConfigSetupError {
     Invalid(ConfigError),
 }
 
-fn read_file(path: &PathBuf, explicit: bool) -> Result<FileConfig, ConfigSetupError> {
+/// The file's settings, and whether it was there (a missing default file
+/// means defaults and flags only).
+fn read_file(path: &PathBuf, explicit: bool) -> Result<(FileConfig, bool), ConfigSetupError> {
     let source = path.display().to_string();
     let text = match std::fs::read_to_string(path) {
         Ok(t) => t,
         Err(e) if e.kind() == std::io::ErrorKind::NotFound && !explicit => {
-            return Ok(FileConfig::default());
+            return Ok((FileConfig::default(), false));
         }
         Err(e) => {
             return Err(ConfigSetupError::Invalid(ConfigError {
@@ -795,7 +826,8 @@ fn read_file(path: &PathBuf, explicit: bool) -> Result<FileConfig, ConfigSetupEr
             }));
         }
     };
-    parse_file(&text, &source).map_err(ConfigSetupError::Invalid)
+    let parsed = parse_file(&text, &source).map_err(ConfigSetupError::Invalid)?;
+    Ok((parsed, true))
 }
 
 pub fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {

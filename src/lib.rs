@@ -19,7 +19,8 @@
 //! - [`driver`]: the thin I/O loop that runs one session.
 //! - [`preload`], [`privilege`]: what a session reads while it may still be
 //!   root, and how it then leaves root for good.
-//! - [`tls`]: rustls set-up for both sides.
+//! - [`tls`]: rustls set-up for both sides, and what a failed backend
+//!   handshake means; [`fingerprint`]: certificate pins.
 //! - [`limits`]: every limit and default timeout, with reasons.
 //! - [`decimal`], [`timeout`], [`secret`]: the one decimal parser, what a
 //!   socket timeout looks like, secrets that never print.
@@ -31,6 +32,7 @@ pub mod config;
 pub mod decimal;
 pub mod devices;
 pub mod driver;
+pub mod fingerprint;
 pub mod imap;
 pub mod limits;
 pub mod lock;

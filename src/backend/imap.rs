@@ -694,7 +694,9 @@ fn token_error(device: &str, e: &TokenError) {
 
 /// Where and how to reach the backend, TLS settings included.
 pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
-    let verify = if !config.backend_tls_verify {
+    let verify = if let Some(pin) = config.backend_tls_fingerprint {
+        tls::Verify::Pinned(pin)
+    } else if !config.backend_tls_verify {
         tls::Verify::Nothing
     } else if let Some(ca) = &config.backend_ca_file {
         tls::Verify::CaFile(ca)
@@ -703,7 +705,7 @@ pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
     };
     let tls_settings = || -> Result<_, ImapError> {
         let setup = |e: tls::TlsSetupError| ImapError::Tls(e.to_string());
-        if !config.backend_tls_verify {
+        if !config.backend_tls_verify && config.backend_tls_fingerprint.is_none() {
             warn!(
                 "backend_tls_verify is false: the backend's certificate is NOT checked, the connection can be intercepted"
             );

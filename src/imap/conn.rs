@@ -10,11 +10,17 @@ use std::time::{Duration, Instant};
 use super::ImapError;
 use crate::limits::BACKEND_READ_CHUNK;
 use crate::timeout::is_timeout;
+use crate::tls::Fingerprint;
 
 /// A stream to the backend: plain TCP, TLS over it, a scripted peer in
 /// tests. Every read and write must be over by the deadline.
 pub trait Transport: Read + Write + Send {
     fn set_deadline(&mut self, deadline: Instant);
+
+    /// The fingerprint of the certificate the backend showed, over TLS.
+    fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        None
+    }
 }
 
 /// The TCP socket to the backend with a deadline: before every system call
@@ -88,6 +94,10 @@ impl Conn {
             timeout,
             deadline: Instant::now() + timeout,
         }
+    }
+
+    pub fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        self.io.peer_fingerprint()
     }
 
     /// Whether bytes were received that no response has consumed yet.

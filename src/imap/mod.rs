@@ -164,6 +164,7 @@ use crate::limits::{
 };
 use crate::maildrop::BackendMessage;
 use crate::secret::{Secret, WipeOnDrop};
+use crate::tls::Fingerprint;
 use conn::Conn;
 use response::{
     Code, FetchData, Head, Response, Status, StatusInfo, read_body_tail, read_head, read_response,
@@ -322,7 +323,8 @@ impl Client {
         match &endpoint.security {
             Security::Plain => Client::start(Box::new(stream), endpoint.timeout),
             Security::Implicit(config, name) => {
-                let tls = TlsStream::handshake(stream, config, name, endpoint.connect_timeout)?;
+                let tls =
+                    TlsStream::handshake(stream, config, name, endpoint.connect_timeout, true)?;
                 Client::start(Box::new(tls), endpoint.timeout)
             }
             Security::StartTls(config, name) => {
@@ -343,7 +345,8 @@ impl Client {
                         "backend sent data after STARTTLS OK".into(),
                     ));
                 }
-                let tls = TlsStream::handshake(stream, config, name, endpoint.connect_timeout)?;
+                let tls =
+                    TlsStream::handshake(stream, config, name, endpoint.connect_timeout, false)?;
                 client.conn = Conn::new(Box::new(tls), endpoint.timeout);
                 // Capabilities from before TLS may have been tampered with.
                 client.refresh_capabilities()?;
@@ -399,6 +402,12 @@ impl Client {
             ));
         }
         Ok(client)
+    }
+
+    /// The fingerprint of the backend's certificate, over TLS (`--check`
+    /// shows it, for `backend_tls_fingerprint`).
+    pub fn backend_fingerprint(&self) -> Option<Fingerprint> {
+        self.conn.peer_fingerprint()
     }
 
     pub fn capabilities(&self) -> &[String] {
@@ -1351,6 +1360,7 @@ impl TlsStream {
         config: &Arc<ClientConfig>,
         name: &ServerName<'static>,
         timeout: Duration,
+        implicit: bool,
     ) -> Result<TlsStream, ImapError> {
         let mut conn = ClientConnection::new(Arc::clone(config), name.clone())
             .map_err(|e| ImapError::Tls(e.to_string()))?;
@@ -1362,7 +1372,14 @@ impl TlsStream {
                     io::ErrorKind::UnexpectedEof => {
                         ImapError::Tls("backend closed the connection during the handshake".into())
                     }
-                    _ => ImapError::Tls(e.to_string()),
+                    _ => {
+                        let rustls_error =
+                            e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
+                        ImapError::Tls(match rustls_error {
+                            Some(why) => crate::tls::explain(why, &name.to_str(), implicit),
+                            None => e.to_string(),
+                        })
+                    }
                 });
             }
         }
@@ -1388,6 +1405,11 @@ impl Write for TlsStream {
 impl Transport for TlsStream {
     fn set_deadline(&mut self, deadline: Instant) {
         self.0.sock.set_deadline(deadline);
+    }
+
+    fn peer_fingerprint(&self) -> Option<Fingerprint> {
+        let certs = self.0.conn.peer_certificates()?;
+        certs.first().map(|c| Fingerprint::of(c))
     }
 }
 
