@@ -41,6 +41,9 @@ command -v fetchmail >/dev/null 2>&1 || need_pkgs+=(fetchmail)
 command -v lintian >/dev/null 2>&1 || need_pkgs+=(lintian)
 command -v rpm >/dev/null 2>&1 || need_pkgs+=(rpm)
 command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
+# fail2ban-regex checks the shipped filter (packaging/fail2ban); the install
+# starts no fail2ban daemon (lib.sh's policy-rc.d).
+command -v fail2ban-regex >/dev/null 2>&1 || need_pkgs+=(fail2ban)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)

@@ -84,7 +84,9 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         };
         match login {
             Ok(Login::Ok) => say(out, &format!("login: ok as {user}")),
-            Ok(Login::Rejected) => return Err(format!("authentication failed for user {user}")),
+            Ok(Login::Rejected(why)) => {
+                return Err(format!("authentication failed for user {user}: {why}"));
+            }
             Ok(Login::TemporaryFailure(text)) => {
                 return Err(format!("backend cannot log in {user} now: {text}"));
             }
@@ -154,7 +156,7 @@ fn device_login(
     );
     let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token.access_token);
     let login = client.login_token(source.mechanism.name(), &response);
-    if let Ok(Login::Rejected) = login {
+    if let Ok(Login::Rejected(_)) = login {
         return Err(format!(
             "the backend refused the token for mailbox {}: check that the app may access it",
             device.mailbox

@@ -96,6 +96,7 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
             Connection {
                 tls: false,
                 loopback,
+                client: conn.peer.map(|p| p.ip()),
             },
         ),
         client: conn.stream,
@@ -112,13 +113,20 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
     driver.backend.finish();
     let stats = driver.session.stats();
     info!(
-        "session end: user={} client={} tls={} retrieved={}/{} deleted={}/{} sent={} duration={:.3}s end={}",
+        "session end: user={} client={} login={} tls={} retrieved={}/{} deleted={}/{} sent={} duration={:.3}s end={}",
         stats
             .user
             .as_deref()
             .map(|u| printable(u.as_bytes()))
             .unwrap_or_else(|| "-".into()),
         peer_text,
+        match (stats.logged_in, stats.login_failures) {
+            (true, 0) => "ok".to_string(),
+            (true, n) => format!("ok-after-{n}-failed"),
+            (false, 0) if stats.user.is_some() => "incomplete".to_string(),
+            (false, 0) => "none".to_string(),
+            (false, n) => format!("failed-{n}"),
+        },
         if driver.client.is_tls() { "yes" } else { "no" },
         stats.retrieved,
         stats.retrieved_bytes,

@@ -73,6 +73,7 @@ fuzz_target!(|data: &[u8]| {
     let connection = Connection {
         tls: answers.next() & 1 == 1,
         loopback: answers.next() & 1 == 1,
+        client: None,
     };
     let mut s = Session::new(config(), connection);
     let mut reader = LineReader::new(s.line_limit());
@@ -129,6 +130,7 @@ fuzz_target!(|data: &[u8]| {
                     0 => LoginAnswer::LoggedIn,
                     1 => LoginAnswer::Rejected {
                         penalty: Duration::ZERO,
+                        reason: "no".into(),
                     },
                     _ => LoginAnswer::Unavailable("later".into()),
                 })),

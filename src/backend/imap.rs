@@ -154,8 +154,9 @@ impl<'a> ImapBackend<'a> {
                 });
                 Ok(LoginAnswer::LoggedIn)
             }
-            Ok(Login::Rejected) => Ok(LoginAnswer::Rejected {
+            Ok(Login::Rejected(reason)) => Ok(LoginAnswer::Rejected {
                 penalty: Duration::ZERO,
+                reason: format!("the backend said: {reason}"),
             }),
             Ok(Login::TemporaryFailure(text)) => Ok(LoginAnswer::Unavailable(text)),
             Err(e) => Err(self.failure("login", e)),
@@ -186,6 +187,7 @@ impl<'a> ImapBackend<'a> {
         let Some(device) = device else {
             return Ok(LoginAnswer::Rejected {
                 penalty: self.record_failure(),
+                reason: "no such device, or not its password (devices_file)".into(),
             });
         };
         if let Some(ip) = self.peer.map(|p| p.ip()) {
@@ -223,8 +225,8 @@ impl<'a> ImapBackend<'a> {
                     });
                     return Ok(LoginAnswer::LoggedInAs(device.mailbox.clone().into_bytes()));
                 }
-                Ok(Login::Rejected) if attempt == 0 => refused = Some(token),
-                Ok(Login::Rejected) => {
+                Ok(Login::Rejected(_)) if attempt == 0 => refused = Some(token),
+                Ok(Login::Rejected(_)) => {
                     error!(
                         "device {}: the backend refused a fresh token of [oauth.{}] for mailbox {}: \
                          check that the app may access that mailbox",
@@ -518,7 +520,7 @@ impl<'a> ImapBackend<'a> {
         self.relogin = relogin;
         match result? {
             Login::Ok => Ok(()),
-            Login::Rejected | Login::TemporaryFailure(_) => {
+            Login::Rejected(_) | Login::TemporaryFailure(_) => {
                 self.client = None;
                 self.broken = true;
                 Err(Failure::new(

@@ -121,6 +121,8 @@ pub enum LoginAnswer {
     /// address, see `penalty`).
     Rejected {
         penalty: Duration,
+        /// Why, for the log: the backend's words, or ours.
+        reason: String,
     },
     /// Refused for a reason that may pass (`[UNAVAILABLE]`, ...).
     Unavailable(String),

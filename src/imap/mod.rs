@@ -232,8 +232,9 @@ impl std::error::Error for ImapError {}
 #[derive(Debug, PartialEq, Eq)]
 pub enum Login {
     Ok,
-    /// Wrong credentials (or credentials we refused to send).
-    Rejected,
+    /// Wrong credentials (or credentials we refused to send): why, for the
+    /// log (the backend's response code and text).
+    Rejected(String),
     /// The backend refused for a reason that may pass (`[UNAVAILABLE]`...).
     TemporaryFailure(String),
 }
@@ -448,7 +449,9 @@ impl Client {
             || forbidden(password.expose())
             || authzid.is_some_and(forbidden)
         {
-            return Ok(Login::Rejected);
+            return Ok(Login::Rejected(
+                "not sent: empty user, or CR, LF or NUL in the credentials".into(),
+            ));
         }
         if self.has("LOGINDISABLED") && self.has("STARTTLS") {
             // The backend wants TLS before any password: never send one in
@@ -517,7 +520,10 @@ impl Client {
                 Ok(Login::Ok)
             }
             Status::No if is_temporary(&done.code) => Ok(Login::TemporaryFailure(done.text)),
-            Status::No => Ok(Login::Rejected),
+            Status::No => Ok(Login::Rejected(match &done.code {
+                Some(code) => format!("[{}] {}", code.name, done.text),
+                None => done.text,
+            })),
             _ => Err(ImapError::Refused {
                 command,
                 info: done,
@@ -1463,11 +1469,11 @@ mod tests {
             (b"u", b"p\nA2 DELETE INBOX"),
             (b"u", b"p\0"),
         ] {
-            assert_eq!(
+            assert!(matches!(
                 c.login(user, None, &Secret::new(pass.to_vec()))
                     .expect("no I/O"),
-                Login::Rejected
-            );
+                Login::Rejected(_)
+            ));
         }
         assert_eq!(sent(&out), "");
     }
@@ -1504,7 +1510,10 @@ mod tests {
             "{GREETING}A0001 NO [AUTHENTICATIONFAILED] no\r\nA0002 NO [UNAVAILABLE] later\r\nA0003 BAD what\r\n"
         ));
         let pw = Secret::new(b"p".to_vec());
-        assert_eq!(c.login(b"u", None, &pw).expect("answer"), Login::Rejected);
+        assert_eq!(
+            c.login(b"u", None, &pw).expect("answer"),
+            Login::Rejected("[AUTHENTICATIONFAILED] no".into())
+        );
         assert_eq!(
             c.login(b"u", None, &pw).expect("answer"),
             Login::TemporaryFailure("later".into())
@@ -1524,7 +1533,7 @@ mod tests {
         let token = Secret::new(b"user=a\x01auth=Bearer t\x01\x01".to_vec());
         assert_eq!(
             c.login_token("XOAUTH2", &token).expect("answer"),
-            Login::Rejected
+            Login::Rejected("[AUTHENTICATIONFAILED] bad token".into())
         );
         assert_eq!(
             sent(&out),

@@ -4,6 +4,8 @@
 //! TLS or loopback unless configured otherwise. It ends in the credentials
 //! to log in with; what the backend says of them is the session's business.
 
+use std::net::IpAddr;
+
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 
@@ -17,6 +19,9 @@ use crate::secret::Secret;
 pub struct Connection {
     pub tls: bool,
     pub loopback: bool,
+    /// The client's address, for the log lines an admin (and fail2ban)
+    /// acts on; `None` where the transport has none (a pipe).
+    pub client: Option<IpAddr>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -61,9 +66,11 @@ pub enum AuthStep {
     Reply(Reply),
     /// Send the reply, then the TLS handshake.
     StartTls(Reply),
-    /// Log in to the backend; `user` names the maildrop (lock, logs).
+    /// Log in to the backend; `user` names the maildrop (lock, logs);
+    /// `method` is how the client authenticated (USER, PLAIN, ...), for logs.
     Login {
         user: Vec<u8>,
+        method: &'static str,
         credentials: Credentials,
     },
     Quit,
@@ -180,6 +187,7 @@ impl Auth {
             Command::Pass(password) => match self.user.take() {
                 Some(user) => AuthStep::Login {
                     user: user.clone(),
+                    method: "USER",
                     credentials: Credentials::Password {
                         login: user,
                         authzid: None,
@@ -286,6 +294,7 @@ impl Auth {
                 let authzid = (!authzid.is_empty() && authzid != login).then(|| authzid.to_vec());
                 AuthStep::Login {
                     user: authzid.clone().unwrap_or_else(|| login.to_vec()),
+                    method: "PLAIN",
                     credentials: Credentials::Password {
                         login: login.to_vec(),
                         authzid,
@@ -299,6 +308,7 @@ impl Auth {
             }
             Sasl::LoginPassword(user) => AuthStep::Login {
                 user: user.clone(),
+                method: "LOGIN",
                 credentials: Credentials::Password {
                     login: user,
                     authzid: None,
@@ -308,6 +318,7 @@ impl Auth {
             Sasl::Token(mechanism) => match token_user(mechanism, decoded.expose()) {
                 Some(user) => AuthStep::Login {
                     user,
+                    method: mechanism.name(),
                     credentials: Credentials::Token {
                         mechanism,
                         response: decoded,

@@ -9,6 +9,7 @@
 //! sleeping, TLS and the backend calls.
 
 use std::mem;
+use std::net::IpAddr;
 use std::time::Duration;
 
 use log::{debug, error, info, warn};
@@ -101,7 +102,10 @@ pub enum Step {
 /// Counts for the session summary log line.
 #[derive(Debug, Default, Clone)]
 pub struct Stats {
+    /// The user of the last login attempt (see `logged_in`).
     pub user: Option<String>,
+    pub logged_in: bool,
+    pub login_failures: u32,
     pub retrieved: u64,
     pub retrieved_bytes: u64,
     pub deleted: u64,
@@ -121,6 +125,7 @@ enum Pending {
     Capabilities(Command),
     Login {
         user: Vec<u8>,
+        method: &'static str,
     },
     Lock {
         user: Vec<u8>,
@@ -148,6 +153,8 @@ pub struct Session {
     /// Bad commands since the last good one.
     bad_commands: u32,
     stats: Stats,
+    /// For the log line of a failed login.
+    client: Option<IpAddr>,
 }
 
 impl Session {
@@ -165,6 +172,7 @@ impl Session {
             failed_logins: 0,
             bad_commands: 0,
             stats: Stats::default(),
+            client: connection.client,
         }
     }
 
@@ -277,8 +285,12 @@ impl Session {
         match step {
             AuthStep::Reply(reply) => respond(reply),
             AuthStep::StartTls(reply) => Step::StartTls(reply),
-            AuthStep::Login { user, credentials } => {
-                self.pending = Pending::Login { user };
+            AuthStep::Login {
+                user,
+                method,
+                credentials,
+            } => {
+                self.pending = Pending::Login { user, method };
                 Step::Backend(Request::Login(credentials))
             }
             AuthStep::Quit => {
@@ -306,10 +318,12 @@ impl Session {
     }
 
     pub fn on_login(&mut self, outcome: Outcome<LoginAnswer>) -> Step {
-        let Pending::Login { user } = self.take_pending() else {
+        let Pending::Login { user, method } = self.take_pending() else {
             return self.out_of_order("login");
         };
         let shown = printable(&user);
+        // Who tried, also when it fails: the session-end line names them.
+        self.stats.user = Some(String::from_utf8_lossy(&user).into_owned());
         match outcome {
             Ok(LoginAnswer::LoggedIn) => {
                 let maildrop = user.clone();
@@ -321,8 +335,17 @@ impl Session {
                 self.pending = Pending::Lock { user };
                 Step::Backend(Request::Lock { user: mailbox })
             }
-            Ok(LoginAnswer::Rejected { penalty }) => {
-                info!("login failed: user={shown}");
+            Ok(LoginAnswer::Rejected { penalty, reason }) => {
+                // The client's address first, before anything the client
+                // chose: a user name cannot then fake another address for
+                // fail2ban (packaging/fail2ban/pop3server.conf).
+                let rip = self
+                    .client
+                    .map_or_else(|| "unknown".to_string(), |ip| ip.to_string());
+                info!(
+                    "login failed: rip={rip} method={method} user=<{shown}> reason={}",
+                    printable(reason.as_bytes())
+                );
                 self.bad_credentials(penalty)
             }
             Ok(LoginAnswer::Unavailable(text)) => {
@@ -403,6 +426,7 @@ impl Session {
         let shown = printable(&user);
         info!("login: user={shown} messages={n}");
         self.stats.user = Some(String::from_utf8_lossy(&user).into_owned());
+        self.stats.logged_in = true;
         self.state = State::Transaction(drop);
         respond(Reply::ok(format!(
             "Logged in, {n} messages ({size} octets)"
@@ -512,20 +536,23 @@ impl Session {
             return self.out_of_order("commit");
         };
         let (deleted, deleted_bytes) = drop.deleted_stat();
+        let messages = if deleted == 1 { "message" } else { "messages" };
         let text = if left_flagged {
+            let them = if deleted == 1 { "it" } else { "them" };
             format!(
-                "Logging out, {deleted} messages flagged \\Deleted: the mail server removes them at its next expunge"
+                "Logging out, {deleted} {messages} flagged \\Deleted: the mail server removes {them} at its next expunge"
             )
         } else {
             self.stats.deleted = deleted as u64;
             self.stats.deleted_bytes = deleted_bytes;
-            format!("Logging out, {deleted} messages deleted")
+            format!("Logging out, {deleted} {messages} deleted")
         };
         Step::Respond(Response::last(Reply::ok(text)))
     }
 
     fn bad_credentials(&mut self, penalty: Duration) -> Step {
         self.failed_logins += 1;
+        self.stats.login_failures = self.failed_logins;
         let close = self.failed_logins >= self.config.max_login_failures;
         if close {
             self.state = State::Closed;
@@ -609,10 +636,12 @@ mod tests {
     const LOCAL: Connection = Connection {
         tls: false,
         loopback: true,
+        client: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
     };
     const REMOTE: Connection = Connection {
         tls: false,
         loopback: false,
+        client: Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))),
     };
 
     fn wire(reply: &Reply) -> String {
@@ -771,7 +800,7 @@ mod tests {
         );
         let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::Expunged)));
         assert!(r.close);
-        assert_eq!(wire(&r.reply), "+OK Logging out, 1 messages deleted\r\n");
+        assert_eq!(wire(&r.reply), "+OK Logging out, 1 message deleted\r\n");
         assert_eq!(s.stats().deleted, 1);
         assert_eq!(s.stats().deleted_bytes, 300);
     }
@@ -1085,6 +1114,7 @@ mod tests {
             pass(&mut s, "alice");
             let r = reply_of(s.on_login(Ok(LoginAnswer::Rejected {
                 penalty: Duration::ZERO,
+                reason: "the backend said: [AUTHENTICATIONFAILED] no".into(),
             })));
             assert!(wire(&r.reply).starts_with("-ERR [AUTH] "));
             assert_eq!(r.delay, Duration::from_secs(2));
@@ -1100,6 +1130,7 @@ mod tests {
         pass(&mut s, "a");
         let _ = s.on_login(Ok(LoginAnswer::Rejected {
             penalty: Duration::ZERO,
+            reason: "the backend said: [AUTHENTICATIONFAILED] no".into(),
         }));
         assert_eq!(say(&mut s, "PASS x"), "-ERR Send USER first\r\n");
     }
@@ -1442,6 +1473,7 @@ mod tests {
         assert!(matches!(request(&mut s, &auth), Request::Login(_)));
         let _ = s.on_login(Ok(LoginAnswer::Rejected {
             penalty: Duration::ZERO,
+            reason: "the backend said: [AUTHENTICATIONFAILED] no".into(),
         }));
         assert_eq!(
             say(&mut s, &format!("NOOP {}", "x".repeat(300))),

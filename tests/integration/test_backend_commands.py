@@ -291,7 +291,7 @@ def test_quit_logs_in_again_when_the_backend_dropped_the_idle_connection(fake_se
         assert ok(p.login("alice", "secret"))
         assert ok(p.cmd("DELE 2"))
         st = p.quit()
-        assert st == b"+OK Logging out, 1 messages deleted", (st, s.log()[-2000:])
+        assert st == b"+OK Logging out, 1 message deleted", (st, s.log()[-2000:])
     assert fake.uids() == [1, 3]
     cmds = fake.commands()
     assert len([c for c in cmds if c.startswith(b"LOGIN ")]) == 2, cmds

@@ -49,7 +49,7 @@ def test_retr_is_one_fetch_per_message_that_sets_seen_itself(
             assert ok(st), (n, st, s.log()[-2000:])
             assert got == pop3_expected(body), n
         assert ok(p.cmd("DELE 1"))
-        assert p.quit() == b"+OK Logging out, 1 messages deleted"
+        assert p.quit() == b"+OK Logging out, 1 message deleted"
     fetches = [m for m in map(WHOLE_FETCH.match, r.forwarded) if m]
     assert [int(m.group(1)) for m in fetches] == uids, r.forwarded
     assert all(bool(m.group(2)) != mark_seen for m in fetches), r.forwarded
@@ -88,7 +88,7 @@ def test_refused_fetch_of_one_message_is_an_err_and_the_others_are_served(
         assert p.cmd("TOP 2 0").startswith(b"-ERR Message 2 cannot be read now")
         assert p.cmd("STAT").startswith(b"+OK 3 ")
         assert ok(p.cmd("DELE 3"))
-        assert p.quit() == b"+OK Logging out, 1 messages deleted"
+        assert p.quit() == b"+OK Logging out, 1 message deleted"
     # RETR 2, the fetch ahead of 2 after RETR 1 (dropped: nobody asked for
     # it then), TOP 2.
     assert r.refused == [b"UID FETCH %d (UID BODY[])" % bad,

@@ -2,13 +2,17 @@
 log, not even with -d (debug)."""
 
 import base64
+import os
 import re
+import shutil
+import subprocess
 
 import pytest
 
 from helpers import Pop3, StandaloneServer, err, ok
 
 b64 = lambda data: base64.b64encode(data).decode()  # noqa: E731
+HERE = os.path.dirname(os.path.abspath(__file__))
 
 
 def test_session_summary_line(server):
@@ -145,3 +149,95 @@ def test_pipelined_sasl_response_refused_off_loopback_not_in_debug_log(dovecot, 
     assert "DEBUG" in log or "command" in log, log[-2000:]
     assert SASL_PW not in log and token not in log
     assert_no_piece_of(token, log)
+
+
+# --------------------------------------------------------------------------
+# failed logins, for operations and for fail2ban
+# --------------------------------------------------------------------------
+
+FAIL2BAN_FILTER = os.path.join(os.path.dirname(os.path.dirname(HERE)), "packaging", "fail2ban",
+                               "pop3server.conf")
+
+
+def fail2ban_ips(tmp_path, lines):
+    """The addresses Debian's fail2ban-regex takes from ``lines`` with the
+    shipped filter (beside Debian's common.conf, as in filter.d/)."""
+    filters = tmp_path / "filter.d"
+    filters.mkdir(exist_ok=True)
+    shutil.copy("/etc/fail2ban/filter.d/common.conf", filters / "common.conf")
+    shutil.copy(FAIL2BAN_FILTER, filters / "pop3server.conf")
+    log = tmp_path / "mail.log"
+    log.write_text("".join(line + "\n" for line in lines))
+    r = subprocess.run(["fail2ban-regex", "-o", "ip", str(log), str(filters / "pop3server.conf")],
+                       capture_output=True, timeout=60)
+    assert r.returncode == 0, r.stdout + r.stderr
+    return r.stdout.decode().split()
+
+
+def as_syslog(line):
+    """A line of ours (``pop3server[pid]: LEVEL: message``, --log stderr) as
+    rsyslog writes it to mail.log and `journalctl -o short` shows it: date,
+    host, then ``pop3server[pid]: message``."""
+    m = re.match(r"(pop3server\[\d+\]): [A-Z]+: (.*)$", line)
+    assert m, line
+    return "Dec  1 21:30:00 mailhost %s: %s" % m.groups()
+
+
+def test_failed_logins_are_logged_for_fail2ban_and_its_regex_takes_the_real_address(
+        dovecot, workdir, netns, tmp_path):
+    """From a client at a non-loopback address: a wrong password (USER),
+    a wrong AUTH PLAIN, and a user name made to look like another address.
+    Each failure is one line with rip= first; the shipped filter, run by
+    Debian's fail2ban-regex over the lines as syslog and the journal show
+    them, yields the client's address for each failure and nothing else
+    (no address from the fake user name, nothing for the good login)."""
+    if not shutil.which("fail2ban-regex"):
+        raise AssertionError("fail2ban-regex missing: scripts/test.sh installs fail2ban")
+    s = StandaloneServer(workdir, dovecot.port, ["--allow-plaintext-auth", "true",
+                                                  "--max-login-failures", "5",
+                                                  "--login-failure-delay", "0"],
+                         name="ns-f2b", listen_host=netns.server_addr)
+    try:
+        fake = "x> rip=6.6.6.6 method=USER user=<x"
+        t = netns.run_client(s.port, [
+            ["cmd", "USER alice"],
+            ["cmd", "PASS wrong"],
+            ["cmd", "AUTH PLAIN " + b64(b"\0alice\0wrong")],
+            ["cmd", "USER " + fake],
+            ["cmd", "PASS wrong"],
+            ["cmd", "USER alice"],
+            ["cmd", "PASS secret"],
+            ["cmd", "QUIT"],
+        ])
+        assert [a[1][:4] for a in t[1:]] == ["+OK ", "-ERR", "-ERR", "+OK ", "-ERR", "+OK ",
+                                             "+OK ", "+OK "], t
+        assert s.wait_log(r"session end: user=alice client=%s:\d+ login=ok-after-3-failed "
+                          % re.escape(netns.client_addr), 5), s.log()[-2000:]
+        lines = [ln for ln in s.log().splitlines() if ln.startswith("pop3server[")]
+        failed = [ln for ln in lines if "login failed:" in ln]
+        rip = re.escape(netns.client_addr)
+        assert len(failed) == 3, s.log()[-3000:]
+        assert re.search(r"login failed: rip=%s method=USER user=<alice> reason=the backend said: "
+                         r"\[AUTHENTICATIONFAILED\] " % rip, failed[0]), failed
+        assert re.search(r"login failed: rip=%s method=PLAIN user=<alice> " % rip, failed[1])
+        assert ("login failed: rip=%s method=USER user=<%s> " % (netns.client_addr, fake)
+                in failed[2]), failed
+        assert "wrong" not in s.log() and "secret" not in s.log()
+        expected = [netns.client_addr] * 3
+        assert fail2ban_ips(tmp_path, [as_syslog(ln) for ln in lines]) == expected
+        # --log stderr lines as they are, too.
+        assert fail2ban_ips(tmp_path, lines) == expected
+    finally:
+        s.stop()
+
+
+def test_a_failed_session_names_its_user_and_how_the_login_went(server):
+    with Pop3(server.port) as p:
+        assert ok(p.cmd("USER alice"))
+        assert err(p.cmd("PASS wrong"))
+        assert ok(p.quit())
+    assert server.wait_log(r"session end: user=alice client=127\.0\.0\.1:\d+ login=failed-1 "
+                           r".*end=quit", 5), server.log()[-2000:]
+    with Pop3(server.port) as p:
+        assert ok(p.quit())
+    assert server.wait_log(r"session end: user=- client=127\.0\.0\.1:\d+ login=none ", 5)

@@ -148,7 +148,8 @@ def test_wrong_password_and_unknown_device_get_the_same_answer(
     answers = [session(s.port, "scanner", "wrong"), session(s.port, "nosuchdevice", DEVICE_PW)]
     assert answers == [b"-ERR [AUTH] Authentication failed"] * 2, answers
     assert idp.counts["token"] == before, "no token for a failed device login"
-    assert s.wait_log(r"login failed: user=nosuchdevice", 5)
+    assert s.wait_log(r"login failed: rip=127\.0\.0\.1 method=USER user=<nosuchdevice> "
+                      r"reason=no such device", 5), s.log()[-2000:]
     assert_no_secrets(s.log(), idp)
 
 

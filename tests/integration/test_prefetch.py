@@ -135,7 +135,7 @@ def test_a_fetch_ahead_nobody_wanted_is_dropped_before_the_next_command(
         assert ok(p.cmd("NOOP"))
         st, got = p.retr(3)
         assert ok(st) and got == pop3_expected(bodies[2])
-        assert p.quit() == b"+OK Logging out, 1 messages deleted"
+        assert p.quit() == b"+OK Logging out, 1 message deleted"
     assert whole_fetches(r) == [(uids[0], False), (uids[1], True), (uids[1], False),
                                 (uids[2], True), (uids[3], True)], r.forwarded
     with ImapView(dovecot.dc, user) as v:

@@ -318,7 +318,10 @@ def journal(c: Container, unit: str, since: str) -> str:
     # moment to have it.
     out = ""
     for _ in range(50):
-        out = c.sh("journalctl --no-pager -o cat -u '%s' --since '%s'" % (unit, since),
+        # -t pop3server: the identifier the README and man page tell admins
+        # to read the logs by.
+        out = c.sh("journalctl --no-pager -o cat -t pop3server -u '%s' --since '%s'"
+                   % (unit, since),
                    check=False).stdout
         if SESSION_LINE.search(out):
             break

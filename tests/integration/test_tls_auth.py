@@ -276,7 +276,7 @@ def test_stls_pipelined_commands_are_discarded(dovecot, make_server):
         st = p.cmd("STAT")
         assert err(st), st  # not logged in
         assert ok(p.quit())
-    assert s.wait_log(r"session end: user=- .*tls=yes .*end=quit", 5), s.log()[-2000:]
+    assert s.wait_log(r"session end: user=- .*login=none tls=yes .*end=quit", 5), s.log()[-2000:]
     log = s.log()
     assert "login: user=alice" not in log, log[-2000:]
     assert "secret" not in log
@@ -352,7 +352,7 @@ def test_plaintext_refused_off_loopback_until_stls(dovecot, workdir, netns):
         assert sasl_line(after) and b"PLAIN" in sasl_line(after), after
         assert t[9][1].startswith("+OK") and t[10][1].startswith("+OK"), t
         assert t[11][1].startswith("+OK 5 "), t
-        assert s.wait_log(r"session end: user=alice client=%s:\d+ tls=yes " % re.escape(
+        assert s.wait_log(r"session end: user=alice client=%s:\d+ login=ok tls=yes " % re.escape(
             netns.client_addr), 5), s.log()[-2000:]
     finally:
         s.stop()
@@ -409,7 +409,7 @@ def test_plaintext_allowed_off_loopback_when_configured(dovecot, workdir, netns)
         t = netns.run_client(s.port, [["cmd", "AUTH PLAIN " + b64(b"\0alice\0secret")],
                                       ["cmd", "QUIT"]])
         assert t[1][1].startswith("+OK"), t
-        assert s.wait_log(r"session end: user=alice client=%s:\d+ tls=no .*end=quit"
+        assert s.wait_log(r"session end: user=alice client=%s:\d+ login=ok tls=no .*end=quit"
                           % re.escape(netns.client_addr), 5), s.log()[-2000:]
     finally:
         s.stop()
