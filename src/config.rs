@@ -249,15 +249,20 @@ enum OneOrMany {
         One process serves one connection: started by inetd (the connection is \
         stdin/stdout), by a systemd Accept=yes socket (fd 3), or by its own \
         listener (--listen). Settings come from the configuration file; every \
-        flag below overrides the key of the same name (dashes for underscores).",
+        flag below overrides the key of the same name (dashes for underscores). \
+        A boolean flag alone switches its setting on (--read-only); \
+        --read-only false switches it off. The short options -b, -l, -p and -d \
+        and --backend_address, --backend_port are those of the original \
+        python-pop3server, so its command lines keep working.",
     args_override_self = true
 )]
 pub struct Flags {
     /// Configuration file [default: /etc/pop3server/pop3server.toml; a missing default file is not an error]
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Service and logging", long, value_name = "PATH")]
     pub config: Option<PathBuf>,
     /// IMAP server host name or address [default: 127.0.0.1]
     #[arg(
+        help_heading = "Backend (IMAP)",
         long,
         visible_alias = "backend_address",
         alias = "backend_host",
@@ -265,127 +270,164 @@ pub struct Flags {
     )]
     pub backend_host: Option<String>,
     /// IMAP server port [default: 143, 993 with implicit TLS]
-    #[arg(long, alias = "backend_port", value_name = "PORT")]
+    #[arg(
+        help_heading = "Backend (IMAP)",
+        long,
+        alias = "backend_port",
+        value_name = "PORT"
+    )]
     pub backend_port: Option<u16>,
     /// TLS to the backend: none, starttls, implicit [default: starttls]
-    #[arg(long, value_name = "MODE")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "MODE")]
     pub backend_tls: Option<String>,
     /// PEM file of CA certificates to verify the backend with, instead of the system store
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "PATH")]
     pub backend_ca_file: Option<PathBuf>,
     /// Accept exactly the backend certificate with this SHA-256 fingerprint (AB:CD:... as openssl x509 -fingerprint -sha256 prints it; --check shows it), whoever signed it; its validity period is still checked
-    #[arg(long, value_name = "SHA256")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "SHA256")]
     pub backend_tls_fingerprint: Option<String>,
     /// Verify the backend's certificate and host name; false is insecure and logged every session [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_tls_verify: Option<bool>,
     /// Send IMAP ID with x-originating-ip/-port of the POP3 client (the backend must trust us) [default: false]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_send_id: Option<bool>,
     /// Connect to the backend (TCP, TLS, greeting) right after our greeting, while the client authenticates; costs a backend connection for clients that never log in [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_connect_early: Option<bool>,
     /// After each RETR, ask the backend for the next message (up to 256 KiB) while the client reads this one, so that a client downloading in order waits less [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_prefetch: Option<bool>,
-    /// Backend protocol, as in older versions: IMAP (= --backend-tls none) or IMAPS (= implicit)
-    #[arg(short = 'b', value_name = "IMAP|IMAPS")]
+    /// Backend protocol, as in python-pop3server: IMAP (= --backend-tls none) or IMAPS (= implicit)
+    #[arg(
+        help_heading = "Options of the original python-pop3server",
+        short = 'b',
+        value_name = "IMAP|IMAPS"
+    )]
     pub backend_protocol: Option<String>,
     /// IMAP folders that form the maildrop, comma-separated, numbered in this order [default: INBOX]
-    #[arg(long, value_name = "FOLDER", value_delimiter = ',')]
+    #[arg(
+        help_heading = "Maildrop",
+        long,
+        value_name = "FOLDER",
+        value_delimiter = ','
+    )]
     pub folders: Option<Vec<String>>,
     /// UIDL format: "dovecot" (%08Xu%08Xv) or a template of %u, %v, %Xu, %08Xv... [default: dovecot]
-    #[arg(long, value_name = "FORMAT")]
+    #[arg(help_heading = "Maildrop", long, value_name = "FORMAT")]
     pub uidl_format: Option<String>,
     /// RETR sets \Seen on the backend [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Maildrop", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub mark_seen: Option<bool>,
     /// EXAMINE instead of SELECT; DELE is refused [default: false]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Maildrop", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub read_only: Option<bool>,
     /// Directory of the per-user lock files [default: /run/pop3server]
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Maildrop", long, value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
     /// Seconds before an idle client is disconnected [default: 600]
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Limits", long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
     /// Seconds to wait for the backend connection [default: 10]
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "SECS")]
     pub backend_connect_timeout: Option<u64>,
     /// Seconds one backend command may take [default: 60]
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Backend (IMAP)", long, value_name = "SECS")]
     pub backend_timeout: Option<u64>,
     /// Seconds to wait before answering a failed login [default: 2]
-    #[arg(long, value_name = "SECS")]
+    #[arg(help_heading = "Limits", long, value_name = "SECS")]
     pub login_failure_delay: Option<u64>,
     /// Failed logins after which the connection is closed [default: 3]
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub max_login_failures: Option<u32>,
     /// Bad commands in a row after which the connection is closed [default: 20]
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub max_bad_commands: Option<u32>,
     /// Run the standalone listener on ADDR:PORT (repeatable)
-    #[arg(long, value_name = "ADDR:PORT")]
+    #[arg(help_heading = "Service and logging", long, value_name = "ADDR:PORT")]
     pub listen: Vec<String>,
-    /// Listen address, as in older versions (with -p)
-    #[arg(short = 'l', value_name = "ADDR")]
+    /// Listen address, as in python-pop3server (with -p)
+    #[arg(
+        help_heading = "Options of the original python-pop3server",
+        short = 'l',
+        value_name = "ADDR"
+    )]
     pub listen_address: Option<String>,
-    /// Listen port, as in older versions (with -l; address defaults to 0.0.0.0)
-    #[arg(short = 'p', value_name = "PORT")]
+    /// Listen port, as in python-pop3server (with -l; address defaults to 0.0.0.0)
+    #[arg(
+        help_heading = "Options of the original python-pop3server",
+        short = 'p',
+        value_name = "PORT"
+    )]
     pub listen_port: Option<u16>,
     /// Concurrent sessions of the standalone listener [default: 256]
-    #[arg(long, value_name = "N")]
+    #[arg(help_heading = "Limits", long, value_name = "N")]
     pub max_children: Option<usize>,
     /// Where logs go: auto, syslog, journald, stderr [default: auto]
-    #[arg(long, value_name = "TARGET")]
+    #[arg(help_heading = "Service and logging", long, value_name = "TARGET")]
     pub log: Option<String>,
     /// Text for the IMPLEMENTATION capability [default: none sent]
-    #[arg(long, value_name = "TEXT")]
+    #[arg(help_heading = "Service and logging", long, value_name = "TEXT")]
     pub implementation: Option<String>,
     /// PEM certificate chain for STLS and implicit TLS [default: none, no STLS]
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "TLS and logins of clients", long, value_name = "PATH")]
     pub tls_cert: Option<PathBuf>,
     /// PEM private key for --tls-cert
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "TLS and logins of clients", long, value_name = "PATH")]
     pub tls_key: Option<PathBuf>,
     /// Start TLS before the greeting (POP3S, port 995) [default: false]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "TLS and logins of clients", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub implicit_tls: Option<bool>,
     /// Allow USER/PASS and AUTH without TLS from non-loopback clients [default: false]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "TLS and logins of clients", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub allow_plaintext_auth: Option<bool>,
     /// Serve one connection on stdin/stdout (what inetd does)
-    #[arg(long)]
+    #[arg(help_heading = "Service and logging", long)]
     pub inetd: bool,
     /// Test the backend (connect, TLS, capabilities; with --user also login and folder) and exit: 0 if all worked
-    #[arg(long)]
+    #[arg(help_heading = "Checking the backend", long)]
     pub check: bool,
     /// User for --check
-    #[arg(long, value_name = "USER", requires = "check")]
+    #[arg(
+        help_heading = "Checking the backend",
+        long,
+        value_name = "USER",
+        requires = "check"
+    )]
     pub user: Option<String>,
     /// File holding the password for --check --user (first line)
-    #[arg(long, value_name = "PATH", requires = "user")]
+    #[arg(
+        help_heading = "Checking the backend",
+        long,
+        value_name = "PATH",
+        requires = "user"
+    )]
     pub password_file: Option<PathBuf>,
     /// Local device accounts: USER/PASS is checked against this file and the backend login uses the device's OAuth2 token source [default: none]
-    #[arg(long, value_name = "PATH")]
+    #[arg(help_heading = "Devices and OAuth2", long, value_name = "PATH")]
     pub devices_file: Option<PathBuf>,
     /// Directory for state shared by the session processes (OAuth2 tokens) [default: /var/lib/pop3server]
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Devices and OAuth2", long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
     /// Keep message sizes by UID between sessions, so a session asks the backend only for the UID list and new messages' sizes [default: true]
-    #[arg(long, value_name = "BOOL")]
+    #[arg(help_heading = "Maildrop", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub snapshot_cache: Option<bool>,
     /// Directory of the snapshot cache [default: /var/cache/pop3server]
-    #[arg(long, value_name = "DIR")]
+    #[arg(help_heading = "Maildrop", long, value_name = "DIR")]
     pub cache_dir: Option<PathBuf>,
     /// Print an argon2id hash of a password read from the terminal (or stdin) for the devices file, and exit
-    #[arg(long, conflicts_with_all = ["check", "oauth_consent"])]
+    #[arg(help_heading = "Devices and OAuth2", long, conflicts_with_all = ["check", "oauth_consent"])]
     pub hash_password: bool,
     /// Authorise the refresh-token source NAME once (OAuth2 device authorization grant, RFC 8628): prints a URL and a code, waits, stores the tokens, and exits
-    #[arg(long, value_name = "NAME", conflicts_with = "check")]
+    #[arg(
+        help_heading = "Devices and OAuth2",
+        long,
+        value_name = "NAME",
+        conflicts_with = "check"
+    )]
     pub oauth_consent: Option<String>,
     /// Debug logging (never includes passwords)
-    #[arg(short = 'd', long)]
+    #[arg(help_heading = "Service and logging", short = 'd', long)]
     pub debug: bool,
 }
 
@@ -659,22 +701,26 @@ impl Config {
             ));
         }
 
+        let (cert_flag, key_flag) = (flags.tls_cert.is_some(), flags.tls_key.is_some());
         let tls = match (
             flags.tls_cert.or(file.tls_cert),
             flags.tls_key.or(file.tls_key),
         ) {
             (Some(cert), Some(key)) => Some(TlsFiles { cert, key }),
             (None, None) => None,
+            // Named where it was set: the flag, or the file's key.
             (Some(_), None) => {
-                return Err(file_err(
-                    "tls_key",
-                    "tls_cert is set, tls_key must be too".into(),
+                return Err(value_err(
+                    cert_flag,
+                    "tls_cert",
+                    "is set, so the key must be too: set tls_key (or --tls-key)".into(),
                 ));
             }
             (None, Some(_)) => {
-                return Err(file_err(
-                    "tls_cert",
-                    "tls_key is set, tls_cert must be too".into(),
+                return Err(value_err(
+                    key_flag,
+                    "tls_key",
+                    "is set, so the certificate must be too: set tls_cert (or --tls-cert)".into(),
                 ));
             }
         };
@@ -831,16 +877,100 @@ fn read_file(path: &PathBuf, explicit: bool) -> Result<(FileConfig, bool), Confi
 }
 
 pub fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
-    toml::from_str(text).map_err(|e| ConfigError {
-        source: source.into(),
-        key: String::new(),
-        reason: e
-            .to_string()
-            .lines()
-            .filter(|l| !l.trim().is_empty())
-            .collect::<Vec<_>>()
-            .join(" "),
-    })
+    toml::from_str(text).map_err(|e| explain_toml(text, source, &e))
+}
+
+/// One line for a TOML or type error: file and line, the setting, what is
+/// wrong in plain words and what would be right (toml's own message is a
+/// caret picture over several lines, in serde's type names).
+fn explain_toml(text: &str, source: &str, e: &toml::de::Error) -> ConfigError {
+    let start = e.span().map_or(0, |s| s.start).min(text.len());
+    let line_no = text[..start].matches('\n').count() + 1;
+    let line = text.lines().nth(line_no - 1).unwrap_or("");
+    // The table the line is in ([oauth.NAME]), for the key's full name.
+    let table = text
+        .lines()
+        .take(line_no - 1)
+        .filter_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'))
+        .last()
+        .map(|t| format!("{}.", t.trim()));
+    let (name, value) = match line.split_once('=') {
+        Some((k, v)) => (k.trim(), v.trim()),
+        None => ("", ""),
+    };
+    let message = e.message();
+    let mut key = match (&table, name.is_empty()) {
+        (_, true) => String::new(),
+        (Some(t), false) => format!("{t}{name}"),
+        (None, false) => name.to_string(),
+    };
+    let reason = if let Some(rest) = message.strip_prefix("unknown field `") {
+        let (unknown, known) = rest.split_once('`').unwrap_or((rest, ""));
+        key = match &table {
+            Some(t) => format!("{t}{unknown}"),
+            None => unknown.to_string(),
+        };
+        let candidates: Vec<&str> = known.split('`').skip(1).step_by(2).collect();
+        match closest(unknown, &candidates) {
+            Some(near) => format!("unknown setting; did you mean {near}?"),
+            None => "unknown setting (pop3server(8) and the commented \
+                     /etc/pop3server/pop3server.toml list them all)"
+                .to_string(),
+        }
+    } else if let Some(rest) = message
+        .strip_prefix("invalid type: ")
+        .or_else(|| message.strip_prefix("invalid value: "))
+    {
+        let (found, wanted) = rest.split_once(", expected ").unwrap_or((rest, ""));
+        format!(
+            "expected {}, not {}",
+            plain_type(name, wanted),
+            found.replace('`', "")
+        )
+    } else if message == "duplicate key" {
+        "set twice: keep one of the two lines".to_string()
+    } else if !value.is_empty() && !value.starts_with(['"', '\'', '[', '{']) {
+        // An unquoted string (a host, a path) is not TOML.
+        format!(
+            "{value} is not a TOML value: a string must be in quotes, e.g. {name} = \"{value}\""
+        )
+    } else {
+        message.replace('\n', " ")
+    };
+    ConfigError {
+        source: format!("{source}:{line_no}"),
+        key,
+        reason,
+    }
+}
+
+/// serde's name of the expected type, in an admin's words.
+fn plain_type(key: &str, wanted: &str) -> String {
+    match wanted {
+        "u16" if key.ends_with("port") => "a port number 1-65535".into(),
+        "u8" | "u16" | "u32" | "u64" | "usize"
+            if key.ends_with("timeout") || key.ends_with("delay") =>
+        {
+            "a number of seconds (a whole number, 0 or more)".into()
+        }
+        "u8" | "u16" | "u32" | "u64" | "usize" => "a whole number (0 or more)".into(),
+        "a boolean" => "true or false (without quotes)".into(),
+        "a sequence" if key == "folders" => "a list such as [\"INBOX\"]".into(),
+        "a sequence" => "a list in brackets, such as [\"a\", \"b\"]".into(),
+        "a string" => "a string in quotes".into(),
+        other => other.into(),
+    }
+}
+
+/// The known name nearest to a misspelt one, if it is near enough to be
+/// what was meant.
+fn closest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
+    known
+        .iter()
+        .map(|k| (strsim::levenshtein(typed, k), *k))
+        .filter(|&(d, k)| d <= 2.max(k.len() / 4))
+        .min()
+        .map(|(_, k)| k)
 }
 
 /// Checks one `[oauth.NAME]` table; the error says what is wrong with it.
@@ -930,6 +1060,83 @@ mod tests {
     }
 
     #[test]
+    fn file_mistakes_are_one_line_with_line_key_and_what_would_be_right() {
+        let cases = [
+            (
+                "backend_hots = \"x\"\n",
+                "test.toml:1: backend_hots: unknown setting; did you mean backend_host?",
+            ),
+            (
+                "\nbackend_port = \"abc\"\n",
+                "test.toml:2: backend_port: expected a port number 1-65535, not string \"abc\"",
+            ),
+            (
+                "backend_port = 70000\n",
+                "test.toml:1: backend_port: expected a port number 1-65535, not integer 70000",
+            ),
+            (
+                "backend_host = 127.0.0.1\n",
+                "test.toml:1: backend_host: 127.0.0.1 is not a TOML value: a string must be in \
+                 quotes, e.g. backend_host = \"127.0.0.1\"",
+            ),
+            (
+                "folders = \"INBOX\"\n",
+                "test.toml:1: folders: expected a list such as [\"INBOX\"], not string \"INBOX\"",
+            ),
+            (
+                "mark_seen = \"yes\"\n",
+                "test.toml:1: mark_seen: expected true or false (without quotes), not string \"yes\"",
+            ),
+            (
+                "backend_timeout = -3\n",
+                "test.toml:1: backend_timeout: expected a number of seconds (a whole number, 0 or \
+                 more), not integer -3",
+            ),
+            (
+                "[oauth.m365]\ntoken_ur = \"x\"\n",
+                "test.toml:2: oauth.m365.token_ur: unknown setting; did you mean token_url?",
+            ),
+            (
+                "backend_host = \"a\"\nbackend_host = \"b\"\n",
+                "test.toml:2: backend_host: set twice: keep one of the two lines",
+            ),
+        ];
+        for (file, expected) in cases {
+            let e = parse_file(file, "test.toml").expect_err(file);
+            assert_eq!(e.to_string(), expected, "{file}");
+            assert!(!e.to_string().contains('\n'));
+        }
+        let e = parse_file("zzzzzz = 1\n", "test.toml").expect_err("unknown");
+        assert!(
+            e.to_string().contains("unknown setting (pop3server(8)"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn a_bare_boolean_flag_switches_it_on_and_a_value_still_works() {
+        let c = config("", &["--read-only", "--mark-seen", "false"]).expect("flags");
+        assert!(c.read_only && !c.mark_seen);
+        let c = config("", &["--backend-prefetch=false", "--snapshot-cache"]).expect("flags");
+        assert!(!c.backend_prefetch && c.snapshot_cache);
+        assert!(config("", &["--read-only", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn a_missing_tls_half_is_named_where_the_other_was_set() {
+        let e = config("", &["--tls-cert", "/x.pem"]).expect_err("no key");
+        assert_eq!(
+            e.to_string(),
+            "command line: --tls-cert: is set, so the key must be too: set tls_key (or --tls-key)"
+        );
+        let e = config("tls_key = \"/k.pem\"\n", &[]).expect_err("no cert");
+        assert!(
+            e.to_string().starts_with("test.toml: tls_key: is set"),
+            "{e}"
+        );
+    }
+
+    #[test]
     fn defaults() {
         let c = config("", &[]).expect("defaults are valid");
         assert_eq!(
@@ -984,7 +1191,8 @@ mod tests {
     fn unknown_keys_and_bad_values_name_file_key_and_reason() {
         let e = config("bogus = 1\n", &[]).expect_err("unknown key");
         assert!(
-            e.to_string().starts_with("test.toml: ") && e.to_string().contains("bogus"),
+            e.to_string()
+                .starts_with("test.toml:1: bogus: unknown setting"),
             "{e}"
         );
         let e = config("uidl_format = \"%q\"\n", &[]).expect_err("bad template");
@@ -1026,7 +1234,7 @@ mod tests {
             config("tls_cert = \"/c.pem\"\n", &[])
                 .expect_err("no key")
                 .key,
-            "tls_key"
+            "tls_cert"
         );
         assert_eq!(
             config("implicit_tls = true\n", &[])

@@ -3,8 +3,9 @@ a non-INBOX one), read_only, uidl_format."""
 
 import imaplib
 import re
+import subprocess
 
-from helpers import ImapView, Pop3, imap_login, ok, pop3_expected
+from helpers import ImapView, Pop3, imap_login, ok, pop3_expected, server_bin
 import testbed
 
 
@@ -91,3 +92,39 @@ def test_non_inbox_folder(dovecot, make_server, fresh_user):
             m.logout()
         except imaplib.IMAP4.error:
             pass
+
+
+def test_configuration_mistakes_are_one_line_naming_file_line_and_fix(dovecot, tmp_path):
+    """What an admin sees for the usual mistakes in the file: one line each,
+    with the file and line, the setting, and what would be right."""
+    cases = [
+        ('backend_hots = "127.0.0.1"\n', ":1: backend_hots: unknown setting; did you mean "
+                                          "backend_host?"),
+        ('# port\nbackend_port = "abc"\n', ":2: backend_port: expected a port number 1-65535, "
+                                            'not string "abc"'),
+        ("backend_host = 127.0.0.1\n", ':1: backend_host: 127.0.0.1 is not a TOML value: a '
+                                       'string must be in quotes, e.g. backend_host = "127.0.0.1"'),
+        ('folders = "INBOX"\n', ':1: folders: expected a list such as ["INBOX"], not string '
+                                '"INBOX"'),
+    ]
+    for text, expected in cases:
+        conf = tmp_path / "pop3server.toml"
+        conf.write_text(text)
+        r = subprocess.run([server_bin(), "--config", str(conf), "--check"], capture_output=True,
+                           timeout=30)
+        err_text = r.stderr.decode(errors="replace")
+        assert r.returncode != 0, err_text
+        assert err_text.strip().splitlines() == ["pop3server: %s%s" % (conf, expected)], err_text
+    # A flag is named as the flag, not as the file.
+    r = subprocess.run([server_bin(), "--config", "/dev/null", "--tls-cert", "/x.pem", "--check"],
+                       capture_output=True, timeout=30)
+    assert r.stderr.decode().strip() == ("pop3server: command line: --tls-cert: is set, so the "
+                                         "key must be too: set tls_key (or --tls-key)"), r.stderr
+
+
+def test_a_bare_boolean_flag_switches_the_setting_on(dovecot):
+    base = [server_bin(), "--config", "/dev/null", "--backend-port", str(dovecot.port),
+            "--backend-tls", "none", "--check"]
+    for flags in (["--read-only"], ["--read-only", "true"], ["--backend-prefetch=false"]):
+        r = subprocess.run(base + flags, capture_output=True, timeout=60)
+        assert r.returncode == 0, (flags, r.stdout + r.stderr)
