@@ -426,7 +426,7 @@ pub struct Flags {
         conflicts_with = "check"
     )]
     pub oauth_consent: Option<String>,
-    /// Debug logging (never includes passwords)
+    /// Debug logging: the POP3 and IMAP exchanges line by line, passwords, SASL responses and tokens shown only as their lengths, message bodies not at all
     #[arg(help_heading = "Service and logging", short = 'd', long)]
     pub debug: bool,
 }

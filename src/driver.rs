@@ -16,7 +16,7 @@ use crate::config::Config;
 use crate::limits::{CLIENT_READ_CHUNK, CLIENT_WRITE_BUFFER, MAX_SASL_LINE};
 use crate::logging::printable;
 use crate::pop3::auth::Connection;
-use crate::pop3::command::known_verb;
+use crate::pop3::command::for_log;
 use crate::pop3::lines::{Line, LineReader};
 use crate::pop3::reply::Reply;
 use crate::pop3::session::{Response, Session, SessionConfig, Step};
@@ -166,10 +166,14 @@ impl Driver<'_> {
                 let Some(line) = self.lines.next_line() else {
                     break;
                 };
-                if let Line::Complete(l) = &line
-                    && !self.session.awaits_sasl_response()
-                {
-                    debug!("command: {}", known_verb(l).unwrap_or("(not a command)"));
+                if log::log_enabled!(log::Level::Debug) {
+                    match &line {
+                        Line::Complete(l) if self.session.awaits_sasl_response() => {
+                            debug!("POP3 C: <SASL response, hidden, {} bytes>", l.len());
+                        }
+                        Line::Complete(l) => debug!("POP3 C: {}", for_log(l)),
+                        _ => debug!("POP3 C: <line over the length limit>"),
+                    }
                 }
                 match self.step(line) {
                     Ok(None) => {}
@@ -223,6 +227,7 @@ impl Driver<'_> {
                     self.carry(request)
                 }
                 Step::Write { bytes, next } => {
+                    debug!("POP3 S: <message data, {} bytes>", bytes.len());
                     if self.out.is_empty() {
                         self.out = bytes;
                     } else {
@@ -306,6 +311,7 @@ impl Driver<'_> {
     }
 
     fn send(&mut self, reply: &Reply) -> Result<(), ClientGone> {
+        debug!("POP3 S: {}", reply.for_log());
         reply.encode(&mut self.out);
         if self.out.len() >= CLIENT_WRITE_BUFFER {
             self.flush()?;

@@ -147,6 +147,9 @@ impl Conn {
                 if line.last() == Some(&b'\r') {
                     line.pop();
                 }
+                // Lines only: literals (message bodies) are read apart and
+                // never shown; the line before one ends in its length.
+                log::debug!("IMAP S: {}", super::trace_text(&line));
                 return Ok(line);
             }
             line.extend_from_slice(avail);

@@ -158,10 +158,12 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
+use log::debug;
 
 use crate::limits::{
     FETCH_CHUNK, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK,
 };
+use crate::logging::printable;
 use crate::maildrop::BackendMessage;
 use crate::secret::{Secret, WipeOnDrop};
 use crate::tls::Fingerprint;
@@ -313,6 +315,19 @@ enum Arg<'a> {
     /// Sent as a quoted string, `"` and `\` escaped (printable ASCII only).
     Quoted(&'a [u8]),
     Literal(&'a [u8]),
+    /// Sent as the inner argument, shown in the debug trace only as its
+    /// length (a password).
+    Hidden(&'a Arg<'a>),
+}
+
+/// A line of the backend exchange for the debug trace (`-d`): printable,
+/// and cut short, since a line may be a megabyte of UIDs.
+fn trace_text(bytes: &[u8]) -> String {
+    const SHOWN: usize = 300;
+    if bytes.len() <= SHOWN {
+        return printable(bytes);
+    }
+    format!("{}... ({} bytes)", printable(&bytes[..SHOWN]), bytes.len())
 }
 
 impl Client {
@@ -479,7 +494,7 @@ impl Client {
             let (u, p) = (astring(user), astring(password.expose()));
             self.run(
                 "LOGIN",
-                &[Arg::Text(b"LOGIN "), u, Arg::Text(b" "), p],
+                &[Arg::Text(b"LOGIN "), u, Arg::Text(b" "), Arg::Hidden(&p)],
                 |_| Ok(()),
             )?
         };
@@ -558,6 +573,15 @@ impl Client {
             line.extend_from_slice(encoded.expose());
         }
         line.extend_from_slice(b"\r\n");
+        debug!(
+            "IMAP C: {} AUTHENTICATE {mechanism}{}",
+            self.current_tag(),
+            if sent {
+                format!(" <hidden, {} bytes>", encoded.expose().len())
+            } else {
+                String::new()
+            }
+        );
         self.conn.write_all(&line)?;
         // At most two continuations: the request for the response, and the
         // server's error report.
@@ -566,6 +590,7 @@ impl Client {
                 Event::Tagged(info) => return Ok(info),
                 Event::Continuation => {
                     let answer = if sent { error_ack } else { encoded.expose() };
+                    debug!("IMAP C: <hidden, {} bytes>", answer.len());
                     sent = true;
                     self.conn.write_all(answer)?;
                     self.conn.write_all(b"\r\n")?;
@@ -866,6 +891,7 @@ impl Client {
         self.tag += 1;
         let item = if peek { "BODY.PEEK[]" } else { "BODY[]" };
         let command = format!("{} UID FETCH {uid} (UID {item})\r\n", self.current_tag());
+        debug!("IMAP C: {}", command.trim_end());
         self.conn.start_deadline();
         self.conn.write_all(command.as_bytes())
     }
@@ -1099,18 +1125,38 @@ impl Client {
         self.conn.start_deadline();
         // The command may carry a password (LOGIN): a buffer sized for all
         // of it up front (no reallocation leaves a copy behind), wiped after.
-        let size: usize = args
-            .iter()
-            .map(|a| match a {
+        fn size_of(a: &Arg) -> usize {
+            match a {
                 Arg::Text(t) => t.len(),
                 Arg::Quoted(q) => 2 * q.len() + 2,
                 Arg::Literal(l) => l.len() + 24,
-            })
-            .sum();
+                Arg::Hidden(inner) => size_of(inner),
+            }
+        }
+        let size: usize = args.iter().map(size_of).sum();
+        if log::log_enabled!(log::Level::Debug) {
+            let shown: String = args
+                .iter()
+                .map(|a| match a {
+                    Arg::Text(t) => trace_text(t),
+                    Arg::Quoted(q) => format!("\"{}\"", trace_text(q)),
+                    Arg::Literal(l) => format!("{{{}}} {}", l.len(), trace_text(l)),
+                    Arg::Hidden(Arg::Text(b) | Arg::Quoted(b) | Arg::Literal(b)) => {
+                        format!("<hidden, {} bytes>", b.len())
+                    }
+                    Arg::Hidden(_) => "<hidden>".to_string(),
+                })
+                .collect();
+            debug!("IMAP C: {} {shown}", self.current_tag());
+        }
         let mut pending = WipeOnDrop(Vec::with_capacity(size + 16));
         pending.extend_from_slice(self.current_tag().as_bytes());
         pending.push(b' ');
         for arg in args {
+            let arg = match arg {
+                Arg::Hidden(inner) => inner,
+                visible => visible,
+            };
             match arg {
                 Arg::Text(t) => pending.extend_from_slice(t),
                 Arg::Quoted(q) => {
@@ -1131,6 +1177,11 @@ impl Client {
                         return Ok(done);
                     }
                     pending.extend_from_slice(bytes);
+                }
+                Arg::Hidden(_) => {
+                    return Err(ImapError::Protocol(
+                        "internal: a hidden argument inside a hidden one".into(),
+                    ));
                 }
             }
         }

@@ -5,6 +5,7 @@
 use crate::secret::Secret;
 
 use crate::decimal::parse_u64;
+use crate::logging::printable;
 /// A message number as the client gave it (1-based, never 0).
 pub use crate::maildrop::MsgNum;
 
@@ -62,6 +63,30 @@ pub fn known_verb(line: &[u8]) -> Option<&'static str> {
         .iter()
         .copied()
         .find(|v| v.as_bytes().eq_ignore_ascii_case(word))
+}
+
+/// A command line as the debug trace may show it: known commands with their
+/// arguments, except PASS's password and AUTH's initial response, which
+/// are shown as their lengths; anything else (it may be a SASL response
+/// sent too early) only as its length.
+pub fn for_log(line: &[u8]) -> String {
+    let Some(verb) = known_verb(line) else {
+        return format!("<not a command, {} bytes>", line.len());
+    };
+    let rest = line.get(verb.len() + 1..).unwrap_or_default();
+    match verb {
+        "PASS" => format!("PASS <hidden, {} bytes>", rest.len()),
+        "AUTH" => match rest.iter().position(|&b| b == b' ') {
+            Some(i) => format!(
+                "AUTH {} <hidden, {} bytes>",
+                printable(&rest[..i]),
+                rest.len() - i - 1
+            ),
+            None => format!("AUTH {}", printable(rest)),
+        },
+        _ if rest.is_empty() => verb.to_string(),
+        _ => format!("{verb} {}", printable(rest)),
+    }
 }
 
 pub fn parse(line: &[u8]) -> Result<Command, ParseError> {
@@ -273,6 +298,23 @@ mod tests {
             Err(ParseError::Syntax(_))
         ));
         assert!(matches!(parse(b"STLS"), Ok(Command::Stls)));
+    }
+
+    #[test]
+    fn the_trace_shows_commands_but_no_credentials() {
+        assert_eq!(for_log(b"USER alice"), "USER alice");
+        assert_eq!(for_log(b"pass hunter2 x"), "PASS <hidden, 9 bytes>");
+        assert_eq!(
+            for_log(b"AUTH PLAIN AGFsaWNlAHNlY3JldA=="),
+            "AUTH PLAIN <hidden, 20 bytes>"
+        );
+        assert_eq!(for_log(b"AUTH LOGIN"), "AUTH LOGIN");
+        assert_eq!(
+            for_log(b"AGFsaWNlAHNlY3JldA=="),
+            "<not a command, 20 bytes>"
+        );
+        assert_eq!(for_log(b"RETR 3"), "RETR 3");
+        assert_eq!(for_log(b"STAT"), "STAT");
     }
 
     #[test]

@@ -44,6 +44,21 @@ impl Reply {
         Reply::Err(Some(code), text.into())
     }
 
+    /// The status line, for the debug trace; the lines of a multi-line
+    /// reply only counted.
+    pub fn for_log(&self) -> String {
+        let mut line = Vec::new();
+        match self {
+            Reply::MultiLine(text, lines) => {
+                status_line(&mut line, "+OK", None, text);
+                let shown = String::from_utf8_lossy(&line).trim_end().to_string();
+                return format!("{shown} (+ {} lines)", lines.len());
+            }
+            other => other.encode(&mut line),
+        }
+        String::from_utf8_lossy(&line).trim_end().to_string()
+    }
+
     pub fn is_ok(&self) -> bool {
         !matches!(self, Reply::Err(..))
     }

@@ -151,6 +151,51 @@ def test_pipelined_sasl_response_refused_off_loopback_not_in_debug_log(dovecot, 
     assert_no_piece_of(token, log)
 
 
+def test_debug_shows_both_exchanges_line_by_line_without_credentials_or_bodies(
+        dovecot, make_server, fresh_user):
+    """-d: each POP3 command and reply, each IMAP command and response line,
+    with passwords and SASL responses shown as lengths and message bodies
+    not at all, so an admin can see what the backend refused and why."""
+    pw = "Tr4ce-Pw-Unique-77"
+    user = fresh_user(2, password=pw)
+    s = make_server(["-d", "--max-login-failures", "5"])
+    with Pop3(s.port) as p:
+        assert p.login(user, "wrong-pw-123").startswith(b"-ERR [AUTH]")
+        st = p.cmd("AUTH PLAIN " + b64(b"\0" + user.encode() + b"\0" + pw.encode()))
+        assert ok(st), st
+        st, body = p.retr(1)
+        assert ok(st)
+        assert ok(p.quit())
+    assert s.wait_log(r"end=quit", 5)
+    log = s.log()
+    lines = [ln.split(": DEBUG: ", 1)[1] for ln in log.splitlines() if ": DEBUG: " in ln]
+    for expected in (
+        r"POP3 C: USER %s" % user,
+        r"POP3 C: PASS <hidden, 12 bytes>",
+        r"IMAP S: \* OK \[CAPABILITY IMAP4rev1 .*\] testbed ready\.",
+        r'IMAP C: A\d+ LOGIN "%s" <hidden, 12 bytes>' % user,
+        r"IMAP S: A\d+ NO \[AUTHENTICATIONFAILED\] Authentication failed\.",
+        r"POP3 S: -ERR \[AUTH\] Authentication failed",
+        r"POP3 C: AUTH PLAIN <hidden, \d+ bytes>",
+        r'IMAP C: A\d+ SELECT "INBOX"',
+        r"IMAP S: \* 2 EXISTS",
+        r"POP3 S: \+OK Logged in, 2 messages",
+        r"POP3 C: RETR 1",
+        r"IMAP C: A\d+ UID FETCH 1 \(UID BODY\[\]\)",
+        r"IMAP S: \* 1 FETCH \(UID 1 .*BODY\[\] \{\d+\}",
+        r"POP3 S: <message data, \d+ bytes>",
+        r"POP3 C: QUIT",
+        r"IMAP C: A\d+ LOGOUT",
+    ):
+        assert any(re.match(expected, ln) for ln in lines), (expected, lines)
+    assert pw not in log and "wrong-pw-123" not in log
+    assert b64(b"\0" + user.encode() + b"\0" + pw.encode()) not in log
+    # No line of the message body.
+    for line in body.decode(errors="replace").splitlines():
+        if line.startswith("Body line"):
+            assert line not in log, line
+
+
 # --------------------------------------------------------------------------
 # failed logins, for operations and for fail2ban
 # --------------------------------------------------------------------------

@@ -55,6 +55,7 @@ COMMON_FILES = {
     "/usr/lib/sysusers.d/pop3server.conf",
     "/usr/lib/tmpfiles.d/pop3server.conf",
     "/etc/pop3server/pop3server.toml",
+    "/etc/fail2ban/filter.d/pop3server.conf",
     "/usr/share/man/man8/pop3server.8.gz",
     "/usr/share/doc/pop3server/README.md",
     "/usr/share/doc/pop3server/inetd.conf.example",
@@ -154,7 +155,8 @@ def test_deb_contents_and_control(packages):
     ctrl = subprocess.run(["dpkg-deb", "--ctrl-tarfile", deb], capture_output=True, timeout=60)
     listing = subprocess.run(["tar", "-xO", "./conffiles"], input=ctrl.stdout,
                              capture_output=True, timeout=60).stdout.decode()
-    assert listing.split() == ["/etc/pop3server/pop3server.toml"]
+    assert sorted(listing.split()) == ["/etc/fail2ban/filter.d/pop3server.conf",
+                                       "/etc/pop3server/pop3server.toml"]
 
 
 def test_lintian_has_no_errors(packages):
@@ -180,7 +182,8 @@ def test_rpm_contents_scripts_requires(packages):
     assert re.search(r"^Name\s*:\s*pop3server$", info, re.M)
     assert re.search(r"^License\s*:\s*MIT$", info, re.M)
     configs = run([rpm_tool, "-qcp", rpm]).stdout.split()
-    assert configs == ["/etc/pop3server/pop3server.toml"]
+    assert sorted(configs) == ["/etc/fail2ban/filter.d/pop3server.conf",
+                               "/etc/pop3server/pop3server.toml"]
     docs = set(run([rpm_tool, "-qdp", rpm]).stdout.split())
     assert "/usr/share/man/man8/pop3server.8.gz" in docs
     requires = run([rpm_tool, "-qp", "--requires", rpm]).stdout
