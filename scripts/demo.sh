@@ -1,13 +1,17 @@
 #!/usr/bin/env bash
-# Try pop3server by hand: a private Dovecot on 127.0.0.1:10143 with user
-# demo/demo (3 messages), and pop3server in the foreground on 127.0.0.1:10110.
-# Ctrl-C stops both. Run as root (Dovecot needs it); nothing in /etc is changed.
+# Try pop3server by hand: a private Dovecot on 127.0.0.1:10143 (STARTTLS)
+# with user demo/demo (3 messages), and pop3server in the foreground on
+# 127.0.0.1:10110 (STLS) and 127.0.0.1:10995 (POP3S), TLS on both sides with
+# a demo CA made for this run. Ctrl-C stops all. Run as root (Dovecot needs
+# it); nothing in /etc is changed.
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 ROOT=$(pwd)
 IMAP_PORT=${IMAP_PORT:-10143}
+IMAPS_PORT=${IMAPS_PORT:-10993}
 POP3_PORT=${POP3_PORT:-10110}
+POP3S_PORT=${POP3S_PORT:-10995}
 
 # shellcheck source=scripts/lib.sh
 . "$ROOT/scripts/lib.sh"
@@ -24,7 +28,10 @@ chmod 755 "$DEMO_DIR"
 
 cleanup() {
     trap - EXIT INT TERM
-    if [ -n "${SERVER_PID:-}" ]; then kill "$SERVER_PID" 2>/dev/null || true; wait "$SERVER_PID" 2>/dev/null || true; fi
+    for pid in ${SERVER_PID:-} ${SERVER2_PID:-}; do
+        kill "$pid" 2>/dev/null || true
+        wait "$pid" 2>/dev/null || true
+    done
     python3 "$ROOT/scripts/testbed.py" stop --dir "$DEMO_DIR/dovecot" || true
     rm -rf "$DEMO_DIR"
     echo "demo stopped."
@@ -33,25 +40,47 @@ trap cleanup EXIT INT TERM
 
 cargo build --release
 
-python3 "$ROOT/scripts/testbed.py" start-demo --dir "$DEMO_DIR/dovecot" --port "$IMAP_PORT"
+python3 "$ROOT/scripts/testbed.py" start-demo --dir "$DEMO_DIR/dovecot" --port "$IMAP_PORT" \
+    --imaps-port "$IMAPS_PORT"
 mkdir -p "$DEMO_DIR/locks"
+# The demo CA signed Dovecot's certificate, which pop3server's STLS and
+# POP3S use too (it names 127.0.0.1 and localhost): TLS on both sides, and
+# every client below checks the certificate against the demo CA.
+TLS="$DEMO_DIR/dovecot/tls"
+CA="$TLS/ca.pem"
+echo demo > "$DEMO_DIR/demo.password"
+common=(--config /dev/null --backend-host 127.0.0.1 --backend-port "$IMAP_PORT"
+        --backend-tls starttls --backend-ca-file "$CA"
+        --lock-dir "$DEMO_DIR/locks" --cache-dir "$DEMO_DIR/cache" --log stderr)
+BIN="$ROOT/target/release/pop3server"
+
+# Prove the backend side first, as an admin would.
+"$BIN" "${common[@]}" --check --user demo --password-file "$DEMO_DIR/demo.password"
 
 cat <<MSG
 
-pop3server is starting on 127.0.0.1:$POP3_PORT (backend Dovecot 127.0.0.1:$IMAP_PORT).
+pop3server is starting on 127.0.0.1:$POP3_PORT (STLS) and 127.0.0.1:$POP3S_PORT (POP3S),
+in front of Dovecot on 127.0.0.1:$IMAP_PORT (STARTTLS, certificate checked against the demo CA).
 Try it from another terminal:
 
-    curl pop3://demo:demo@127.0.0.1:$POP3_PORT/        # LIST
-    curl pop3://demo:demo@127.0.0.1:$POP3_PORT/1       # RETR 1
-    telnet 127.0.0.1 $POP3_PORT                        # USER demo / PASS demo / STAT / RETR 2 / QUIT
-                                                       # (telnet: apt-get install telnet)
+    curl pop3://demo:demo@127.0.0.1:$POP3_PORT/                          # LIST (plaintext: loopback only)
+    curl --ssl-reqd --cacert $CA pop3://demo:demo@127.0.0.1:$POP3_PORT/1   # RETR 1 after STLS
+    curl --cacert $CA pop3s://demo:demo@127.0.0.1:$POP3S_PORT/2           # RETR 2 over POP3S
+    openssl s_client -quiet -starttls pop3 -CAfile $CA -connect 127.0.0.1:$POP3_PORT
+                                                   # then: USER demo / PASS demo / STAT / QUIT
+    mpop --host=127.0.0.1 --port=$POP3_PORT --tls=on --tls-starttls=on --tls-trust-file=$CA \\
+         --auth=user --user=demo --passwordeval='echo demo' --keep=on --only-new=off \\
+         --delivery=mbox,$DEMO_DIR/demo.mbox       # (mpop: apt-get install mpop)
+    $BIN ${common[*]} --check --user demo --password-file $DEMO_DIR/demo.password
 
-Press Ctrl-C to stop the server and Dovecot.
+Press Ctrl-C to stop the servers and Dovecot.
 
 MSG
 
-"$ROOT/target/release/pop3server" --config /dev/null --listen "127.0.0.1:$POP3_PORT" \
-    --backend-host 127.0.0.1 --backend-port "$IMAP_PORT" --backend-tls none \
-    --lock-dir "$DEMO_DIR/locks" --cache-dir "$DEMO_DIR/cache" --log stderr &
+"$BIN" "${common[@]}" --listen "127.0.0.1:$POP3_PORT" \
+    --tls-cert "$TLS/server.pem" --tls-key "$TLS/server.key" &
 SERVER_PID=$!
-wait "$SERVER_PID" || true
+"$BIN" "${common[@]}" --listen "127.0.0.1:$POP3S_PORT" --implicit-tls \
+    --tls-cert "$TLS/server.pem" --tls-key "$TLS/server.key" &
+SERVER2_PID=$!
+wait "$SERVER_PID" "$SERVER2_PID" || true

@@ -94,6 +94,10 @@ while [ $((SECONDS - start)) -lt "$DEMO_TIMEOUT" ]; do
 done
 demo_up=$((SECONDS - start))
 message=$(curl -s -S --max-time 10 pop3://demo:demo@127.0.0.1:10110/1 2>&1 || true)
+# The TLS lines demo.sh prints: STLS and POP3S, checked against its demo CA.
+ca=$(sed -n 's/^demo CA: \([^;]*\);.*/\1/p' /root/demo.log)
+stls=$(curl -s -S --max-time 10 --ssl-reqd --cacert "$ca" pop3://demo:demo@127.0.0.1:10110/1 2>&1 || true)
+pop3s=$(curl -s -S --max-time 10 --cacert "$ca" pop3s://demo:demo@127.0.0.1:10995/2 2>&1 || true)
 kill -INT -- "-$demo" 2>/dev/null
 for _ in $(seq 1 30); do kill -0 "$demo" 2>/dev/null || break; sleep 1; done
 kill -0 "$demo" 2>/dev/null && { kill -KILL -- "-$demo"; fail "demo.sh did not stop on SIGINT"; }
@@ -101,6 +105,9 @@ tail -n 25 /root/demo.log
 [ -n "$listing" ] || fail "demo.sh: no LIST answer on 127.0.0.1:10110 within ${demo_up}s"
 echo "LIST through the demo: $(echo "$listing" | tr '\r\n' '  ')"
 echo "$message" | grep -q '^Subject:' || fail "demo.sh: RETR 1 gave no message: $message"
+echo "$stls" | grep -q '^Subject:' || fail "demo.sh: RETR 1 after STLS (CA $ca) gave: $stls"
+echo "$pop3s" | grep -q '^Subject:' || fail "demo.sh: RETR 2 over POP3S (CA $ca) gave: $pop3s"
+grep -q "^login: ok as demo" /root/demo.log || fail "demo.sh: its --check did not log in"
 grep -q "demo stopped." /root/demo.log || fail "demo.sh did not clean up after SIGINT"
 echo "FRESH-DEBIAN: demo.sh served mail after ${demo_up}s"
 

@@ -6,7 +6,7 @@ Used two ways:
 * imported by tests/integration/conftest.py (``from testbed import Dovecot``);
 * as a command line tool by scripts/demo.sh::
 
-      python3 scripts/testbed.py start-demo --dir DIR --port 10143
+      python3 scripts/testbed.py start-demo --dir DIR --port 10143 --imaps-port 10993
       python3 scripts/testbed.py stop --dir DIR
 
 Everything lives under one directory (config, passwd-file, maildirs, logs,
@@ -533,15 +533,18 @@ def main(argv: Optional[List[str]] = None) -> int:
     a = sub.add_parser("start-demo", help="start Dovecot with user demo/demo")
     a.add_argument("--dir", required=True)
     a.add_argument("--port", type=int, default=10143)
+    a.add_argument("--imaps-port", type=int, default=10993)
     s = sub.add_parser("stop", help="stop the Dovecot rooted at --dir")
     s.add_argument("--dir", required=True)
     args = ap.parse_args(argv)
     if args.cmd == "start-demo":
-        dc = Dovecot(args.dir, port=args.port)
+        dc = Dovecot(args.dir, port=args.port, imaps_port=args.imaps_port)
         dc.add_user("demo", "demo", demo_messages())
         dc.start()
-        print("dovecot: 127.0.0.1:%d (config %s, master pid %s)"
-              % (dc.port, dc.conf, dc.master_pid()))
+        print("dovecot: 127.0.0.1:%d (STARTTLS), IMAPS 127.0.0.1:%d (config %s, master pid %s)"
+              % (dc.port, dc.imaps_port, dc.conf, dc.master_pid()))
+        print("demo CA: %s; certificate for 127.0.0.1 and localhost: %s, key %s"
+              % (dc.tls["ca"], dc.tls["cert"], dc.tls["key"]))
         return 0
     if args.cmd == "stop":
         stop_dovecot(os.path.abspath(args.dir))

@@ -102,30 +102,27 @@ pub fn init(target: LogTarget, debug: bool) {
 
 impl Log for Logger {
     fn enabled(&self, metadata: &Metadata) -> bool {
-        metadata.level() <= self.level
+        level_of(metadata) <= self.level
     }
 
     fn log(&self, record: &Record) {
         if !self.enabled(record.metadata()) {
             return;
         }
+        let level = level_of(record.metadata());
         let text = printable(record.args().to_string().as_bytes());
         match &self.sink {
             Sink::Stderr { priority_prefix } => {
                 let line = if *priority_prefix {
-                    format!("<{}>{text}\n", priority(record.level()))
+                    format!("<{}>{text}\n", priority(level))
                 } else {
-                    format!(
-                        "pop3server[{}]: {}: {text}\n",
-                        std::process::id(),
-                        record.level()
-                    )
+                    format!("pop3server[{}]: {}: {text}\n", std::process::id(), level)
                 };
                 let _ = std::io::stderr().lock().write_all(line.as_bytes());
             }
             Sink::Syslog(logger) => {
                 if let Ok(mut l) = logger.lock() {
-                    let _ = match record.level() {
+                    let _ = match level {
                         Level::Error => l.err(text),
                         Level::Warn => l.warning(text),
                         Level::Info => l.info(text),
@@ -138,6 +135,16 @@ impl Log for Logger {
     }
 
     fn flush(&self) {}
+}
+
+/// Our own lines at their level; rustls's warnings about what a client
+/// sent (an IP address as SNI, which mpop does) are not the admin's to act
+/// on: debug only.
+fn level_of(metadata: &Metadata) -> Level {
+    match metadata.level() {
+        Level::Warn if metadata.target().starts_with("rustls") => Level::Debug,
+        level => level,
+    }
 }
 
 /// sd-daemon(3) priorities.
