@@ -132,3 +132,16 @@ def test_a_malformed_or_contradicted_pin_is_a_configuration_error(tmp_path):
                        timeout=30)
     out = (r.stdout + r.stderr).decode(errors="replace")
     assert r.returncode != 0 and "%s: backend_tls_fingerprint: " % conf in out, out
+
+
+def test_a_refused_connection_names_the_address_once(tmp_path):
+    port = testbed.free_port()  # nothing listens there
+    code, out = check(["--backend-port", str(port), "--backend-tls", "none"])
+    assert code == 1, out
+    assert re.search(r"check failed: cannot connect to 127\.0\.0\.1:%d: Connection refused"
+                     % port, out), out
+    assert out.count("127.0.0.1:%d" % port) == 2, out  # the "backend:" line and this one
+    code, out = check(["--backend-host", "localhost", "--backend-port", str(port),
+                       "--backend-tls", "none"])
+    assert re.search(r"cannot connect to localhost \((127\.0\.0\.1|\[::1\]):%d: Connection "
+                     r"refused" % port, out), out
