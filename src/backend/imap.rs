@@ -156,7 +156,7 @@ impl<'a> ImapBackend<'a> {
             }
             Ok(Login::Rejected(reason)) => Ok(LoginAnswer::Rejected {
                 penalty: Duration::ZERO,
-                reason: format!("the backend said: {reason}"),
+                reason,
             }),
             Ok(Login::TemporaryFailure(text)) => Ok(LoginAnswer::Unavailable(text)),
             Err(e) => Err(self.failure("login", e)),

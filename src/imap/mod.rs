@@ -465,7 +465,7 @@ impl Client {
             || authzid.is_some_and(forbidden)
         {
             return Ok(Login::Rejected(
-                "not sent: empty user, or CR, LF or NUL in the credentials".into(),
+                "not sent to the backend: empty user, or CR, LF or NUL in the credentials".into(),
             ));
         }
         if self.has("LOGINDISABLED") && self.has("STARTTLS") {
@@ -536,8 +536,8 @@ impl Client {
             }
             Status::No if is_temporary(&done.code) => Ok(Login::TemporaryFailure(done.text)),
             Status::No => Ok(Login::Rejected(match &done.code {
-                Some(code) => format!("[{}] {}", code.name, done.text),
-                None => done.text,
+                Some(code) => format!("the backend said: [{}] {}", code.name, done.text),
+                None => format!("the backend said: {}", done.text),
             })),
             _ => Err(ImapError::Refused {
                 command,
@@ -1563,7 +1563,7 @@ mod tests {
         let pw = Secret::new(b"p".to_vec());
         assert_eq!(
             c.login(b"u", None, &pw).expect("answer"),
-            Login::Rejected("[AUTHENTICATIONFAILED] no".into())
+            Login::Rejected("the backend said: [AUTHENTICATIONFAILED] no".into())
         );
         assert_eq!(
             c.login(b"u", None, &pw).expect("answer"),
@@ -1584,7 +1584,7 @@ mod tests {
         let token = Secret::new(b"user=a\x01auth=Bearer t\x01\x01".to_vec());
         assert_eq!(
             c.login_token("XOAUTH2", &token).expect("answer"),
-            Login::Rejected("[AUTHENTICATIONFAILED] bad token".into())
+            Login::Rejected("the backend said: [AUTHENTICATIONFAILED] bad token".into())
         );
         assert_eq!(
             sent(&out),
