@@ -201,6 +201,11 @@ fn explain_refused(why: &TlsError, host: &str, pin: &str) -> String {
         CertificateError::Expired => {
             "the backend's certificate has expired: renew it on the backend".to_string()
         }
+        CertificateError::BadEncoding => {
+            "the backend's certificate cannot be read (bad encoding): check the certificate the \
+             backend is configured with"
+                .to_string()
+        }
         CertificateError::NotValidYetContext { .. } | CertificateError::NotValidYet => {
             "the backend's certificate is not valid yet: check the clocks of both hosts".to_string()
         }
@@ -461,5 +466,69 @@ impl ServerCertVerifier for AcceptAnything {
         rustls::crypto::ring::default_provider()
             .signature_verification_algorithms
             .supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rustls::InvalidMessage;
+
+    fn refused(why: CertificateError) -> TlsError {
+        TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(Refused {
+            why: TlsError::InvalidCertificate(why),
+            seen: Fingerprint::of(b"cert"),
+        }))))
+    }
+
+    #[test]
+    fn each_refusal_is_one_line_that_says_what_to_set() {
+        let pin = format!("backend_tls_fingerprint = \"{}\"", Fingerprint::of(b"cert"));
+        let unknown = explain(&refused(CertificateError::UnknownIssuer), "mail", false);
+        assert!(
+            unknown.contains("set backend_ca_file") && unknown.contains(&pin),
+            "{unknown}"
+        );
+        let names = explain(
+            &refused(CertificateError::NotValidForNameContext {
+                expected: ServerName::try_from("mail").expect("name"),
+                presented: vec![
+                    "DnsName(\"imap.example\")".into(),
+                    "IpAddress(192.0.2.1)".into(),
+                ],
+            }),
+            "mail",
+            false,
+        );
+        assert!(
+            names.contains("not valid for backend_host mail: it names imap.example, 192.0.2.1"),
+            "{names}"
+        );
+        let plaintext = explain(
+            &TlsError::InvalidMessage(InvalidMessage::InvalidContentType),
+            "mail",
+            true,
+        );
+        assert!(
+            plaintext.contains("does not speak TLS on this port"),
+            "{plaintext}"
+        );
+        let mismatch = TlsError::InvalidCertificate(CertificateError::Other(OtherError(Arc::new(
+            PinMismatch {
+                seen: Fingerprint::of(b"new"),
+                pin: Fingerprint::of(b"old"),
+            },
+        ))));
+        let text = explain(&mismatch, "mail", false);
+        assert!(
+            text.contains(&format!(
+                "set backend_tls_fingerprint = \"{}\"",
+                Fingerprint::of(b"new")
+            )),
+            "{text}"
+        );
+        for line in [unknown, names, plaintext, text] {
+            assert!(!line.contains('\n'));
+        }
     }
 }
