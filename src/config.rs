@@ -885,7 +885,12 @@ pub fn parse_file(text: &str, source: &str) -> Result<FileConfig, ConfigError> {
 /// caret picture over several lines, in serde's type names).
 fn explain_toml(text: &str, source: &str, e: &toml::de::Error) -> ConfigError {
     let start = e.span().map_or(0, |s| s.start).min(text.len());
-    let line_no = text[..start].matches('\n').count() + 1;
+    // Bytes: a span is not promised to fall on a character boundary.
+    let line_no = text.as_bytes()[..start]
+        .iter()
+        .filter(|&&b| b == b'\n')
+        .count()
+        + 1;
     let line = text.lines().nth(line_no - 1).unwrap_or("");
     // The table the line is in ([oauth.NAME]), for the key's full name.
     let table = text
