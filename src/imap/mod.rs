@@ -847,12 +847,13 @@ impl Client {
         limit: u64,
     ) -> Result<Option<BodyStream>, ImapError> {
         if self.prefetched == Some(uid) && peek {
+            // Sent earlier: the deadline runs from now, when it is awaited.
             self.prefetched = None;
+            self.conn.start_deadline();
         } else {
             self.settle_prefetch()?;
             self.send_body_fetch(uid, peek)?;
         }
-        self.conn.start_deadline();
         self.read_body_head(uid, limit)
     }
 

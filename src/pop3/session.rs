@@ -149,7 +149,6 @@ pub struct Session {
     auth: Auth,
     state: State,
     pending: Pending,
-    failed_logins: u32,
     /// Bad commands since the last good one.
     bad_commands: u32,
     stats: Stats,
@@ -169,7 +168,6 @@ impl Session {
             auth,
             state: State::Authorization,
             pending: Pending::Nothing,
-            failed_logins: 0,
             bad_commands: 0,
             stats: Stats::default(),
             client: connection.client,
@@ -551,9 +549,8 @@ impl Session {
     }
 
     fn bad_credentials(&mut self, penalty: Duration) -> Step {
-        self.failed_logins += 1;
-        self.stats.login_failures = self.failed_logins;
-        let close = self.failed_logins >= self.config.max_login_failures;
+        self.stats.login_failures += 1;
+        let close = self.stats.login_failures >= self.config.max_login_failures;
         if close {
             self.state = State::Closed;
         }

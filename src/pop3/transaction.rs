@@ -85,9 +85,10 @@ fn retrieve(drop: &Maildrop, n: MsgNum, kind: Kind, prefetch: bool) -> TxStep {
         Err(e) => return TxStep::Reply(Reply::err(e.message())),
     };
     // A client that reads in order asks for the next message next.
-    let next = drop
-        .next_after(n)
-        .filter(|next| prefetch && next.folder == m.folder && next.size <= PREFETCH_MAX_MESSAGE)
+    let next = prefetch
+        .then(|| drop.next_after(n))
+        .flatten()
+        .filter(|next| next.folder == m.folder && next.size <= PREFETCH_MAX_MESSAGE)
         .map(|next| PrefetchRequest {
             folder: next.folder,
             uid: next.uid,

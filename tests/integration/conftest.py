@@ -17,7 +17,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "scripts"))
 
 import testbed  # noqa: E402
-from helpers import (InetdServer, ImapView, NetNs, StandaloneServer,  # noqa: E402
+from helpers import (InetdServer, ImapView, NetNs, RefusingRelay, StandaloneServer,  # noqa: E402
                      imap_login, server_bin, wait_for)
 
 PASSWORDS = {
@@ -270,6 +270,22 @@ def make_server(workdir, dovecot):
     yield make
     for s in started:
         s.stop()
+
+
+@pytest.fixture
+def refusing_relay(dovecot):
+    """Factory: refusing_relay(refuse=None) -> a RefusingRelay in front of
+    the testbed's Dovecot that records every command and answers NO to those
+    ``refuse`` returns a text for (none without it); stopped afterwards."""
+    relays = []
+
+    def make(refuse=None):
+        r = RefusingRelay(dovecot.port, refuse or (lambda command: None))
+        relays.append(r)
+        return r
+    yield make
+    for r in relays:
+        r.stop()
 
 
 @pytest.fixture

@@ -8,29 +8,11 @@ import re
 
 import pytest
 
-from helpers import ImapView, Pop3, RefusingRelay, ok, pop3_expected
-
-
-@pytest.fixture
-def relay(dovecot):
-    """relay(refuse) -> a RefusingRelay in front of the testbed's Dovecot."""
-    relays = []
-
-    def make(refuse):
-        r = RefusingRelay(dovecot.port, refuse)
-        relays.append(r)
-        return r
-    yield make
-    for r in relays:
-        r.stop()
-
-
-WHOLE_FETCH = re.compile(rb"^UID FETCH (\d+) \(UID BODY(\.PEEK)?\[\]\)$", re.I)
-
+from helpers import ImapView, Pop3, ok, pop3_expected
 
 @pytest.mark.parametrize("mark_seen", [True, False])
 def test_retr_is_one_fetch_per_message_that_sets_seen_itself(
-        dovecot, fresh_user, make_server, relay, mark_seen):
+        dovecot, fresh_user, make_server, refusing_relay, mark_seen):
     """One round trip per RETR: `UID FETCH n (UID BODY[])` sets \\Seen on the
     server as it sends the message (no UID STORE after it); with
     mark_seen = false it is BODY.PEEK[] and nothing is set.  Without
@@ -39,7 +21,7 @@ def test_retr_is_one_fetch_per_message_that_sets_seen_itself(
     with ImapView(dovecot.dc, user) as v:
         uids = v.uids()
         bodies = [v.body(u) for u in uids]
-    r = relay(lambda command: None)
+    r = refusing_relay()
     s = make_server(["--mark-seen", "true" if mark_seen else "false",
                      "--backend-prefetch", "false"], backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
@@ -50,9 +32,9 @@ def test_retr_is_one_fetch_per_message_that_sets_seen_itself(
             assert got == pop3_expected(body), n
         assert ok(p.cmd("DELE 1"))
         assert p.quit() == b"+OK Logging out, 1 message deleted"
-    fetches = [m for m in map(WHOLE_FETCH.match, r.forwarded) if m]
-    assert [int(m.group(1)) for m in fetches] == uids, r.forwarded
-    assert all(bool(m.group(2)) != mark_seen for m in fetches), r.forwarded
+    fetches = r.whole_fetches()
+    assert [uid for uid, _ in fetches] == uids, r.forwarded
+    assert all(peek != mark_seen for _, peek in fetches), r.forwarded
     assert not [c for c in r.forwarded if b"Seen" in c], r.forwarded
     with ImapView(dovecot.dc, user) as v:
         assert v.uids() == uids[1:]
@@ -63,7 +45,7 @@ def test_retr_is_one_fetch_per_message_that_sets_seen_itself(
 
 
 def test_refused_fetch_of_one_message_is_an_err_and_the_others_are_served(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     user = fresh_user(n=3)
     with ImapView(dovecot.dc, user) as v:
         uids = v.uids()
@@ -74,7 +56,7 @@ def test_refused_fetch_of_one_message_is_an_err_and_the_others_are_served(
         if re.match(rb"^UID FETCH %d \(UID BODY(\.PEEK)?\[\](<0\.\d+>)?\)$" % bad, command):
             return b"[SERVERBUG] Error reading message"
         return None
-    r = relay(refuse_fetch)
+    r = refusing_relay(refuse_fetch)
     s = make_server(backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))

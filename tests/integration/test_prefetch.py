@@ -9,38 +9,21 @@ that a refused fetch ahead is an -ERR for that message only."""
 import re
 import socket
 
-import pytest
-
 import testbed
-from helpers import ImapView, Pop3, RefusingRelay, ok, pop3_expected, wait_for
+from helpers import ImapView, Pop3, ok, pop3_expected, wait_for
 
-
-@pytest.fixture
-def relay(dovecot):
-    """relay(refuse=None) -> a RefusingRelay in front of the testbed's Dovecot."""
-    relays = []
-
-    def make(refuse=None):
-        r = RefusingRelay(dovecot.port, refuse or (lambda command: None))
-        relays.append(r)
-        return r
-    yield make
-    for r in relays:
-        r.stop()
-
-
-WHOLE_FETCH = re.compile(rb"^UID FETCH (\d+) \(UID BODY(\.PEEK)?\[\]\)$", re.I)
 SEEN_STORE = re.compile(rb"^UID STORE (\S+) \+FLAGS\.SILENT \(\\Seen\)$", re.I)
-
-
-def whole_fetches(r):
-    """[(uid, peek)] of the whole-message fetches the relay passed on."""
-    return [(int(m.group(1)), bool(m.group(2)))
-            for m in map(WHOLE_FETCH.match, r.forwarded) if m]
 
 
 def seen_stores(r):
     return [m.group(1) for m in map(SEEN_STORE.match, r.forwarded) if m]
+
+
+def contents(dovecot, user):
+    """The user's UIDs and their bodies, as Dovecot has them."""
+    with ImapView(dovecot.dc, user) as v:
+        uids = v.uids()
+        return uids, [v.body(u) for u in uids]
 
 
 def seen(view, uid):
@@ -48,12 +31,10 @@ def seen(view, uid):
 
 
 def test_the_next_message_is_fetched_ahead_and_seen_set_only_on_retrieved_ones(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     user = fresh_user(n=4)
-    with ImapView(dovecot.dc, user) as v:
-        uids = v.uids()
-        bodies = [v.body(u) for u in uids]
-    r = relay()
+    uids, bodies = contents(dovecot, user)
+    r = refusing_relay()
     s = make_server(backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
@@ -64,7 +45,7 @@ def test_the_next_message_is_fetched_ahead_and_seen_set_only_on_retrieved_ones(
         assert p.quit() == b"+OK Logging out, 0 messages deleted"
     # The first with \Seen, then each next one ahead (4 too: asked ahead,
     # never retrieved); each message fetched once.
-    assert whole_fetches(r) == [(uids[0], False), (uids[1], True), (uids[2], True),
+    assert r.whole_fetches() == [(uids[0], False), (uids[1], True), (uids[2], True),
                                 (uids[3], True)], r.forwarded
     # The \Seen owed by messages 2 and 3, in one command.
     assert seen_stores(r) == [b"%d:%d" % (uids[1], uids[2])], r.forwarded
@@ -74,11 +55,10 @@ def test_the_next_message_is_fetched_ahead_and_seen_set_only_on_retrieved_ones(
 
 
 def test_a_client_that_hangs_up_without_quit_still_gets_seen_set(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     user = fresh_user(n=3)
-    with ImapView(dovecot.dc, user) as v:
-        uids = v.uids()
-    r = relay()
+    uids, _ = contents(dovecot, user)
+    r = refusing_relay()
     s = make_server(backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
@@ -92,34 +72,31 @@ def test_a_client_that_hangs_up_without_quit_still_gets_seen_set(
 
 
 def test_with_mark_seen_false_or_read_only_nothing_is_stored(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     for flags in (["--mark-seen", "false"], ["--read-only", "true"]):
         user = fresh_user(n=3)
-        with ImapView(dovecot.dc, user) as v:
-            uids = v.uids()
-        r = relay()
+        uids, _ = contents(dovecot, user)
+        r = refusing_relay()
         s = make_server(flags, backend_port=r.port)
         with Pop3(s.port, timeout=30) as p:
             assert ok(p.login(user, "secret"))
             for n in (1, 2, 3):
                 assert ok(p.retr(n)[0])
             assert ok(p.quit())
-        assert whole_fetches(r) == [(u, True) for u in uids], (flags, r.forwarded)
+        assert r.whole_fetches() == [(u, True) for u in uids], (flags, r.forwarded)
         assert not [c for c in r.forwarded if b"STORE" in c.upper()], (flags, r.forwarded)
         with ImapView(dovecot.dc, user) as v:
             assert not any(seen(v, u) for u in uids), flags
 
 
 def test_a_fetch_ahead_nobody_wanted_is_dropped_before_the_next_command(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     """RETR 1 asks for 2 ahead; TOP 3 needs the connection, so 2's answer is
     read and dropped first; RETR 2 then fetches it again.  Commands that need
     no backend (LIST, UIDL, DELE, NOOP) leave a fetch ahead waiting."""
     user = fresh_user(n=4)
-    with ImapView(dovecot.dc, user) as v:
-        uids = v.uids()
-        bodies = [v.body(u) for u in uids]
-    r = relay()
+    uids, bodies = contents(dovecot, user)
+    r = refusing_relay()
     s = make_server(backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
@@ -136,7 +113,7 @@ def test_a_fetch_ahead_nobody_wanted_is_dropped_before_the_next_command(
         st, got = p.retr(3)
         assert ok(st) and got == pop3_expected(bodies[2])
         assert p.quit() == b"+OK Logging out, 1 message deleted"
-    assert whole_fetches(r) == [(uids[0], False), (uids[1], True), (uids[1], False),
+    assert r.whole_fetches() == [(uids[0], False), (uids[1], True), (uids[1], False),
                                 (uids[2], True), (uids[3], True)], r.forwarded
     with ImapView(dovecot.dc, user) as v:
         assert v.uids() == uids[1:]
@@ -144,13 +121,12 @@ def test_a_fetch_ahead_nobody_wanted_is_dropped_before_the_next_command(
 
 
 def test_deleted_and_big_messages_are_not_fetched_ahead(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     big = testbed.big_message(300 * 1024, seed=7)
     small = [testbed.simple_message("pf", k) for k in range(1, 4)]
     user = fresh_user(messages=[small[0], small[1], big, small[2]])
-    with ImapView(dovecot.dc, user) as v:
-        uids = v.uids()
-    r = relay()
+    uids, _ = contents(dovecot, user)
+    r = refusing_relay()
     s = make_server(backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
@@ -162,32 +138,29 @@ def test_deleted_and_big_messages_are_not_fetched_ahead(
         assert ok(p.cmd("RSET"))
         assert ok(p.quit())
     # 3 was fetched for its RETR only; after it, 4 ahead.
-    assert whole_fetches(r) == [(uids[0], False), (uids[2], False), (uids[3], True)], \
+    assert r.whole_fetches() == [(uids[0], False), (uids[2], False), (uids[3], True)], \
         r.forwarded
 
 
 def test_backend_prefetch_false_fetches_nothing_ahead(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     user = fresh_user(n=3)
-    with ImapView(dovecot.dc, user) as v:
-        uids = v.uids()
-    r = relay()
+    uids, _ = contents(dovecot, user)
+    r = refusing_relay()
     s = make_server(["--backend-prefetch", "false"], backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
         assert ok(p.retr(2)[0])
         assert ok(p.quit())
-    assert whole_fetches(r) == [(uids[1], False)], r.forwarded
+    assert r.whole_fetches() == [(uids[1], False)], r.forwarded
 
 
 def test_a_refused_fetch_ahead_is_an_err_for_that_message_only(
-        dovecot, fresh_user, make_server, relay):
+        dovecot, fresh_user, make_server, refusing_relay):
     user = fresh_user(n=3)
-    with ImapView(dovecot.dc, user) as v:
-        uids = v.uids()
-        bodies = [v.body(u) for u in uids]
+    uids, bodies = contents(dovecot, user)
     ahead = re.compile(rb"^UID FETCH %d \(UID BODY\.PEEK\[\]\)$" % uids[1])
-    r = relay(lambda c: b"[SERVERBUG] Error reading message" if ahead.match(c) else None)
+    r = refusing_relay(lambda c: b"[SERVERBUG] Error reading message" if ahead.match(c) else None)
     s = make_server(backend_port=r.port)
     with Pop3(s.port, timeout=30) as p:
         assert ok(p.login(user, "secret"))
