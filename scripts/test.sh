@@ -45,6 +45,9 @@ command -v openssl >/dev/null 2>&1 || need_pkgs+=(openssl)
 # starts no fail2ban daemon (lib.sh's policy-rc.d).
 command -v fail2ban-regex >/dev/null 2>&1 || need_pkgs+=(fail2ban)
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
+# The cluster lock's tests start a private redis-server on loopback (the
+# package's own service stays off: lib.sh's policy-rc.d).
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)

@@ -170,12 +170,8 @@ fn say(out: &mut dyn Write, line: &str) {
 }
 
 fn read_password(path: &std::path::Path) -> Result<Secret, String> {
-    let bytes = std::fs::read(path)
-        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))?;
-    let line = bytes.split(|&b| b == b'\n').next().unwrap_or_default();
-    Ok(Secret::new(
-        line.strip_suffix(b"\r").unwrap_or(line).to_vec(),
-    ))
+    Secret::first_line_of(path)
+        .map_err(|e| format!("cannot read password file {}: {e}", path.display()))
 }
 
 fn diagnose(config: &Config, e: &ImapError) -> String {

@@ -13,6 +13,7 @@ use clap::Parser;
 use serde::Deserialize;
 
 use crate::backend::TokenMechanism;
+use crate::clusterlock;
 use crate::fingerprint::Fingerprint;
 use crate::limits;
 use crate::uidl::UidlFormat;
@@ -101,6 +102,10 @@ pub struct Config {
     pub group: Option<String>,
     /// What to do instead of serving a session, if anything.
     pub task: Option<Task>,
+    /// The lock that spans front-ends (Redis or Valkey), if configured.
+    pub cluster_lock: Option<clusterlock::Settings>,
+    /// File holding the password of the cluster lock's Redis (first line).
+    pub cluster_lock_password_file: Option<PathBuf>,
 }
 
 /// A one-off task of the command line.
@@ -216,6 +221,11 @@ pub struct FileConfig {
     oauth: Option<BTreeMap<String, FileOAuthSource>>,
     user: Option<String>,
     group: Option<String>,
+    cluster_lock_redis: Option<String>,
+    cluster_lock_user: Option<String>,
+    cluster_lock_password_file: Option<PathBuf>,
+    cluster_lock_ttl: Option<u64>,
+    cluster_lock_fallback: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -325,6 +335,21 @@ pub struct Flags {
     /// Directory of the per-user lock files [default: /run/pop3server]
     #[arg(help_heading = "Maildrop", long, value_name = "DIR")]
     pub lock_dir: Option<PathBuf>,
+    /// Also lock each maildrop in this Redis or Valkey server (HOST:PORT), so that one user has one session across all front-ends [default: none, the local lock only]
+    #[arg(help_heading = "Several front-ends", long, value_name = "HOST:PORT")]
+    pub cluster_lock_redis: Option<String>,
+    /// ACL user for the cluster lock's Redis (AUTH user password) [default: none]
+    #[arg(help_heading = "Several front-ends", long, value_name = "USER")]
+    pub cluster_lock_user: Option<String>,
+    /// File holding the cluster lock's Redis password (first line) [default: none, no AUTH]
+    #[arg(help_heading = "Several front-ends", long, value_name = "PATH")]
+    pub cluster_lock_password_file: Option<PathBuf>,
+    /// Seconds a cluster lock lease lasts unless renewed; renewed every third of it; a killed session's user waits this long [default: 60]
+    #[arg(help_heading = "Several front-ends", long, value_name = "SECS")]
+    pub cluster_lock_ttl: Option<u64>,
+    /// When the cluster lock's Redis cannot be reached: refuse (-ERR [SYS/TEMP]) or local (serve with the local lock only, and log a warning) [default: refuse]
+    #[arg(help_heading = "Several front-ends", long, value_name = "refuse|local")]
+    pub cluster_lock_fallback: Option<String>,
     /// Seconds before an idle client is disconnected [default: 600]
     #[arg(help_heading = "Limits", long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
@@ -462,6 +487,18 @@ impl Config {
             reason,
         };
 
+        // Before any field of `flags` or `file` is moved out.
+        let cluster_lock = cluster_lock(&flags, &file).map_err(|(from_flag, key, reason)| {
+            if from_flag {
+                flag_err(&format!("--{}", key.replace('_', "-")), reason)
+            } else {
+                file_err(key, reason)
+            }
+        })?;
+        let cluster_lock_password_file = flags
+            .cluster_lock_password_file
+            .clone()
+            .or(file.cluster_lock_password_file.clone());
         let backend_tls = match (
             &flags.backend_tls,
             &flags.backend_protocol,
@@ -773,6 +810,8 @@ impl Config {
         };
 
         Ok(Config {
+            cluster_lock,
+            cluster_lock_password_file,
             devices_file,
             snapshot_cache: flags.snapshot_cache.or(file.snapshot_cache).unwrap_or(true),
             cache_dir: flags
@@ -976,6 +1015,102 @@ fn closest<'a>(typed: &str, known: &[&'a str]) -> Option<&'a str> {
         .filter(|&(d, k)| d <= 2.max(k.len() / 4))
         .min()
         .map(|(_, k)| k)
+}
+
+/// The cluster lock's settings, if `cluster_lock_redis` is set; an error
+/// is (set by a flag, key, reason).
+fn cluster_lock(
+    flags: &Flags,
+    file: &FileConfig,
+) -> Result<Option<clusterlock::Settings>, (bool, &'static str, String)> {
+    let address = match (&flags.cluster_lock_redis, &file.cluster_lock_redis) {
+        (Some(a), _) => (a.clone(), true),
+        (None, Some(a)) => (a.clone(), false),
+        (None, None) => {
+            let stray = [
+                (
+                    "cluster_lock_user",
+                    flags.cluster_lock_user.is_some(),
+                    file.cluster_lock_user.is_some(),
+                ),
+                (
+                    "cluster_lock_password_file",
+                    flags.cluster_lock_password_file.is_some(),
+                    file.cluster_lock_password_file.is_some(),
+                ),
+                (
+                    "cluster_lock_ttl",
+                    flags.cluster_lock_ttl.is_some(),
+                    file.cluster_lock_ttl.is_some(),
+                ),
+                (
+                    "cluster_lock_fallback",
+                    flags.cluster_lock_fallback.is_some(),
+                    file.cluster_lock_fallback.is_some(),
+                ),
+            ];
+            if let Some((key, from_flag, _)) = stray.iter().find(|(_, f, v)| *f || *v) {
+                return Err((
+                    *from_flag,
+                    key,
+                    "has no effect without cluster_lock_redis = \"HOST:PORT\"".into(),
+                ));
+            }
+            return Ok(None);
+        }
+    };
+    let (address, from_flag) = address;
+    let valid = address
+        .rsplit_once(':')
+        .is_some_and(|(host, port)| !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p > 0));
+    if !valid {
+        return Err((
+            from_flag,
+            "cluster_lock_redis",
+            format!("{address:?} is not HOST:PORT, e.g. \"127.0.0.1:6379\" or \"[::1]:6379\""),
+        ));
+    }
+    let ttl = match (flags.cluster_lock_ttl, file.cluster_lock_ttl) {
+        (Some(t), _) => (t, true),
+        (None, Some(t)) => (t, false),
+        (None, None) => (limits::DEFAULT_CLUSTER_LOCK_TTL.as_secs(), false),
+    };
+    if !(limits::MIN_CLUSTER_LOCK_TTL_SECS..=limits::MAX_TIMEOUT_SECS).contains(&ttl.0) {
+        return Err((
+            ttl.1,
+            "cluster_lock_ttl",
+            format!(
+                "must be between {} and {} seconds",
+                limits::MIN_CLUSTER_LOCK_TTL_SECS,
+                limits::MAX_TIMEOUT_SECS
+            ),
+        ));
+    }
+    let fallback = match (&flags.cluster_lock_fallback, &file.cluster_lock_fallback) {
+        (Some(f), _) => (f.as_str(), true),
+        (None, Some(f)) => (f.as_str(), false),
+        (None, None) => ("refuse", false),
+    };
+    let fallback = match fallback.0 {
+        "refuse" => clusterlock::Fallback::Refuse,
+        "local" => clusterlock::Fallback::Local,
+        other => {
+            return Err((
+                fallback.1,
+                "cluster_lock_fallback",
+                format!("{other:?} is not refuse or local"),
+            ));
+        }
+    };
+    Ok(Some(clusterlock::Settings {
+        address,
+        user: flags
+            .cluster_lock_user
+            .clone()
+            .or(file.cluster_lock_user.clone()),
+        ttl: Duration::from_secs(ttl.0),
+        fallback,
+    }))
 }
 
 /// Checks one `[oauth.NAME]` table; the error says what is wrong with it.

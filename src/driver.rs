@@ -34,6 +34,8 @@ pub enum End {
     Refused,
     BackendError,
     TlsFailed,
+    /// The cluster-wide lock was lost mid-session.
+    LockLost,
 }
 
 impl End {
@@ -45,6 +47,7 @@ impl End {
             End::Refused => "refused",
             End::BackendError => "backend-error",
             End::TlsFailed => "tls-failed",
+            End::LockLost => "lock-lost",
         }
     }
 }
@@ -77,6 +80,8 @@ struct Driver<'a> {
     sent: u64,
     tls_config: Option<Arc<ServerConfig>>,
     backend: ImapBackend<'a>,
+    /// Set when `carry` found the cluster lock lost: the session is over.
+    lock_lost: Option<End>,
 }
 
 /// Runs one session to its end and logs its summary. `files` were read
@@ -105,6 +110,7 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
         sent: 0,
         tls_config,
         backend: ImapBackend::new(config, files, conn.peer),
+        lock_lost: None,
     };
     debug!("connection from {peer_text}");
     let end = driver.run();
@@ -175,7 +181,11 @@ impl Driver<'_> {
                         _ => debug!("POP3 C: <line over the length limit>"),
                     }
                 }
-                match self.step(line) {
+                let stepped = self.step(line);
+                if let Some(end) = self.lock_lost {
+                    return end;
+                }
+                match stepped {
                     Ok(None) => {}
                     Ok(Some(end)) => return end,
                     Err(ClientGone(e)) => {
@@ -190,10 +200,18 @@ impl Driver<'_> {
             if !self.lines.has_partial() {
                 line_deadline = Instant::now() + self.config.idle_timeout;
             }
-            self.client.set_read_deadline(line_deadline);
+            // A cluster lock lease is renewed while the client thinks.
+            let renewal = self.backend.lease_due().filter(|&due| due < line_deadline);
+            self.client
+                .set_read_deadline(renewal.unwrap_or(line_deadline));
             match self.client.read(&mut buf) {
                 Ok(0) => return End::Disconnect,
                 Ok(n) => self.lines.push(&buf[..n]),
+                Err(e) if is_timeout(&e) && renewal.is_some() => {
+                    if let Err(end) = self.keep_lease(false) {
+                        return end;
+                    }
+                }
                 Err(e) if is_timeout(&e) => {
                     let _ = self.send(&Reply::err("Disconnected for inactivity"));
                     let _ = self.flush();
@@ -255,8 +273,36 @@ impl Driver<'_> {
         }
     }
 
+    /// Renews the cluster lock's lease if it is due (or `now`, before
+    /// UPDATE); if it is lost, the session ends without UPDATE.
+    fn keep_lease(&mut self, now: bool) -> Result<(), End> {
+        let due = self
+            .backend
+            .lease_due()
+            .is_some_and(|due| now || Instant::now() >= due);
+        if !due {
+            return Ok(());
+        }
+        let Err(why) = self.backend.keep_lease() else {
+            return Ok(());
+        };
+        let step = self.session.on_lock_lost(&why);
+        if let Step::Respond(response) = step {
+            let _ = self.send(&response.reply);
+        }
+        let _ = self.flush();
+        Err(End::LockLost)
+    }
+
     /// Hands a request to the backend and its answer to the session.
     fn carry(&mut self, request: Request) -> Step {
+        // Between the pieces of a message too: a long download to a slow
+        // client must not outlive the lease.
+        let before_update = matches!(request, Request::Expunge(_));
+        if let Err(end) = self.keep_lease(before_update) {
+            self.lock_lost = Some(end);
+            return Step::Done;
+        }
         let (backend, session) = (&mut self.backend, &mut self.session);
         match request {
             Request::Capabilities => session.on_capabilities(backend.capabilities()),

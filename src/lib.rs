@@ -9,8 +9,9 @@
 //! - [`backend`]: the boundary between session and mail store: requests,
 //!   typed answers and failures, and their IMAP implementation.
 //! - [`imap`]: the backend client, the only code that speaks IMAP.
-//! - [`lock`]: the per-user `flock`; [`sizecache`]: message sizes by UID
-//!   kept between sessions.
+//! - [`lock`]: the per-user `flock`; [`clusterlock`]: the optional lease in
+//!   Redis that spans front-ends, over [`redis`]; [`sizecache`]: message
+//!   sizes by UID kept between sessions.
 //! - [`check`]: the `--check` health probe.
 //! - [`config`]: the configuration file and flags, validated.
 //! - [`logging`]: syslog, journald or stderr.
@@ -28,6 +29,7 @@
 pub mod admin;
 pub mod backend;
 pub mod check;
+pub mod clusterlock;
 pub mod config;
 pub mod decimal;
 pub mod devices;
@@ -43,6 +45,7 @@ pub mod penalty;
 pub mod pop3;
 pub mod preload;
 pub mod privilege;
+pub mod redis;
 pub mod secret;
 pub mod sizecache;
 #[cfg(test)]

@@ -165,3 +165,24 @@ pub const EARLY_CONNECTION_MAX_AGE: Duration = Duration::from_secs(20);
 /// before the next backend command, and that costs the backend one read and
 /// the session the time to drain it; typical mail is far below this.
 pub const PREFETCH_MAX_MESSAGE: u64 = 256 * 1024;
+
+/// How long the cluster lock's Redis may take to connect or to answer one
+/// command. It runs next to the front-ends; a Redis slower than this is
+/// failing, and every login waits for it.
+pub const CLUSTER_LOCK_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// The lease of the cluster-wide lock (`cluster_lock_ttl`). After a killed
+/// or cut-off session its user waits up to this long (`[IN-USE]`); a live
+/// session renews every third of it. A minute keeps that wait short and the
+/// renewals rare (one small round trip every 20 s).
+pub const DEFAULT_CLUSTER_LOCK_TTL: Duration = Duration::from_secs(60);
+
+/// Shortest `cluster_lock_ttl`: renewals come every third of it and must
+/// fit in the time a single blocked write to a slow client may take.
+pub const MIN_CLUSTER_LOCK_TTL_SECS: u64 = 10;
+
+/// Redis replies the lock reads are a status, an integer or a short bulk
+/// string: anything longer is not the server we think it is.
+pub const REDIS_MAX_LINE: usize = 4096;
+pub const REDIS_MAX_BULK: usize = 64 * 1024;
+pub const REDIS_MAX_ARRAY: usize = 64;

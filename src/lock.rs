@@ -1,7 +1,8 @@
 //! The maildrop lock: a non-blocking `flock` on
-//! `<lock_dir>/<md5 of backend and user>`, held until the guard (normally the
-//! process) ends, so a killed session never leaves a stale lock. The user's
-//! name never becomes part of a path.
+//! `<lock_dir>/<md5 of backend name and user>`, held until the guard
+//! (normally the process) ends, so a killed session never leaves a stale
+//! lock. The user's name never becomes part of a path. The same name keys
+//! the cluster-wide lease (`clusterlock`) and the snapshot cache.
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
@@ -23,14 +24,16 @@ pub enum LockError {
     Io { path: PathBuf, error: io::Error },
 }
 
-/// The lock file name for this backend and user: a digest, so no user string
-/// reaches the file system. User names are case-folded (ASCII), as most
-/// backends treat `Alice` and `alice` as one mailbox.
-pub fn lock_name(backend_host: &str, backend_port: u16, user: &[u8]) -> String {
+/// The lock name of a mailbox as the backend knows it: the backend's name
+/// (`default`, or a `[backend.NAME]` of the routing table) and the IMAP
+/// identity the session logged in as, after rewrites and device mapping.
+/// Never a host and port: failover to another host of the same backend must
+/// find the same lock. A digest, so no user string reaches the file system.
+/// User names are case-folded (ASCII), as most backends treat `Alice` and
+/// `alice` as one mailbox.
+pub fn lock_name(backend: &str, user: &[u8]) -> String {
     let mut h = Md5::new();
-    h.update(backend_host.to_ascii_lowercase().as_bytes());
-    h.update([0]);
-    h.update(backend_port.to_string().as_bytes());
+    h.update(backend.as_bytes());
     h.update([0]);
     h.update(user.to_ascii_lowercase());
     h.finalize().iter().map(|b| format!("{b:02x}")).collect()
@@ -74,7 +77,7 @@ mod tests {
     #[test]
     fn second_lock_is_in_use_until_the_first_is_dropped() {
         let dir = temp_dir("inuse");
-        let name = lock_name("imap.example", 143, b"alice");
+        let name = lock_name("default", b"alice");
         let first = try_lock(&dir, &name).expect("first lock");
         assert!(matches!(try_lock(&dir, &name), Err(LockError::InUse)));
         drop(first);
@@ -83,12 +86,12 @@ mod tests {
     }
 
     #[test]
-    fn names_are_digests_that_ignore_case_of_user_but_not_backend_port() {
-        let a = lock_name("h", 143, b"Alice");
-        assert_eq!(a, lock_name("H", 143, b"alice"));
-        assert_ne!(a, lock_name("h", 993, b"alice"));
+    fn names_are_digests_that_ignore_case_of_user_but_not_backend() {
+        let a = lock_name("default", b"Alice");
+        assert_eq!(a, lock_name("default", b"alice"));
+        assert_ne!(a, lock_name("east", b"alice"));
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|b| b.is_ascii_hexdigit()));
-        assert!(!lock_name("h", 1, b"../../etc/passwd").contains('/'));
+        assert!(!lock_name("default", b"../../etc/passwd").contains('/'));
     }
 }

@@ -30,6 +30,9 @@ pub struct Preloaded {
     devices: OnceCell<Result<Devices, String>>,
     /// Only before leaving root; otherwise each source reads its own file.
     client_secrets: BTreeMap<String, Result<Option<Secret>, String>>,
+    /// The cluster lock's Redis password, read with the other files (it
+    /// may be root's, mode 0600).
+    cluster_lock_password: Option<Result<Secret, String>>,
 }
 
 impl Preloaded {
@@ -44,11 +47,16 @@ impl Preloaded {
             }
             None => None,
         };
+        let cluster_lock_password = config.cluster_lock_password_file.as_ref().map(|path| {
+            Secret::first_line_of(path)
+                .map_err(|e| format!("cluster_lock_password_file {}: {e}", path.display()))
+        });
         let files = Preloaded {
             tls,
             devices_file: config.devices_file.clone(),
             devices: OnceCell::new(),
             client_secrets: BTreeMap::new(),
+            cluster_lock_password,
         };
         if !leaving_root {
             return files;
@@ -66,6 +74,14 @@ impl Preloaded {
             client_secrets,
             ..files
         }
+    }
+
+    /// The password for the cluster lock's Redis, if one is configured.
+    pub fn cluster_lock_password(&self) -> Result<Option<&Secret>, String> {
+        self.cluster_lock_password
+            .as_ref()
+            .map(|read| read.as_ref().map_err(Clone::clone))
+            .transpose()
     }
 
     /// The devices file, read once per connection.

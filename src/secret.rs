@@ -15,6 +15,14 @@ impl Secret {
         Secret(bytes)
     }
 
+    /// The first line of a file (a password or client secret file), without
+    /// its line end; the whole file passes through a `Secret` too.
+    pub fn first_line_of(path: &std::path::Path) -> std::io::Result<Secret> {
+        let whole = Secret(std::fs::read(path)?);
+        let line = whole.0.split(|&b| b == b'\n').next().unwrap_or_default();
+        Ok(Secret(line.strip_suffix(b"\r").unwrap_or(line).to_vec()))
+    }
+
     /// The raw bytes, for the one place that must send them (the backend).
     pub fn expose(&self) -> &[u8] {
         &self.0

@@ -14,6 +14,7 @@ use super::{
     Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
     PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
+use crate::clusterlock::{self, Acquired, Fallback, Lease, LeaseError};
 use crate::config::{BackendTls, Config};
 use crate::imap::{BodyStream, Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
 use crate::limits::EARLY_CONNECTION_MAX_AGE;
@@ -39,6 +40,8 @@ pub struct ImapBackend<'a> {
     selected: Option<usize>,
     /// Held for the rest of the process once taken.
     lock: Option<LockGuard>,
+    /// The cluster-wide lease, renewed by the driver through `keep_lease`.
+    lease: Option<Lease>,
     /// A message being read whole by one fetch, between its pieces.
     body: Option<BodyStream>,
     /// Messages of the selected folder that a RETR with `\Seen` read from
@@ -81,6 +84,7 @@ impl<'a> ImapBackend<'a> {
             client: None,
             selected: None,
             lock: None,
+            lease: None,
             lock_name: None,
             broken: false,
             relogin: None,
@@ -108,6 +112,12 @@ impl<'a> ImapBackend<'a> {
         }
         if let Some(client) = self.client.take() {
             client.logout();
+        }
+        if let Some(lease) = self.lease.take()
+            && let Err(e) = lease.release()
+        {
+            // It expires by itself after cluster_lock_ttl.
+            warn!("cannot release the cluster lock: {e}");
         }
         self.lock = None;
     }
@@ -255,10 +265,39 @@ impl<'a> ImapBackend<'a> {
         })
     }
 
+    /// The local lock, then (if configured) the cluster-wide lease: the
+    /// local one first, as it is free and catches a second session on this
+    /// host without a round trip.
     pub fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
-        let name = lock::lock_name(&self.config.backend_host, self.config.backend_port, user);
+        let name = lock::lock_name(DEFAULT_BACKEND, user);
         match lock::try_lock(&self.config.lock_dir, &name) {
             Ok(guard) => {
+                if let Some(settings) = &self.config.cluster_lock {
+                    let password = self.files.cluster_lock_password().map_err(|why| {
+                        error!("cluster lock: {why}");
+                        Failure::new(FailureKind::Local, why)
+                    })?;
+                    match clusterlock::acquire(settings, password, &name) {
+                        Ok(Acquired::Held(lease)) => self.lease = Some(lease),
+                        Ok(Acquired::InUse) => return Ok(LockAnswer::InUse),
+                        Err(e) if settings.fallback == Fallback::Local => warn!(
+                            "cluster lock: Redis {}: {e}; this session has the local lock only \
+                             (cluster_lock_fallback = local)",
+                            settings.address
+                        ),
+                        Err(e) => {
+                            error!(
+                                "cluster lock: Redis {}: {e}; logins are refused until it answers \
+                                 (cluster_lock_fallback = local would serve them with the local lock only)",
+                                settings.address
+                            );
+                            return Err(Failure::new(
+                                FailureKind::Local,
+                                format!("cluster lock: {e}"),
+                            ));
+                        }
+                    }
+                }
                 self.lock = Some(guard);
                 self.lock_name = Some(name);
                 Ok(LockAnswer::Locked)
@@ -273,6 +312,54 @@ impl<'a> ImapBackend<'a> {
                     FailureKind::Local,
                     format!("cannot lock {}: {e}", path.display()),
                 ))
+            }
+        }
+    }
+
+    /// When the cluster lock's lease must next be renewed, if one is held.
+    pub fn lease_due(&self) -> Option<Instant> {
+        self.lease.as_ref().map(Lease::due)
+    }
+
+    /// Renews the lease. `Err` says why the session must end without
+    /// UPDATE: the lease is gone, or Redis cannot confirm it and it may
+    /// have expired. With `cluster_lock_fallback = local` an unreachable
+    /// Redis leaves the session on its local lock instead.
+    pub fn keep_lease(&mut self) -> Result<(), String> {
+        let Some(lease) = self.lease.as_mut() else {
+            return Ok(());
+        };
+        let Some(settings) = &self.config.cluster_lock else {
+            return Ok(());
+        };
+        match lease.renew() {
+            Ok(()) => Ok(()),
+            Err(LeaseError::Unreachable(e)) if settings.fallback == Fallback::Local => {
+                warn!(
+                    "cluster lock: cannot renew the lease in Redis {}: {e}; the session goes on \
+                     with the local lock only (cluster_lock_fallback = local)",
+                    settings.address
+                );
+                self.lease = None;
+                Ok(())
+            }
+            Err(LeaseError::Unreachable(e)) if lease.surely_held() => {
+                warn!(
+                    "cluster lock: cannot renew the lease in Redis {}: {e}; trying again",
+                    settings.address
+                );
+                Ok(())
+            }
+            Err(LeaseError::Unreachable(e)) => {
+                self.lease = None;
+                Err(format!(
+                    "(cluster lock: Redis {} cannot confirm the lease, which may have expired: {e})",
+                    settings.address
+                ))
+            }
+            Err(e @ LeaseError::Lost) => {
+                self.lease = None;
+                Err(format!("(cluster lock in Redis {}: {e})", settings.address))
             }
         }
     }
@@ -673,6 +760,10 @@ impl<'a> ImapBackend<'a> {
         Failure::new(kind, format!("{what}: {e}"))
     }
 }
+
+/// The backend's name when there is no routing table: what the lock name
+/// holds instead of a host and port.
+pub const DEFAULT_BACKEND: &str = "default";
 
 /// UIDs for a log line, at most a screenful.
 fn uid_list(uids: &[u32]) -> String {

@@ -52,21 +52,14 @@ pub fn client_secret(source: &OAuthSource) -> Result<Option<Secret>, TokenError>
     let Some(path) = &source.client_secret_file else {
         return Ok(None);
     };
-    let bytes = fs::read(path).map_err(|e| {
+    let secret = Secret::first_line_of(path).map_err(|e| {
         TokenError::Setup(format!(
             "[oauth.{}] client_secret_file {}: {e}",
             source.name,
             path.display()
         ))
     })?;
-    let bytes = Secret::new(bytes);
-    let line = bytes
-        .expose()
-        .split(|&b| b == b'\n')
-        .next()
-        .unwrap_or_default();
-    let line = line.strip_suffix(b"\r").unwrap_or(line);
-    Ok(Some(Secret::new(line.to_vec())))
+    Ok(Some(secret))
 }
 
 fn agent(source: &OAuthSource) -> Result<Agent, TokenError> {

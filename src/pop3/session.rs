@@ -93,7 +93,8 @@ pub enum Step {
     },
     /// The command is done and nothing more is to be sent for it.
     Done,
-    /// A reply was cut short by the backend: close the connection now,
+    /// A reply was cut short (by the backend, or by the lost maildrop
+    /// lock): close the connection now,
     /// without another byte, so the client cannot take a partial message for
     /// a whole one.
     Cut,
@@ -546,6 +547,27 @@ impl Session {
             format!("Logging out, {deleted} {messages} deleted")
         };
         Step::Respond(Response::last(Reply::ok(text)))
+    }
+
+    /// The cluster-wide lock was lost (see `clusterlock`): another front-end
+    /// may now serve this maildrop, so this session ends at once, without
+    /// UPDATE. In the middle of a message the connection is cut: a last
+    /// line there would read as part of the message.
+    pub fn on_lock_lost(&mut self, why: &str) -> Step {
+        let user = self.stats.user.as_deref().unwrap_or("-");
+        error!(
+            "maildrop lock lost: user={} {why}: session ended, nothing deleted",
+            printable(user.as_bytes())
+        );
+        let pending = self.take_pending();
+        self.state = State::Closed;
+        if let Pending::Retrieval(_) = pending {
+            return Step::Cut;
+        }
+        Step::Respond(Response::last(Reply::err_code(
+            RespCode::SysTemp,
+            "Lost the maildrop lock, so the session ends here and no message was deleted; try again",
+        )))
     }
 
     fn bad_credentials(&mut self, penalty: Duration) -> Step {
