@@ -5,32 +5,17 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::backend::imap::endpoint as backend_endpoint;
+use crate::backend::imap::{describe, endpoint as backend_endpoint};
 use crate::config::{BackendTls, CheckRequest, Config};
 use crate::devices::Devices;
 use crate::imap::{Client, ImapError, Login};
 use crate::oauth;
 use crate::oauth::store::Store;
+use crate::route::Host;
 use crate::secret::Secret;
 
 /// Runs the check; the error is the one-line diagnosis.
 pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Result<(), String> {
-    let tls = match config.backend_tls {
-        BackendTls::None => "none (plaintext)",
-        BackendTls::StartTls => "STARTTLS",
-        BackendTls::Implicit => "implicit TLS",
-    };
-    let verify = match (config.backend_tls, config.backend_tls_fingerprint) {
-        (BackendTls::None, _) => String::new(),
-        (_, Some(pin)) => format!(", certificate pinned (backend_tls_fingerprint {pin})"),
-        _ if !config.backend_tls_verify => {
-            ", certificate NOT verified (backend_tls_verify = false)".to_string()
-        }
-        _ => match &config.backend_ca_file {
-            Some(ca) => format!(", certificate checked against {}", ca.display()),
-            None => ", certificate checked against the system trust store".to_string(),
-        },
-    };
     say(
         out,
         &format!(
@@ -41,32 +26,90 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
             }
         ),
     );
+    if let Some(path) = &config.routes_file {
+        say(out, &format!("routing table: {}", path.display()));
+    }
+    let routes = &config.routes;
+    // The user --route names, or the one --user logs in as where a table
+    // could send it elsewhere.
+    let routed = request
+        .route
+        .as_ref()
+        .or(request.user.as_ref().filter(|_| !routes.rules.is_empty()));
+    let (index, login) = match routed {
+        Some(user) => {
+            let route = routes.route(user.as_bytes()).ok_or_else(|| {
+                format!(
+                    "route of {user}: no [[route]] rule matches and default_backend is none: \
+                     this user cannot log in"
+                )
+            })?;
+            let login = String::from_utf8_lossy(&route.login).into_owned();
+            say(
+                out,
+                &format!(
+                    "route: {user} -> backend {} by {}, IMAP login {login}",
+                    routes.backends[route.backend].name,
+                    routes.describe(&route)
+                ),
+            );
+            (route.backend, Some(login))
+        }
+        None => (routes.before_login().unwrap_or(0), None),
+    };
+    let backend = &routes.backends[index];
+    let tls = match backend.tls {
+        BackendTls::None => "none (plaintext)",
+        BackendTls::StartTls => "STARTTLS",
+        BackendTls::Implicit => "implicit TLS",
+    };
+    let verify = match (backend.tls, backend.fingerprint) {
+        (BackendTls::None, _) => String::new(),
+        (_, Some(pin)) => format!(", certificate pinned (backend_tls_fingerprint {pin})"),
+        _ if !backend.verify => {
+            ", certificate NOT verified (backend_tls_verify = false)".to_string()
+        }
+        _ => match &backend.ca_file {
+            Some(ca) => format!(", certificate checked against {}", ca.display()),
+            None => ", certificate checked against the system trust store".to_string(),
+        },
+    };
     say(
         out,
-        &format!(
-            "backend: {}:{} TLS: {tls}{verify}",
-            config.backend_host, config.backend_port
-        ),
+        &format!("backend: {} TLS: {tls}{verify}", describe(backend)),
     );
     let password = match (&request.user, &request.password_file) {
         (Some(_), Some(path)) => Some(read_password(path)?),
         (Some(_), None) => return Err("--user needs --password-file".into()),
         _ => None,
     };
-    let endpoint = backend_endpoint(config).map_err(|e| diagnose(config, &e))?;
-    let mut client = Client::connect(&endpoint).map_err(|e| diagnose(config, &e))?;
-    let verified = match (
-        config.backend_tls,
-        config.backend_tls_fingerprint,
-        config.backend_tls_verify,
-    ) {
-        (BackendTls::None, _, _) => "connected (no TLS)".to_string(),
-        (_, Some(_), _) => "connected, TLS certificate is the pinned one".to_string(),
+    let mut hosts = backend.hosts.iter().peekable();
+    let (mut client, host) = loop {
+        let Some(host) = hosts.next() else {
+            return Err(format!("backend {} has no hosts", backend.name));
+        };
+        let connected = backend_endpoint(config, backend, host).and_then(|e| Client::connect(&e));
+        match connected {
+            Ok(client) => break (client, host),
+            // As sessions do: the next host, but not after a refused
+            // certificate.
+            Err(e) if hosts.peek().is_some() && !matches!(e, ImapError::Certificate(_)) => {
+                say(
+                    out,
+                    &format!("host {host}: {}; trying the next host", diagnose(host, &e)),
+                );
+            }
+            Err(e) => return Err(diagnose(host, &e)),
+        }
+    };
+    let verified = match (backend.tls, backend.fingerprint, backend.verify) {
+        (BackendTls::None, _, _) => format!("connected to {host} (no TLS)"),
+        (_, Some(_), _) => format!("connected to {host}, TLS certificate is the pinned one"),
         (_, None, true) => format!(
-            "connected, TLS certificate verified for {}",
-            config.backend_host
+            "connected to {host}, TLS certificate verified for {}",
+            host.host
         ),
-        (_, None, false) => "connected, TLS without certificate verification".to_string(),
+        (_, None, false) => format!("connected to {host}, TLS without certificate verification"),
     };
     say(out, &verified);
     if let Some(fp) = client.backend_fingerprint() {
@@ -78,26 +121,30 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         &format!("capabilities: {}", client.capabilities().join(" ")),
     );
     if let (Some(user), Some(password)) = (&request.user, password) {
+        let imap_user = match (&request.route, &login) {
+            (None, Some(rewritten)) => rewritten.as_str(),
+            _ => user.as_str(),
+        };
         let login = match &config.devices_file {
             Some(path) => device_login(config, path, user, &password, &mut client, out)?,
-            None => client.login(user.as_bytes(), None, &password),
+            None => client.login(imap_user.as_bytes(), None, &password),
         };
         match login {
-            Ok(Login::Ok) => say(out, &format!("login: ok as {user}")),
+            Ok(Login::Ok) => say(out, &format!("login: ok as {imap_user}")),
             Ok(Login::Rejected(why)) => {
                 return Err(format!("authentication failed for user {user}: {why}"));
             }
             Ok(Login::TemporaryFailure(text)) => {
                 return Err(format!("backend cannot log in {user} now: {text}"));
             }
-            Err(e) => return Err(diagnose(config, &e)),
+            Err(e) => return Err(diagnose(host, &e)),
         }
         for folder in &config.folders {
             let selected = client.select(folder, true).map_err(|e| match e {
                 ImapError::Refused { info, .. } => {
                     format!("folder {folder} cannot be opened: {}", info.text)
                 }
-                e => diagnose(config, &e),
+                e => diagnose(host, &e),
             })?;
             say(
                 out,
@@ -174,21 +221,20 @@ fn read_password(path: &std::path::Path) -> Result<Secret, String> {
         .map_err(|e| format!("cannot read password file {}: {e}", path.display()))
 }
 
-fn diagnose(config: &Config, e: &ImapError) -> String {
-    let at = format!("{}:{}", config.backend_host, config.backend_port);
+fn diagnose(host: &Host, e: &ImapError) -> String {
     match e {
         ImapError::Resolve(why) => format!("DNS: {why}"),
         // `why` names the address tried: "127.0.0.1:143: Connection refused".
-        ImapError::Connect(why) if config.backend_host.parse::<std::net::IpAddr>().is_ok() => {
+        ImapError::Connect(why) if host.host.parse::<std::net::IpAddr>().is_ok() => {
             format!("cannot connect to {why}")
         }
-        ImapError::Connect(why) => {
-            format!("cannot connect to {} ({why})", config.backend_host)
+        ImapError::Connect(why) => format!("cannot connect to {} ({why})", host.host),
+        ImapError::Tls(why) | ImapError::Certificate(why) => {
+            format!("TLS with {host} failed: {why}")
         }
-        ImapError::Tls(why) => format!("TLS with {at} failed: {why}"),
         ImapError::Timeout => {
-            format!("{at} did not answer in time (backend_connect_timeout/backend_timeout)")
+            format!("{host} did not answer in time (backend_connect_timeout/backend_timeout)")
         }
-        other => format!("{at}: {other}"),
+        other => format!("{host}: {other}"),
     }
 }

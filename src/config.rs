@@ -16,6 +16,7 @@ use crate::backend::TokenMechanism;
 use crate::clusterlock;
 use crate::fingerprint::Fingerprint;
 use crate::limits;
+use crate::route::{self, FileBackend, FileRoutes, FileRule, Routes};
 use crate::uidl::UidlFormat;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
@@ -106,6 +107,11 @@ pub struct Config {
     pub cluster_lock: Option<clusterlock::Settings>,
     /// File holding the password of the cluster lock's Redis (first line).
     pub cluster_lock_password_file: Option<PathBuf>,
+    /// Which backend serves which user; `backends[0]` is the one of the
+    /// top-level `backend_*` keys.
+    pub routes: Routes,
+    /// Where the routing table was read from, if not the main file.
+    pub routes_file: Option<PathBuf>,
 }
 
 /// A one-off task of the command line.
@@ -153,6 +159,8 @@ pub struct OAuthSource {
 pub struct CheckRequest {
     pub user: Option<String>,
     pub password_file: Option<PathBuf>,
+    /// `--route USER`: show the route of USER and connect to its backend.
+    pub route: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -226,6 +234,10 @@ pub struct FileConfig {
     cluster_lock_password_file: Option<PathBuf>,
     cluster_lock_ttl: Option<u64>,
     cluster_lock_fallback: Option<String>,
+    routes_file: Option<PathBuf>,
+    default_backend: Option<String>,
+    backend: Option<BTreeMap<String, FileBackend>>,
+    route: Option<Vec<FileRule>>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -350,6 +362,12 @@ pub struct Flags {
     /// When the cluster lock's Redis cannot be reached: refuse (-ERR [SYS/TEMP]) or local (serve with the local lock only, and log a warning) [default: refuse]
     #[arg(help_heading = "Several front-ends", long, value_name = "refuse|local")]
     pub cluster_lock_fallback: Option<String>,
+    /// Routing table file ([backend.NAME] and [[route]] tables, default_backend), read by every connection, so changes count without a restart [default: none; the tables may be in the main file]
+    #[arg(help_heading = "Several front-ends", long, value_name = "PATH")]
+    pub routes_file: Option<PathBuf>,
+    /// Backend of users no [[route]] matches: default (the backend_* keys), a [backend.NAME], or none to refuse them [default: default]
+    #[arg(help_heading = "Several front-ends", long, value_name = "NAME")]
+    pub default_backend: Option<String>,
     /// Seconds before an idle client is disconnected [default: 600]
     #[arg(help_heading = "Limits", long, value_name = "SECS")]
     pub idle_timeout: Option<u64>,
@@ -412,6 +430,14 @@ pub struct Flags {
     /// Test the backend (connect, TLS, capabilities; with --user also login and folder) and exit: 0 if all worked
     #[arg(help_heading = "Checking the backend", long)]
     pub check: bool,
+    /// With --check: which routing rule and backend USER gets, and whether that backend answers (with --user, that user is routed)
+    #[arg(
+        help_heading = "Checking the backend",
+        long,
+        value_name = "USER",
+        requires = "check"
+    )]
+    pub route: Option<String>,
     /// User for --check
     #[arg(
         help_heading = "Checking the backend",
@@ -475,7 +501,7 @@ impl Config {
         Ok(config)
     }
 
-    pub fn merge(file: FileConfig, source: &str, flags: Flags) -> Result<Config, ConfigError> {
+    pub fn merge(mut file: FileConfig, source: &str, flags: Flags) -> Result<Config, ConfigError> {
         let file_err = |key: &str, reason: String| ConfigError {
             source: source.into(),
             key: key.into(),
@@ -726,6 +752,71 @@ impl Config {
                     .into(),
             ));
         }
+        let default_backend = route::Backend {
+            name: route::DEFAULT_BACKEND.to_string(),
+            hosts: vec![route::Host {
+                host: backend_host.clone(),
+                port: flags
+                    .backend_port
+                    .or(file.backend_port)
+                    .unwrap_or(default_port),
+            }],
+            tls: backend_tls,
+            ca_file: flags
+                .backend_ca_file
+                .clone()
+                .or(file.backend_ca_file.clone()),
+            fingerprint: backend_tls_fingerprint,
+            verify: verify.unwrap_or(true),
+        };
+        let routes_file = flags.routes_file.clone().or(file.routes_file.clone());
+        let inline = FileRoutes {
+            backend: file.backend.take(),
+            route: file.route.take(),
+            default_backend: file.default_backend.take(),
+        };
+        let (tables, tables_source) = match &routes_file {
+            Some(path) => {
+                if inline.backend.is_some()
+                    || inline.route.is_some()
+                    || inline.default_backend.is_some()
+                {
+                    return Err(file_err(
+                        "routes_file",
+                        "is set, and this file has [backend.NAME], [[route]] or default_backend too: \
+                         keep the routing table in one place"
+                            .into(),
+                    ));
+                }
+                let source = path.display().to_string();
+                let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+                    source: source.clone(),
+                    key: String::new(),
+                    reason: format!("cannot read the routing table (routes_file): {e}"),
+                })?;
+                let tables: FileRoutes =
+                    toml::from_str(&text).map_err(|e| explain_toml(&text, &source, &e))?;
+                (tables, source)
+            }
+            None => (inline, source.to_string()),
+        };
+        let mut tables = tables;
+        let default_flag = flags.default_backend.is_some();
+        if let Some(name) = flags.default_backend.clone() {
+            tables.default_backend = Some(name);
+        }
+        let routes =
+            Routes::from_file(default_backend, tables, parse_tls).map_err(|(key, reason)| {
+                if default_flag && key == "default_backend" {
+                    flag_err("--default-backend", reason)
+                } else {
+                    ConfigError {
+                        source: tables_source.clone(),
+                        key,
+                        reason,
+                    }
+                }
+            })?;
         let implementation = flags.implementation.or(file.implementation);
         if implementation
             .as_deref()
@@ -810,6 +901,8 @@ impl Config {
         };
 
         Ok(Config {
+            routes,
+            routes_file,
             cluster_lock,
             cluster_lock_password_file,
             devices_file,
@@ -881,6 +974,7 @@ impl Config {
             check: flags.check.then_some(CheckRequest {
                 user: flags.user,
                 password_file: flags.password_file,
+                route: flags.route,
             }),
         })
     }
@@ -936,6 +1030,8 @@ fn explain_toml(text: &str, source: &str, e: &toml::de::Error) -> ConfigError {
         .lines()
         .take(line_no - 1)
         .filter_map(|l| l.trim().strip_prefix('[')?.strip_suffix(']'))
+        // [[route]]: an array of tables.
+        .map(|t| t.trim_start_matches('[').trim_end_matches(']'))
         .last()
         .map(|t| format!("{}.", t.trim()));
     let (name, value) = match line.split_once('=') {

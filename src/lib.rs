@@ -12,6 +12,7 @@
 //! - [`lock`]: the per-user `flock`; [`clusterlock`]: the optional lease in
 //!   Redis that spans front-ends, over [`redis`]; [`sizecache`]: message
 //!   sizes by UID kept between sessions.
+//! - [`route`]: which backend (and hosts) serves a user.
 //! - [`check`]: the `--check` health probe.
 //! - [`config`]: the configuration file and flags, validated.
 //! - [`logging`]: syslog, journald or stderr.
@@ -46,6 +47,7 @@ pub mod pop3;
 pub mod preload;
 pub mod privilege;
 pub mod redis;
+pub mod route;
 pub mod secret;
 pub mod sizecache;
 #[cfg(test)]

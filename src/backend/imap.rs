@@ -25,6 +25,7 @@ use crate::oauth::store::Store;
 use crate::oauth::{self, TokenError};
 use crate::penalty;
 use crate::preload::Preloaded;
+use crate::route::{self, Backend, Host};
 use crate::secret::Secret;
 use crate::sizecache::SizeCache;
 use crate::tls;
@@ -47,8 +48,17 @@ pub struct ImapBackend<'a> {
     /// Messages of the selected folder that a RETR with `\Seen` read from
     /// a fetch sent ahead (`BODY.PEEK[]`): `\Seen` is still to be set.
     owed_seen: Vec<u32>,
-    /// The connection `connect_early` is making, and since when.
-    early: Option<(Instant, JoinHandle<Result<Client, ImapError>>)>,
+    /// The connection `connect_early` is making, since when, and to which
+    /// backend.
+    early: Option<Early>,
+    /// The backend of this session (index into `config.routes.backends`):
+    /// the login's route once known.
+    backend: Option<usize>,
+    /// Which backend `client` is connected to.
+    connected_to: Option<usize>,
+    /// The IMAP identity logged in as, after the route's rewrite or a
+    /// device's mapping: the maildrop the lock is taken for.
+    mailbox: Option<Vec<u8>>,
     /// The lock's name (backend and IMAP identity): the snapshot cache is
     /// per maildrop as the lock is.
     lock_name: Option<String>,
@@ -60,6 +70,10 @@ pub struct ImapBackend<'a> {
     /// The one reconnection of the session was used.
     reconnected: bool,
 }
+
+/// A connection being made in a thread of its own: since when, to which
+/// backend.
+type Early = (Instant, usize, JoinHandle<Result<Client, ImapError>>);
 
 /// What logs in again.
 enum Relogin {
@@ -92,6 +106,9 @@ impl<'a> ImapBackend<'a> {
             body: None,
             owed_seen: Vec::new(),
             early: None,
+            backend: None,
+            connected_to: None,
+            mailbox: None,
         }
     }
 
@@ -130,6 +147,35 @@ impl<'a> ImapBackend<'a> {
         if let (Some(_), Credentials::Password { .. }) = (&self.config.devices_file, &credentials) {
             return self.device_login(credentials);
         }
+        let user = credentials.maildrop_user().unwrap_or_default();
+        let Some(route) = self.route(&user) else {
+            return Ok(LoginAnswer::Unrouted);
+        };
+        let credentials = match credentials {
+            // A master-user login keeps its login and opens the rewritten
+            // mailbox.
+            Credentials::Password {
+                login,
+                authzid: Some(_),
+                password,
+            } => Credentials::Password {
+                login,
+                authzid: Some(route.login.clone()),
+                password,
+            },
+            Credentials::Password {
+                authzid: None,
+                password,
+                ..
+            } => Credentials::Password {
+                login: route.login.clone(),
+                authzid: None,
+                password,
+            },
+            // A token names its user inside, signed: passed as it came.
+            token @ Credentials::Token { .. } => token,
+        };
+        self.mailbox = credentials.maildrop_user();
         let client = self.client()?;
         let login = match &credentials {
             Credentials::Password {
@@ -203,6 +249,11 @@ impl<'a> ImapBackend<'a> {
         if let Some(ip) = self.peer.map(|p| p.ip()) {
             penalty::clear(&self.config.lock_dir, ip);
         }
+        if self.route(device.mailbox.as_bytes()).is_none() {
+            return Ok(LoginAnswer::Unrouted);
+        }
+        // The token is for this mailbox: no rewrite.
+        self.mailbox = Some(device.mailbox.clone().into_bytes());
         let config = self.config;
         let Some(source) = config.oauth.get(&device.oauth) else {
             error!(
@@ -269,7 +320,8 @@ impl<'a> ImapBackend<'a> {
     /// local one first, as it is free and catches a second session on this
     /// host without a round trip.
     pub fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
-        let name = lock::lock_name(DEFAULT_BACKEND, user);
+        let backend = &self.config.routes.backends[self.backend.unwrap_or(0)].name;
+        let name = lock::lock_name(backend, self.mailbox.as_deref().unwrap_or(user));
         match lock::try_lock(&self.config.lock_dir, &name) {
             Ok(guard) => {
                 if let Some(settings) = &self.config.cluster_lock {
@@ -658,17 +710,21 @@ impl<'a> ImapBackend<'a> {
         if self.client.is_some() || self.broken || self.early.is_some() {
             return;
         }
+        // Only where every user, or the unmatched ones, go anyway.
+        let Some(index) = self.config.routes.before_login() else {
+            return;
+        };
         let config = self.config.clone();
         let peer = self.peer;
         let spawned = std::thread::Builder::new()
             .name("backend-connect".into())
             .spawn(move || {
-                let mut client = endpoint(&config).and_then(|e| Client::connect(&e))?;
+                let mut client = connect(&config, index)?;
                 send_id(&config, peer, &mut client);
                 Ok(client)
             });
         match spawned {
-            Ok(handle) => self.early = Some((Instant::now(), handle)),
+            Ok(handle) => self.early = Some((Instant::now(), index, handle)),
             Err(e) => debug!("cannot start the early backend connection: {e}"),
         }
     }
@@ -677,14 +733,33 @@ impl<'a> ImapBackend<'a> {
     /// never reopened once lost (the login and the selected folder went
     /// with it).
     fn client(&mut self) -> Outcome<&mut Client> {
-        if let Some((started, handle)) = self.early.take() {
+        let Some(want) = self.backend.or(self.config.routes.before_login()) else {
+            return Err(Failure::new(
+                FailureKind::Local,
+                "no backend before the login (default_backend = none)",
+            ));
+        };
+        if let Some((started, index, handle)) = self.early.take() {
             match handle.join() {
                 // Likely closed by the server meanwhile: start afresh.
                 Ok(Ok(_)) if started.elapsed() > EARLY_CONNECTION_MAX_AGE => {}
-                Ok(Ok(client)) => self.client = Some(client),
+                // The user is routed elsewhere.
+                Ok(Ok(_)) if index != want => {}
+                Ok(Ok(client)) => {
+                    self.client = Some(client);
+                    self.connected_to = Some(index);
+                }
                 Ok(Err(e)) => debug!("early backend connection failed, connecting again: {e}"),
                 Err(_) => debug!("early backend connection failed, connecting again"),
             }
+        }
+        // Made before the login's route was known (for the SASL
+        // mechanisms), to a backend the user does not live on.
+        if self.connected_to != Some(want)
+            && let Some(client) = self.client.take()
+        {
+            client.logout();
+            self.selected = None;
         }
         if self.client.is_none() {
             if self.broken {
@@ -693,11 +768,11 @@ impl<'a> ImapBackend<'a> {
                     "the backend connection was lost earlier",
                 ));
             }
-            let mut client = endpoint(self.config)
-                .and_then(|e| Client::connect(&e))
-                .map_err(|e| self.failure("connect", e))?;
+            let connected = connect(self.config, want);
+            let mut client = connected.map_err(|e| self.failure("connect", e))?;
             send_id(self.config, self.peer, &mut client);
             self.client = Some(client);
+            self.connected_to = Some(want);
         }
         self.client
             .as_mut()
@@ -730,12 +805,15 @@ impl<'a> ImapBackend<'a> {
     /// Classifies and logs an IMAP error. After anything but a refused
     /// command the connection is dropped.
     fn failure(&mut self, what: &str, e: ImapError) -> Failure {
-        let at = format!("{}:{}", self.config.backend_host, self.config.backend_port);
+        let routes = &self.config.routes;
+        let index = self.backend.or(routes.before_login()).unwrap_or(0);
+        let at = describe(&routes.backends[index]);
         let kind = match &e {
             ImapError::Refused { .. } => FailureKind::Refused,
-            ImapError::Resolve(_) | ImapError::Connect(_) | ImapError::Tls(_) => {
-                FailureKind::Unreachable
-            }
+            ImapError::Resolve(_)
+            | ImapError::Connect(_)
+            | ImapError::Tls(_)
+            | ImapError::Certificate(_) => FailureKind::Unreachable,
             ImapError::Timeout | ImapError::Closed | ImapError::Io(_) | ImapError::Bye(_) => {
                 FailureKind::Lost
             }
@@ -754,16 +832,73 @@ impl<'a> ImapBackend<'a> {
         }
         warn!("backend {at}: {what}: {e}");
         self.client = None;
+        self.connected_to = None;
         self.selected = None;
         self.owed_seen.clear();
         self.broken = true;
         Failure::new(kind, format!("{what}: {e}"))
     }
+
+    /// The route of `user`, which becomes this session's backend.
+    fn route(&mut self, user: &[u8]) -> Option<route::Route> {
+        let routes = &self.config.routes;
+        let route = routes.route(user)?;
+        if route.rule.is_some() {
+            debug!(
+                "user {} goes to backend {} as {} ({})",
+                printable(user),
+                routes.backends[route.backend].name,
+                printable(&route.login),
+                routes.describe(&route)
+            );
+        }
+        self.backend = Some(route.backend);
+        Some(route)
+    }
 }
 
-/// The backend's name when there is no routing table: what the lock name
-/// holds instead of a host and port.
-pub const DEFAULT_BACKEND: &str = "default";
+/// A backend for log lines: its address as before routing existed when it
+/// is the one default host, else its name and hosts.
+pub fn describe(backend: &Backend) -> String {
+    match backend.hosts.as_slice() {
+        [host] if backend.name == route::DEFAULT_BACKEND => host.to_string(),
+        hosts => format!(
+            "{} ({})",
+            backend.name,
+            hosts
+                .iter()
+                .map(Host::to_string)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    }
+}
+
+/// Connects to backend `index`, its hosts in order: the next is tried when
+/// one cannot be reached or its TLS fails, never after a refused
+/// certificate (the configuration, or an attack) and never later in the
+/// session (an authentication failure is the user's answer).
+pub fn connect(config: &Config, index: usize) -> Result<Client, ImapError> {
+    let backend = &config.routes.backends[index];
+    let mut hosts = backend.hosts.iter().peekable();
+    while let Some(host) = hosts.next() {
+        let connected = endpoint(config, backend, host).and_then(|e| Client::connect(&e));
+        match connected {
+            Err(e @ (ImapError::Certificate(_) | ImapError::Refused { .. })) => return Err(e),
+            Err(e) if hosts.peek().is_some() => {
+                warn!(
+                    "backend {}: {host}: {e}; trying the next host",
+                    backend.name
+                );
+            }
+            other => return other,
+        }
+    }
+    Err(ImapError::Connect(format!(
+        "backend {} has no hosts",
+        backend.name
+    )))
+}
 
 /// UIDs for a log line, at most a screenful.
 fn uid_list(uids: &[u32]) -> String {
@@ -785,30 +920,32 @@ fn token_error(device: &str, e: &TokenError) {
     }
 }
 
-/// Where and how to reach the backend, TLS settings included.
-pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
-    let verify = if let Some(pin) = config.backend_tls_fingerprint {
+/// Where and how to reach one host of a backend, TLS settings included.
+pub fn endpoint(config: &Config, backend: &Backend, host: &Host) -> Result<Endpoint, ImapError> {
+    let verify = if let Some(pin) = backend.fingerprint {
         tls::Verify::Pinned(pin)
-    } else if !config.backend_tls_verify {
+    } else if !backend.verify {
         tls::Verify::Nothing
-    } else if let Some(ca) = &config.backend_ca_file {
+    } else if let Some(ca) = &backend.ca_file {
         tls::Verify::CaFile(ca)
     } else {
         tls::Verify::SystemRoots
     };
     let tls_settings = || -> Result<_, ImapError> {
         let setup = |e: tls::TlsSetupError| ImapError::Tls(e.to_string());
-        if !config.backend_tls_verify && config.backend_tls_fingerprint.is_none() {
+        if !backend.verify && backend.fingerprint.is_none() {
             warn!(
-                "backend_tls_verify is false: the backend's certificate is NOT checked, the connection can be intercepted"
+                "TLS verification is off for backend {} (backend_tls_verify or tls_verify = false): \
+                 its certificate is NOT checked, the connection can be intercepted",
+                backend.name
             );
         }
         Ok((
             tls::client_config(verify).map_err(setup)?,
-            tls::server_name(&config.backend_host).map_err(setup)?,
+            tls::server_name(&host.host).map_err(setup)?,
         ))
     };
-    let security = match config.backend_tls {
+    let security = match backend.tls {
         BackendTls::None => Security::Plain,
         BackendTls::StartTls => {
             let (c, name) = tls_settings()?;
@@ -820,8 +957,8 @@ pub fn endpoint(config: &Config) -> Result<Endpoint, ImapError> {
         }
     };
     Ok(Endpoint {
-        host: config.backend_host.clone(),
-        port: config.backend_port,
+        host: host.host.clone(),
+        port: host.port,
         connect_timeout: config.backend_connect_timeout,
         timeout: config.backend_timeout,
         security,

@@ -48,6 +48,44 @@ impl TokenMechanism {
             TokenMechanism::OAuthBearer => "OAUTHBEARER",
         }
     }
+
+    /// The user a SASL response of this mechanism is for: `user=` of
+    /// XOAUTH2, `a=` of the OAUTHBEARER GS2 header (RFC 7628 section 3.1,
+    /// `=2C` and `=3D` decoded).
+    pub fn user_of(self, response: &[u8]) -> Option<Vec<u8>> {
+        let user = match self {
+            TokenMechanism::XOAuth2 => response
+                .split(|&b| b == 1)
+                .find_map(|kv| kv.strip_prefix(b"user="))?
+                .to_vec(),
+            TokenMechanism::OAuthBearer => {
+                let header = response.split(|&b| b == 1).next()?;
+                let authzid = header
+                    .split(|&b| b == b',')
+                    .find_map(|f| f.strip_prefix(b"a="))?;
+                let text = String::from_utf8(authzid.to_vec()).ok()?;
+                text.replace("=2C", ",").replace("=3D", "=").into_bytes()
+            }
+        };
+        (!user.is_empty()).then_some(user)
+    }
+}
+
+impl Credentials {
+    /// Whose maildrop these credentials open: PLAIN's authorization
+    /// identity if there is one (a master-user login), else the login; a
+    /// token's user. What the routing table matches.
+    pub fn maildrop_user(&self) -> Option<Vec<u8>> {
+        match self {
+            Credentials::Password { login, authzid, .. } => {
+                Some(authzid.clone().unwrap_or_else(|| login.clone()))
+            }
+            Credentials::Token {
+                mechanism,
+                response,
+            } => mechanism.user_of(response.expose()),
+        }
+    }
 }
 
 /// One message piece: bytes `offset..offset + len` of message `uid` in the
@@ -126,6 +164,8 @@ pub enum LoginAnswer {
     },
     /// Refused for a reason that may pass (`[UNAVAILABLE]`, ...).
     Unavailable(String),
+    /// No routing rule matches the user and there is no default backend.
+    Unrouted,
 }
 
 #[derive(Debug, PartialEq, Eq)]

@@ -183,8 +183,12 @@ pub enum ImapError {
     Io(std::io::Error),
     /// The backend said something we cannot parse or did not expect.
     Protocol(String),
-    /// TLS set-up or handshake failed (certificate verification included).
+    /// TLS set-up or handshake failed, for another reason than the
+    /// certificate.
     Tls(String),
+    /// The backend's certificate was refused: another host of the same
+    /// backend is not tried (the problem is the configuration, or an attack).
+    Certificate(String),
     /// The backend ended the connection (`* BYE`).
     Bye(String),
     /// A command was answered NO or BAD.
@@ -207,7 +211,9 @@ impl fmt::Display for ImapError {
             ImapError::Closed => f.write_str("backend closed the connection"),
             ImapError::Io(e) => write!(f, "backend I/O error: {e}"),
             ImapError::Protocol(why) => write!(f, "backend protocol error: {why}"),
-            ImapError::Tls(why) => write!(f, "backend TLS failed: {why}"),
+            ImapError::Tls(why) | ImapError::Certificate(why) => {
+                write!(f, "backend TLS failed: {why}")
+            }
             ImapError::Bye(text) => write!(f, "backend said BYE: {text}"),
             ImapError::Unconfirmed(inner) => {
                 write!(f, "\\Deleted was set, then the expunge failed: {inner}")
@@ -1433,10 +1439,19 @@ impl TlsStream {
                     _ => {
                         let rustls_error =
                             e.get_ref().and_then(|i| i.downcast_ref::<rustls::Error>());
-                        ImapError::Tls(match rustls_error {
-                            Some(why) => crate::tls::explain(why, &name.to_str(), implicit),
-                            None => e.to_string(),
-                        })
+                        match rustls_error {
+                            Some(why @ rustls::Error::InvalidCertificate(_)) => {
+                                ImapError::Certificate(crate::tls::explain(
+                                    why,
+                                    &name.to_str(),
+                                    implicit,
+                                ))
+                            }
+                            Some(why) => {
+                                ImapError::Tls(crate::tls::explain(why, &name.to_str(), implicit))
+                            }
+                            None => ImapError::Tls(e.to_string()),
+                        }
                     }
                 });
             }

@@ -315,7 +315,7 @@ impl Auth {
                     password: decoded,
                 },
             },
-            Sasl::Token(mechanism) => match token_user(mechanism, decoded.expose()) {
+            Sasl::Token(mechanism) => match mechanism.user_of(decoded.expose()) {
                 Some(user) => AuthStep::Login {
                     user,
                     method: mechanism.name(),
@@ -337,26 +337,6 @@ fn reply(reply: Reply) -> AuthStep {
     AuthStep::Reply(reply)
 }
 
-/// The user an OAuth SASL response is for: `user=` of XOAUTH2, `a=` of the
-/// OAUTHBEARER GS2 header (RFC 7628 section 3.1, `=2C` and `=3D` decoded).
-pub(super) fn token_user(mechanism: TokenMechanism, response: &[u8]) -> Option<Vec<u8>> {
-    let user = match mechanism {
-        TokenMechanism::XOAuth2 => response
-            .split(|&b| b == 1)
-            .find_map(|kv| kv.strip_prefix(b"user="))?
-            .to_vec(),
-        TokenMechanism::OAuthBearer => {
-            let header = response.split(|&b| b == 1).next()?;
-            let authzid = header
-                .split(|&b| b == b',')
-                .find_map(|f| f.strip_prefix(b"a="))?;
-            let text = String::from_utf8(authzid.to_vec()).ok()?;
-            text.replace("=2C", ",").replace("=3D", "=").into_bytes()
-        }
-    };
-    (!user.is_empty()).then_some(user)
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -364,15 +344,13 @@ mod tests {
     #[test]
     fn oauthbearer_user_comes_from_the_gs2_header() {
         assert_eq!(
-            token_user(
-                TokenMechanism::OAuthBearer,
-                b"n,a=bob=2Cjr@example.org,\x01auth=Bearer x\x01\x01"
-            )
-            .as_deref(),
+            TokenMechanism::OAuthBearer
+                .user_of(b"n,a=bob=2Cjr@example.org,\x01auth=Bearer x\x01\x01")
+                .as_deref(),
             Some(&b"bob,jr@example.org"[..])
         );
         assert_eq!(
-            token_user(TokenMechanism::OAuthBearer, b"n,,\x01auth=Bearer x\x01\x01"),
+            TokenMechanism::OAuthBearer.user_of(b"n,,\x01auth=Bearer x\x01\x01"),
             None
         );
     }

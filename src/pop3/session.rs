@@ -347,6 +347,16 @@ impl Session {
                 );
                 self.bad_credentials(penalty)
             }
+            Ok(LoginAnswer::Unrouted) => {
+                error!(
+                    "no backend for user={shown}: no [[route]] rule matches and default_backend \
+                     is none; add a rule for this user or a default_backend"
+                );
+                self.close(
+                    RespCode::SysPerm,
+                    "No mail server is configured for this user, ask your mail administrator",
+                )
+            }
             Ok(LoginAnswer::Unavailable(text)) => {
                 warn!(
                     "login of user={shown} failed temporarily: {}",
