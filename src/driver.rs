@@ -342,6 +342,12 @@ impl Driver<'_> {
             self.flush()?;
             std::thread::sleep(response.delay);
         }
+        if response.close {
+            // Before the last reply: a client that reconnects the moment it
+            // reads QUIT's +OK must find its maildrop free, here and on
+            // every other front-end.
+            self.backend.release_lock();
+        }
         self.send(&response.reply)?;
         if !response.close {
             return Ok(None);

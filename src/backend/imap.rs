@@ -127,8 +127,21 @@ impl<'a> ImapBackend<'a> {
         {
             debug!("\\Seen not set at the end: {e}");
         }
+        self.release_lock();
         if let Some(client) = self.client.take() {
             client.logout();
+        }
+    }
+
+    /// Gives up the maildrop: the cluster lock's lease, then the local lock.
+    /// The session must not change the mailbox after this.
+    pub fn release_lock(&mut self) {
+        // \Seen owed by messages read ahead is the session's last change.
+        if self.lock.is_some()
+            && self.client.is_some()
+            && let Err(e) = self.pay_seen()
+        {
+            debug!("\\Seen not set at the end: {e}");
         }
         if let Some(lease) = self.lease.take()
             && let Err(e) = lease.release()
