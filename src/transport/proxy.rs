@@ -138,7 +138,7 @@ pub fn parse(bytes: &[u8]) -> Parsed {
     match start(bytes) {
         Start::Undecided => Parsed::Incomplete,
         Start::Other => Parsed::Malformed(format!(
-            "the connection starts with \"{}\", not with a PROXY protocol header",
+            "the connection starts with \"{}\", not with a header",
             printable(&bytes[..bytes.len().min(32)])
         )),
         Start::Header if bytes.starts_with(V2_SIGNATURE) => parse_v2(bytes),
@@ -347,7 +347,8 @@ impl fmt::Display for HeaderError {
             ),
             Problem::Malformed(why) => write!(
                 f,
-                "{why}, from {peer} (listed in proxy_protocol_from): connection closed"
+                "PROXY protocol from {peer} (listed in proxy_protocol_from): {why}: \
+                 connection closed"
             ),
             Problem::Read(e) => write!(
                 f,
@@ -606,7 +607,7 @@ mod tests {
         let cases: [(&[u8], &str); 6] = [
             (
                 b"USER alice\r\n",
-                "starts with \"USER alice\\r\\n\", not with a PROXY",
+                "starts with \"USER alice\\r\\n\", not with a header",
             ),
             (b"\x16\x03\x01\x02\x00", "starts with \"\\u{16}"),
             (
