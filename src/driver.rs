@@ -77,6 +77,8 @@ struct Driver<'a> {
     sent: u64,
     tls_config: Option<Arc<ServerConfig>>,
     backend: ImapBackend<'a>,
+    /// A balancer's health check (PROXY v2 LOCAL): greeting only.
+    health_check: bool,
 }
 
 /// Runs one session to its end and logs its summary. `files` were read
@@ -108,6 +110,7 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
         sent: 0,
         tls_config,
         backend: ImapBackend::new(config, files, conn.peer),
+        health_check,
     };
     match proxied {
         Some(p) => debug!("{p}"),
@@ -116,10 +119,21 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
     if health_check {
         // The greeting shows the balancer that we are up; there is no
         // session (nor backend connection) behind it, so no session line.
-        let end = driver.greet().err().unwrap_or(End::Quit);
+        let end = match driver.greet() {
+            Ok(()) => {
+                debug!("health check from {peer_text}: greeting sent, no session");
+                End::Quit
+            }
+            Err(end) => {
+                debug!(
+                    "health check from {peer_text}: no greeting (end={}), no session",
+                    end.name()
+                );
+                end
+            }
+        };
         let _ = driver.flush();
         driver.client.close();
-        debug!("health check from {peer_text}: greeting sent, no session");
         return end;
     }
     let end = driver.run();
@@ -314,7 +328,13 @@ impl Driver<'_> {
                     warn!("{header}");
                     return Err(End::Refused);
                 }
-                info!("TLS handshake with client failed: {e}");
+                // A TCP check closes right after its LOCAL header, every
+                // few seconds: no line at info for each.
+                if self.health_check {
+                    debug!("TLS handshake with the health check failed: {e}");
+                } else {
+                    info!("TLS handshake with client failed: {e}");
+                }
                 Err(End::TlsFailed)
             }
         }

@@ -283,7 +283,8 @@ impl fmt::Display for UnexpectedHeader {
             ),
             (None, _) => write!(
                 f,
-                "PROXY protocol header on a connection that is no socket: connection closed"
+                "PROXY protocol header from a peer whose address is unknown (not a socket, \
+                 or gone already), which proxy_protocol_from cannot list: connection closed"
             ),
         }
     }

@@ -130,7 +130,7 @@ class HAProxy(Process):
     127.0.0.1:port, connects to the server from 127.0.0.2 with
     ``send`` (send-proxy or send-proxy-v2)."""
 
-    def __init__(self, directory: str, server_port: int, send: str):
+    def __init__(self, directory: str, server_port: int, send: str, check: str = ""):
         binary = need("haproxy", "haproxy")
         self.port = free_port()
         cfg = os.path.join(directory, "haproxy.cfg")
@@ -149,8 +149,8 @@ frontend pop3
     default_backend pop3server
 
 backend pop3server
-    server s1 127.0.0.1:%d %s source %s
-""" % (self.port, server_port, send, BALANCER))
+%s    server s1 127.0.0.1:%d %s source %s
+""" % (self.port, check, server_port, send, BALANCER))
         r = subprocess.run([binary, "-c", "-f", cfg], capture_output=True, text=True,
                            timeout=30)
         assert r.returncode == 0, r.stdout + r.stderr
@@ -237,6 +237,42 @@ def test_haproxy_relays_the_client_address(dovecot, make_server, fresh_user, tmp
     assert re.search(r"connection from %s:%d via balancer %s:\d+ \(PROXY v%d\)"
                      % (re.escape(CLIENT), client_port, re.escape(BALANCER), version),
                      s.log()), s.log()[-3000:]
+
+
+def test_haproxy_health_checks_are_local_and_get_the_greeting(dovecot, make_server, tmpdir_,
+                                                             started):
+    """HAProxy's own checks on a send-proxy-v2 server carry a v2 LOCAL
+    header; a tcp-check that expects +OK passes on our greeting."""
+    s = make_server(TRUST + ["-d"])
+    h = HAProxy(tmpdir_, s.port, "send-proxy-v2 check inter 300ms rise 1",
+                check="    option tcp-check\n    tcp-check expect string +OK\n")
+    started.append(h)
+    assert s.wait_log(r"health check from balancer %s:\d+ \(PROXY v2 LOCAL\)"
+                      % re.escape(BALANCER), 10), s.log()[-3000:]
+    assert s.wait_log(r"greeting sent, no session", 5), s.log()[-3000:]
+    assert "client=%s" % BALANCER not in s.log()
+
+
+@pytest.mark.parametrize("tls", [False, True], ids=["plain", "implicit-tls"])
+def test_haproxy_tcp_checks_are_quiet(dovecot, make_server, tmpdir_, started, tls):
+    """A plain TCP check on a send-proxy-v2 server connects, sends LOCAL and
+    resets the connection at once, every interval: neither a warning nor an
+    info line for it (the listener passes the peer's address on, so the
+    child knows it even after the reset)."""
+    tls_args = ["--tls-cert", dovecot.tls["cert"], "--tls-key", dovecot.tls["key"],
+                "--implicit-tls", "true"] if tls else []
+    s = make_server(TRUST + ["-d"] + tls_args)
+    h = HAProxy(tmpdir_, s.port, "send-proxy-v2 check inter 200ms")
+    started.append(h)
+    rx = re.compile(r"pop3server\[(\d+)\]: DEBUG: health check from balancer %s:\d+ "
+                    r"\(PROXY v2 LOCAL\)" % re.escape(BALANCER))
+    assert wait_for(lambda: len(rx.findall(s.log())) >= 3, 10), s.log()[-3000:]
+    checks = set(rx.findall(s.log()))
+    noisy = [ln for ln in s.log().splitlines()
+             if ": WARN: " in ln or (": INFO: " in ln and ln[11:].split("]")[0] in checks)]
+    assert not noisy, noisy
+    if tls:
+        assert "TLS handshake with the health check failed" in s.log(), s.log()[-3000:]
 
 
 def test_implicit_tls_behind_haproxy(dovecot, make_server, fresh_user, tmpdir_, started):
