@@ -51,6 +51,9 @@ command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
+# A real HAProxy in front of pop3server (tests/integration/test_proxy_protocol.py);
+# only run in the foreground by the tests, the package's service is not started.
+command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 # Debian's python3 comes without pip and, by PEP 668, without system-wide
 # installs from PyPI: pytest comes from Debian (python3-pytest, for
 # /usr/bin/python3). A python3 on PATH that already has pytest is used as

@@ -10,6 +10,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use clap::Parser;
+use ipnet::IpNet;
 use serde::Deserialize;
 
 use crate::backend::TokenMechanism;
@@ -74,6 +75,9 @@ pub struct Config {
     /// Bad commands in a row after which the connection is closed.
     pub max_bad_commands: u32,
     pub listen: Vec<SocketAddr>,
+    /// The load balancers whose connections start with a PROXY protocol
+    /// header (see `transport::proxy`); empty: none.
+    pub proxy_protocol_from: Vec<IpNet>,
     pub max_children: usize,
     pub log: LogTarget,
     pub debug: bool,
@@ -214,6 +218,7 @@ pub struct FileConfig {
     max_login_failures: Option<u32>,
     max_bad_commands: Option<u32>,
     listen: Option<OneOrMany>,
+    proxy_protocol_from: Option<Vec<String>>,
     max_children: Option<usize>,
     log: Option<String>,
     debug: Option<bool>,
@@ -403,6 +408,14 @@ pub struct Flags {
         value_name = "PORT"
     )]
     pub listen_port: Option<u16>,
+    /// Load balancers that send a PROXY protocol header (v1 or v2) naming the client, as addresses or networks, comma-separated (127.0.0.1,10.0.0.0/8); from these it is required, from others refused [default: none]
+    #[arg(
+        help_heading = "Service and logging",
+        long,
+        value_name = "NETWORK",
+        value_delimiter = ','
+    )]
+    pub proxy_protocol_from: Option<Vec<String>>,
     /// Concurrent sessions of the standalone listener [default: 256]
     #[arg(help_heading = "Limits", long, value_name = "N")]
     pub max_children: Option<usize>,
@@ -636,6 +649,24 @@ impl Config {
                 }
             })?;
             listen.push(addr);
+        }
+
+        let proxy_flag = flags.proxy_protocol_from.is_some();
+        let mut proxy_protocol_from = Vec::new();
+        // Empty items are skipped: `--proxy-protocol-from ''` clears the
+        // file's list.
+        for spec in flags
+            .proxy_protocol_from
+            .or(file.proxy_protocol_from)
+            .into_iter()
+            .flatten()
+            .filter(|s| !s.trim().is_empty())
+        {
+            let net = crate::transport::proxy::parse_network(&spec)
+                .map_err(|r| value_err(proxy_flag, "proxy_protocol_from", r))?;
+            if !proxy_protocol_from.contains(&net) {
+                proxy_protocol_from.push(net);
+            }
         }
 
         let secs =
@@ -966,6 +997,7 @@ impl Config {
             max_login_failures,
             max_bad_commands,
             listen,
+            proxy_protocol_from,
             max_children,
             log,
             debug: flags.debug || file.debug.unwrap_or(false),
@@ -1356,6 +1388,48 @@ mod tests {
         let c = config("", &["--backend-prefetch=false", "--snapshot-cache"]).expect("flags");
         assert!(!c.backend_prefetch && c.snapshot_cache);
         assert!(config("", &["--read-only", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn proxy_protocol_sources_from_the_file_or_the_flag() {
+        assert!(
+            config("", &[])
+                .expect("default")
+                .proxy_protocol_from
+                .is_empty()
+        );
+        let c = config(
+            "proxy_protocol_from = [\"127.0.0.1/32\", \"10.0.0.0/8\", \"::1\"]\n",
+            &[],
+        )
+        .expect("file");
+        let shown: Vec<String> = c
+            .proxy_protocol_from
+            .iter()
+            .map(|n| n.to_string())
+            .collect();
+        assert_eq!(shown, ["127.0.0.1/32", "10.0.0.0/8", "::1/128"]);
+        let c = config(
+            "proxy_protocol_from = [\"10.0.0.0/8\"]\n",
+            &["--proxy-protocol-from", "127.0.0.2,192.0.2.0/24"],
+        )
+        .expect("flag");
+        assert_eq!(c.proxy_protocol_from.len(), 2);
+        let c = config(
+            "proxy_protocol_from = [\"10.0.0.0/8\"]\n",
+            &["--proxy-protocol-from", ""],
+        )
+        .expect("cleared");
+        assert!(c.proxy_protocol_from.is_empty());
+        let e = config("proxy_protocol_from = [\"10.0.0.0/33\"]\n", &[]).expect_err("/33");
+        assert_eq!(
+            e.to_string(),
+            "test.toml: proxy_protocol_from: \"10.0.0.0/33\" is not an address or network \
+             (\"33\" is not a prefix length 0-32)"
+        );
+        let e = config("", &["--proxy-protocol-from", "lb.example"]).expect_err("name");
+        assert_eq!(e.key, "--proxy-protocol-from");
+        assert!(!e.to_string().contains('\n'));
     }
 
     #[test]

@@ -7,7 +7,7 @@ use std::io::{self, Read, Write};
 use std::sync::Arc;
 use std::time::Instant;
 
-use log::{debug, error, info};
+use log::{debug, error, info, warn};
 use rustls::ServerConfig;
 
 use crate::backend::Request;
@@ -22,7 +22,7 @@ use crate::pop3::reply::Reply;
 use crate::pop3::session::{Response, Session, SessionConfig, Step};
 use crate::preload::Preloaded;
 use crate::timeout::is_timeout;
-use crate::transport::{ClientConn, ClientStream};
+use crate::transport::{ClientConn, ClientStream, proxy};
 
 /// How a session ended, for the summary line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -82,6 +82,8 @@ struct Driver<'a> {
     backend: ImapBackend<'a>,
     /// Set when `carry` found the cluster lock lost: the session is over.
     lock_lost: Option<End>,
+    /// A balancer's health check (PROXY v2 LOCAL): greeting only.
+    health_check: bool,
 }
 
 /// Runs one session to its end and logs its summary. `files` were read
@@ -93,7 +95,10 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
     let tls_config = files.tls.clone();
-    let loopback = conn.peer.is_some_and(|p| p.ip().is_loopback());
+    // A balancer on this host relaying a client it does not name is no
+    // loopback client (see `ClientConn::peer_is_client`).
+    let loopback = conn.peer_is_client() && conn.peer.is_some_and(|p| p.ip().is_loopback());
+    let (proxied, health_check) = (conn.proxied, conn.is_health_check());
     let mut driver = Driver {
         config,
         session: Session::new(
@@ -111,8 +116,32 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
         tls_config,
         backend: ImapBackend::new(config, files, conn.peer),
         lock_lost: None,
+        health_check,
     };
-    debug!("connection from {peer_text}");
+    match proxied {
+        Some(p) => debug!("{p}"),
+        None => debug!("connection from {peer_text}"),
+    }
+    if health_check {
+        // The greeting shows the balancer that we are up; there is no
+        // session (nor backend connection) behind it, so no session line.
+        let end = match driver.greet() {
+            Ok(()) => {
+                debug!("health check from {peer_text}: greeting sent, no session");
+                End::Quit
+            }
+            Err(end) => {
+                debug!(
+                    "health check from {peer_text}: no greeting (end={}), no session",
+                    end.name()
+                );
+                end
+            }
+        };
+        let _ = driver.flush();
+        driver.client.close();
+        return end;
+    }
     let end = driver.run();
     let _ = driver.flush();
     driver.client.close();
@@ -146,15 +175,20 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
 }
 
 impl Driver<'_> {
-    fn run(&mut self) -> End {
-        if self.config.implicit_tls
-            && let Err(end) = self.start_tls()
-        {
-            return end;
+    /// The TLS handshake of implicit TLS, then the greeting.
+    fn greet(&mut self) -> Result<(), End> {
+        if self.config.implicit_tls {
+            self.start_tls()?;
         }
         let greeting = self.session.greeting();
-        if self.send(&greeting).and_then(|_| self.flush()).is_err() {
-            return End::Disconnect;
+        self.send(&greeting)
+            .and_then(|_| self.flush())
+            .map_err(|_| End::Disconnect)
+    }
+
+    fn run(&mut self) -> End {
+        if let Err(end) = self.greet() {
+            return end;
         }
         // The backend connection is made while the client is on its way to
         // the login (see `ImapBackend::connect_early`).
@@ -219,6 +253,10 @@ impl Driver<'_> {
                 }
                 Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
                 Err(e) => {
+                    if let Some(header) = proxy::unexpected_header(&e) {
+                        warn!("{header}");
+                        return End::Refused;
+                    }
                     debug!("client read failed: {e}");
                     return End::Disconnect;
                 }
@@ -331,7 +369,18 @@ impl Driver<'_> {
             }
             Err(e) if is_timeout(&e) => Err(End::Timeout),
             Err(e) => {
-                info!("TLS handshake with client failed: {e}");
+                // Instead of the ClientHello of implicit TLS.
+                if let Some(header) = proxy::unexpected_header(&e) {
+                    warn!("{header}");
+                    return Err(End::Refused);
+                }
+                // A TCP check closes right after its LOCAL header, every
+                // few seconds: no line at info for each.
+                if self.health_check {
+                    debug!("TLS handshake with the health check failed: {e}");
+                } else {
+                    info!("TLS handshake with client failed: {e}");
+                }
                 Err(End::TlsFailed)
             }
         }

@@ -186,3 +186,17 @@ pub const MIN_CLUSTER_LOCK_TTL_SECS: u64 = 10;
 pub const REDIS_MAX_LINE: usize = 4096;
 pub const REDIS_MAX_BULK: usize = 64 * 1024;
 pub const REDIS_MAX_ARRAY: usize = 64;
+
+/// How long a connection from a `proxy_protocol_from` source may take to
+/// send its PROXY protocol header (or the idle timeout, if shorter): a
+/// balancer sends it right after connecting, before it relays a single
+/// client byte, so a source that is silent this long is not a balancer
+/// speaking the protocol, and must not hold a process.
+pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Longest PROXY protocol header read: a v1 header is at most 107 bytes, a
+/// v2 header 16 bytes plus 216 of addresses (AF_UNIX) plus its TLVs, which
+/// HAProxy's `proxy-v2-options` keep far below this (unique ID at most 128
+/// bytes, authority a host name, SSL version, cipher and certificate CN).
+/// A v2 header announcing more is refused before it is read.
+pub const MAX_PROXY_HEADER: usize = 2048;

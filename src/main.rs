@@ -152,7 +152,8 @@ fn run() -> Result<ExitCode, String> {
 }
 
 /// One connection: what may need root is read first, then root is left
-/// (if this is root), then the session runs. A process that cannot leave
+/// (if this is root), then a balancer's PROXY header is read (if one is
+/// due), then the session runs. A process that cannot leave
 /// root serves nobody.
 fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
     let files = Preloaded::read(config, privilege::is_root());
@@ -166,6 +167,15 @@ fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
                 .and_then(|()| client.stream.flush());
         }
         return ExitCode::from(2);
+    }
+    // Only now, as the session's user: the header is the first client byte.
+    if let Err(e) = transport::proxy::accept(
+        &mut client,
+        &config.proxy_protocol_from,
+        config.idle_timeout,
+    ) {
+        log::log!(e.level(), "{e}");
+        return ExitCode::SUCCESS;
     }
     exit_code(driver::serve(config, &files, client))
 }

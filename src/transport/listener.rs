@@ -4,7 +4,7 @@
 
 use std::ffi::OsString;
 use std::io::{self, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::{SocketAddr, TcpListener, TcpStream};
 use std::os::fd::OwnedFd;
 use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
@@ -66,7 +66,7 @@ impl Listener {
                         }
                         Err(e) => return Err(e),
                     };
-                    if let Err(e) = this.start_child(&exe, stream) {
+                    if let Err(e) = this.start_child(&exe, stream, peer) {
                         log::error!(
                             "cannot start a session process for {}: {e}",
                             super::canonical_peer(peer)
@@ -86,7 +86,12 @@ impl Listener {
         last
     }
 
-    fn start_child(&self, exe: &std::path::Path, mut stream: TcpStream) -> io::Result<()> {
+    fn start_child(
+        &self,
+        exe: &std::path::Path,
+        mut stream: TcpStream,
+        peer: SocketAddr,
+    ) -> io::Result<()> {
         let mut children = self
             .children
             .lock()
@@ -108,6 +113,12 @@ impl Listener {
             .stderr(Stdio::inherit())
             // Readiness is the listener's to report, not a session's.
             .env_remove("NOTIFY_SOCKET")
+            // The client's address as systemd's Accept=yes passes it: the
+            // child's getpeername fails once the peer has reset the
+            // connection (HAProxy's TCP checks do, right after their PROXY
+            // header), and a trusted balancer would then look unknown.
+            .env("REMOTE_ADDR", peer.ip().to_string())
+            .env("REMOTE_PORT", peer.port().to_string())
             .spawn()?;
         children.push(child);
         Ok(())

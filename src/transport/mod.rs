@@ -1,9 +1,11 @@
 //! How the client connection reaches this process: stdin/stdout from inetd
 //! (or from our own listener), fd 3 from a systemd `Accept=yes` socket, or
-//! accepted by the standalone listener in `listener`. Produces a
+//! accepted by the standalone listener in `listener`; behind a load
+//! balancer, with the PROXY protocol header read in `proxy`. Produces a
 //! `ClientConn`; knows nothing of POP3.
 
 pub mod listener;
+pub mod proxy;
 
 use std::fs::File;
 use std::io::{self, Read, Write};
@@ -14,10 +16,16 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
+pub use proxy::Proxied;
+
 pub struct ClientConn {
     pub stream: ClientStream,
-    /// Unknown when the "socket" is a pipe or socketpair.
+    /// The client's address: after a PROXY protocol header the one it
+    /// names, else the socket's peer. Unknown when the "socket" is a pipe
+    /// or socketpair.
     pub peer: Option<SocketAddr>,
+    /// The balancer and what its header said, if one was accepted.
+    pub proxied: Option<Proxied>,
 }
 
 impl ClientConn {
@@ -26,14 +34,32 @@ impl ClientConn {
         writer: Box<dyn Write + Send>,
         peer: Option<SocketAddr>,
     ) -> Self {
+        let peer = peer.map(canonical_peer);
         ClientConn {
             stream: ClientStream::Plain(Duplex {
                 reader,
                 writer,
                 deadline: None,
+                pending: Vec::new(),
+                first_bytes: Some(FirstBytes::new(peer, None)),
             }),
-            peer: peer.map(canonical_peer),
+            peer,
+            proxied: None,
         }
+    }
+
+    /// A balancer's health check (PROXY v2 `LOCAL`): no session for it.
+    pub fn is_health_check(&self) -> bool {
+        self.proxied
+            .is_some_and(|p| p.source == proxy::Source::Local)
+    }
+
+    /// Whether `peer` is the client's own address, and not that of a
+    /// balancer which relays a client it does not name (v1 `UNKNOWN`):
+    /// only then may it count as a loopback client.
+    pub fn peer_is_client(&self) -> bool {
+        self.proxied
+            .is_none_or(|p| matches!(p.source, proxy::Source::Client(_)))
     }
 }
 
@@ -70,12 +96,41 @@ pub struct Duplex {
     writer: Box<dyn Write + Send>,
     /// When the client's current line (or TLS handshake) must be complete.
     deadline: Option<Instant>,
+    /// Bytes read but not yet consumed (those behind a PROXY header, or
+    /// held back by the check of the first bytes), served before the
+    /// socket's.
+    pending: Vec<u8>,
+    /// Until the first bytes show whether they start a PROXY header.
+    first_bytes: Option<FirstBytes>,
 }
 
-impl Read for Duplex {
+/// The check of the first bytes: a PROXY header where none was expected
+/// ends the connection. Done on every connection, whatever
+/// `proxy_protocol_from` says: it costs nothing, and a POP3 server speaks
+/// first, so this is the only place such a header shows (after our
+/// greeting, or instead of a ClientHello).
+struct FirstBytes {
+    /// What arrived so far, all of it a beginning of a header signature.
+    held: Vec<u8>,
+    /// For the error: who sent it.
+    peer: Option<SocketAddr>,
+    via: Option<SocketAddr>,
+}
+
+impl FirstBytes {
+    fn new(peer: Option<SocketAddr>, via: Option<SocketAddr>) -> Self {
+        FirstBytes {
+            held: Vec::new(),
+            peer,
+            via,
+        }
+    }
+}
+
+impl Duplex {
     /// With a deadline, each read waits only for the time left, so a client
     /// that sends a byte now and then cannot stretch one line for ever.
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_socket(&mut self, buf: &mut [u8]) -> io::Result<usize> {
         if let Some(deadline) = self.deadline {
             let left = deadline.saturating_duration_since(Instant::now());
             if left.is_zero() {
@@ -84,6 +139,78 @@ impl Read for Duplex {
             self.reader.set_read_timeout(left)?;
         }
         self.reader.read(buf)
+    }
+
+    /// Pending bytes first, then the socket; no check of the first bytes.
+    fn read_unchecked(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        if self.pending.is_empty() {
+            return self.read_socket(buf);
+        }
+        let n = self.pending.len().min(buf.len());
+        buf[..n].copy_from_slice(&self.pending[..n]);
+        self.pending.drain(..n);
+        Ok(n)
+    }
+
+    /// Puts bytes back in front of what is still to be read.
+    fn unread(&mut self, bytes: &[u8]) {
+        self.pending.splice(0..0, bytes.iter().copied());
+    }
+
+    /// While the first bytes could still start a PROXY header they are
+    /// held back (a client that sends a lone CR LF waits for its next
+    /// bytes to be answered); once they cannot, they are read as usual.
+    fn read_checking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        loop {
+            let Some(check) = &self.first_bytes else {
+                return self.read_unchecked(buf);
+            };
+            match proxy::start(&check.held) {
+                proxy::Start::Header => {
+                    return Err(io::Error::new(
+                        io::ErrorKind::InvalidData,
+                        proxy::UnexpectedHeader {
+                            peer: check.peer,
+                            via: check.via,
+                        },
+                    ));
+                }
+                proxy::Start::Other => {
+                    self.release_held();
+                    continue;
+                }
+                proxy::Start::Undecided => {}
+            }
+            let n = self.read_unchecked(buf)?;
+            if n == 0 {
+                // The end of the stream: what was held is all there is.
+                self.release_held();
+                return self.read_unchecked(buf);
+            }
+            if let Some(check) = &mut self.first_bytes {
+                check.held.extend_from_slice(&buf[..n]);
+            }
+        }
+    }
+
+    fn release_held(&mut self) {
+        if let Some(check) = self.first_bytes.take() {
+            self.unread(&check.held);
+        }
+    }
+}
+
+impl Read for Duplex {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        // Nothing to read into: not the end of the stream for the check.
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.first_bytes.is_some() {
+            self.read_checking(buf)
+        } else {
+            self.read_unchecked(buf)
+        }
     }
 }
 
