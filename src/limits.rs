@@ -103,6 +103,13 @@ pub const MAX_MESSAGES: u32 = 1_000_000;
 /// RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21..=0x7E.
 pub const MAX_UIDL_LEN: usize = 70;
 
+/// Bytes of SHA-256 kept for a `header-digest` UIDL (32 hex digits): 128
+/// bits make an accidental collision between two different header blocks
+/// of one maildrop about as likely as guessing a 128-bit key (birthday
+/// bound 2^64 messages), and 32 digits plus a twin's `-<UID>` (11) and a
+/// folder's `-<index>` stay well under `MAX_UIDL_LEN`.
+pub const HEADER_DIGEST_BYTES: usize = 16;
+
 /// SASL responses (RFC 5034 `AUTH` lines and continuations) carry OAuth
 /// tokens of several KiB; RFC 7628 deployments need at least 16 KiB.
 pub const MAX_SASL_LINE: usize = 32 * 1024;

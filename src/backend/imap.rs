@@ -11,11 +11,13 @@ use std::time::{Duration, Instant};
 use log::{debug, error, warn};
 
 use super::{
-    Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
-    PieceAnswer, PieceRequest, PrefetchRequest, Read,
+    Credentials, ExpungeAnswer, FactsAnswer, FactsRequest, Failure, FailureKind, LockAnswer,
+    LoginAnswer, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
 use crate::config::{BackendTls, Config};
-use crate::imap::{BodyStream, Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
+use crate::imap::{
+    BodyStream, Client, Endpoint, Expunged, GMAIL_CAPABILITY, ImapError, Login, Security, Selected,
+};
 use crate::limits::EARLY_CONNECTION_MAX_AGE;
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
@@ -27,6 +29,7 @@ use crate::preload::Preloaded;
 use crate::secret::Secret;
 use crate::sizecache::SizeCache;
 use crate::tls;
+use crate::uidl::{self, Fact, FactKind};
 
 pub struct ImapBackend<'a> {
     config: &'a Config,
@@ -324,6 +327,43 @@ impl<'a> ImapBackend<'a> {
             uid_validity: selected.uid_validity,
             messages,
         })
+    }
+
+    /// The facts a UIDL format needs for one folder, by one `UID FETCH`
+    /// (see `Client::gmail_msgids`, `Client::fetch_headers`); a header is
+    /// reduced to its digest as it arrives.
+    pub fn uidl_facts(&mut self, request: &FactsRequest) -> Outcome<FactsAnswer> {
+        self.end_body()?;
+        if !self.enter(request.folder, request.uid_validity)? {
+            return Ok(FactsAnswer::FolderChanged);
+        }
+        let config = self.config;
+        let name = &config.folders[request.folder];
+        let client = self.client()?;
+        let fetched = match request.kind {
+            FactKind::GmailMsgId if !client.has_gmail_ext() => {
+                return Ok(FactsAnswer::Unsupported {
+                    capability: GMAIL_CAPABILITY,
+                });
+            }
+            FactKind::GmailMsgId => client.gmail_msgids(&request.uids).map(|ids| {
+                ids.into_iter()
+                    .map(|(uid, id)| (uid, Fact::GmailMsgId(id)))
+                    .collect()
+            }),
+            FactKind::HeaderDigest => {
+                let mut facts = Vec::with_capacity(request.uids.len());
+                client
+                    .fetch_headers(&request.uids, |uid, header| {
+                        facts.push((uid, Fact::HeaderDigest(uidl::header_digest(header))));
+                    })
+                    .map(|()| facts)
+            }
+        };
+        match fetched {
+            Ok(facts) => Ok(FactsAnswer::Facts(facts)),
+            Err(e) => Err(self.failure(&format!("fetching the UIDL facts in {name:?}"), e)),
+        }
     }
 
     pub fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer> {
