@@ -409,7 +409,7 @@ pub struct Flags {
     /// Directory for state shared by the session processes (OAuth2 tokens) [default: /var/lib/pop3server]
     #[arg(help_heading = "Devices and OAuth2", long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Keep message sizes by UID between sessions, so a session asks the backend only for the UID list and new messages' sizes [default: true]
+    /// Keep message sizes (and header-digest UIDLs) by UID between sessions, so a session asks the backend only for the UID list and new messages' sizes and headers [default: true]
     #[arg(help_heading = "Maildrop", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub snapshot_cache: Option<bool>,
     /// Directory of the snapshot cache [default: /var/cache/pop3server]

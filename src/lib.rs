@@ -5,12 +5,13 @@
 //! - [`pop3`]: POP3 command parsing, replies, body encoding and the session
 //!   state machine, all without I/O.
 //! - [`maildrop`]: the session's snapshot: message numbers, UIDs, sizes,
-//!   deletion marks; [`uidl`]: UIDL strings.
+//!   deletion marks; [`uidl`]: UIDL strings (templates, and the migration
+//!   formats made from Gmail's id or a header digest).
 //! - [`backend`]: the boundary between session and mail store: requests,
 //!   typed answers and failures, and their IMAP implementation.
 //! - [`imap`]: the backend client, the only code that speaks IMAP.
-//! - [`lock`]: the per-user `flock`; [`sizecache`]: message sizes by UID
-//!   kept between sessions.
+//! - [`lock`]: the per-user `flock`; [`sizecache`]: message sizes (and
+//!   header digests) by UID kept between sessions.
 //! - [`check`]: the `--check` health probe.
 //! - [`config`]: the configuration file and flags, validated.
 //! - [`logging`]: syslog, journald or stderr.

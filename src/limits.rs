@@ -156,6 +156,10 @@ pub const MAX_CONSENT_WAIT: Duration = Duration::from_secs(30 * 60);
 /// (20 digits), a newline. Bounds how much of a cache file is read.
 pub const SIZE_CACHE_MAX_LINE: usize = 32;
 
+/// Longest line of a header digest cache file: a UID (10 digits), a space,
+/// the digest (`2 * HEADER_DIGEST_BYTES` = 32 hex digits), a newline.
+pub const DIGEST_CACHE_MAX_LINE: usize = 48;
+
 /// Without ESEARCH (RFC 4731), `UID SEARCH ALL` lists every UID on one line
 /// of up to `MAX_IMAP_LINE` (1 MiB): about 100,000 of them. Larger folders on
 /// such a server take the full snapshot instead of using the cache.

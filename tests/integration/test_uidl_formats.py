@@ -262,3 +262,71 @@ def test_header_digest_across_folders_stays_unique(dovecot, make_server, fresh_u
         3: d + b"-%d-1" % archive[0][0],
     }
     assert uidls(s, user) == got
+
+
+def _digest_files(server):
+    import os
+    d = server.lock_dir + "-cache"
+    return [os.path.join(d, f) for f in os.listdir(d) if f.startswith("digests-")] \
+        if os.path.isdir(d) else []
+
+
+def test_header_digests_are_cached_and_only_new_mail_is_fetched(
+        dovecot, make_server, fresh_user):
+    import os
+    import stat
+    user = fresh_user(3)
+    relay = RefusingRelay(dovecot.port, lambda command: None)
+    try:
+        s = make_server(["--uidl-format", "header-digest"], backend_port=relay.port)
+
+        def session():
+            before = len(relay.forwarded)
+            got = uidls(s, user)
+            return got, [c for c in relay.forwarded[before:] if HEADER_FETCH.match(c)]
+
+        first, fetches = session()
+        assert len(fetches) == 1 and len(first) == 3, fetches
+        files = _digest_files(s)
+        assert len(files) == 1, files
+        assert stat.S_IMODE(os.stat(files[0]).st_mode) == 0o600
+        with open(files[0], "rb") as f:
+            text = f.read()
+        assert user.encode() not in text and b"INBOX" not in text
+        assert re.fullmatch(rb"pop3server-header-digests 1\nuidvalidity \d+\ncount 3\n"
+                            rb"(\d+ [0-9a-f]{32}\n){3}end\n", text), text
+        # From the cache: no header fetched.
+        again, fetches = session()
+        assert again == first and fetches == []
+        # New mail: its header only.
+        with ImapView(dovecot.dc, user) as v:
+            v.append(testbed.simple_message(user, 77))
+            new_uid = v.uids()[-1]
+        more, fetches = session()
+        assert fetches == [b"UID FETCH %d (UID BODY.PEEK[HEADER])" % new_uid], fetches
+        assert {n: more[n] for n in (1, 2, 3)} == first
+        assert more[4] == header_digest(imap_headers(dovecot, user)[-1][1])
+        # A damaged file is not used, and is whole again after the session.
+        with open(files[0], "wb") as f:
+            f.write(text.replace(b"count 3", b"count 9"))
+        damaged, fetches = session()
+        assert damaged == more and len(fetches) == 1
+        _, fetches = session()
+        assert fetches == []
+    finally:
+        relay.stop()
+
+
+def test_snapshot_cache_false_keeps_no_digests(dovecot, make_server, fresh_user):
+    user = fresh_user(2)
+    relay = RefusingRelay(dovecot.port, lambda command: None)
+    try:
+        s = make_server(["--uidl-format", "header-digest", "--snapshot-cache", "false"],
+                        backend_port=relay.port)
+        for _ in range(2):
+            before = len(relay.forwarded)
+            uidls(s, user)
+            assert len([c for c in relay.forwarded[before:] if HEADER_FETCH.match(c)]) == 1
+        assert _digest_files(s) == []
+    finally:
+        relay.stop()
