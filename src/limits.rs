@@ -110,6 +110,13 @@ pub const MAX_UIDL_LEN: usize = 70;
 /// folder's `-<index>` stay well under `MAX_UIDL_LEN`.
 pub const HEADER_DIGEST_BYTES: usize = 16;
 
+/// Bytes of a header block a `header-digest` UIDL is made of: longer ones
+/// (thousands of `Received:` lines, a hostile message) count by their first
+/// 192 KiB. The whole header would be a literal over the largest one a
+/// response may carry (`FETCH_CHUNK`, 256 KiB), a protocol error that would
+/// keep the user from UIDL in every session; real headers are a few KiB.
+pub const MAX_DIGESTED_HEADER: u32 = 192 * 1024;
+
 /// SASL responses (RFC 5034 `AUTH` lines and continuations) carry OAuth
 /// tokens of several KiB; RFC 7628 deployments need at least 16 KiB.
 pub const MAX_SASL_LINE: usize = 32 * 1024;

@@ -161,7 +161,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use log::debug;
 
 use crate::limits::{
-    FETCH_CHUNK, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK,
+    FETCH_CHUNK, MAX_DIGESTED_HEADER, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET,
+    SNAPSHOT_SLACK,
 };
 use crate::logging::printable;
 use crate::maildrop::BackendMessage;
@@ -760,8 +761,9 @@ impl Client {
         Ok(out)
     }
 
-    /// The header block of each of these messages (UIDs), by
-    /// `UID FETCH <set> (UID BODY.PEEK[HEADER])` (no `\Seen`): one command
+    /// The header block of each of these messages (UIDs), at most its first
+    /// `MAX_DIGESTED_HEADER` bytes, by
+    /// `UID FETCH <set> (UID BODY.PEEK[HEADER]<0.max>)` (no `\Seen`): one command
     /// for a whole folder, each header handed to `each` as its response
     /// arrives and then dropped, so memory holds one header at a time. A
     /// UID expunged meanwhile (no header, or NIL) is simply not handed on.
@@ -771,6 +773,7 @@ impl Client {
         mut each: impl FnMut(u32, &[u8]),
     ) -> Result<(), ImapError> {
         let limit = uids.len() + SNAPSHOT_SLACK;
+        let header_item = format!(" (UID BODY.PEEK[HEADER]<0.{MAX_DIGESTED_HEADER}>)");
         let mut count = 0usize;
         for set in uid_sets(uids, MAX_UID_SET) {
             self.run(
@@ -778,7 +781,7 @@ impl Client {
                 &[
                     Arg::Text(b"UID FETCH "),
                     Arg::Text(set.as_bytes()),
-                    Arg::Text(b" (UID BODY.PEEK[HEADER])"),
+                    Arg::Text(header_item.as_bytes()),
                 ],
                 |r| {
                     if let Response::Fetch(FetchData {
@@ -1794,7 +1797,7 @@ mod tests {
     fn headers_and_gmail_ids_come_from_one_fetch_each() {
         let (mut c, out) = scripted(&format!(
             "{GREETING}* 1 FETCH (UID 4 BODY[HEADER] {{12}}\r\nSubject: a\r\n)\r\n\
-             * 2 FETCH (UID 9 BODY[HEADER] NIL)\r\n* 3 FETCH (FLAGS (\\Seen))\r\n\
+             * 2 FETCH (UID 9 BODY[HEADER]<0> NIL)\r\n* 3 FETCH (FLAGS (\\Seen))\r\n\
              * 4 FETCH (UID 12 BODY[HEADER] {{0}}\r\n)\r\nA0001 OK done\r\n\
              * 1 FETCH (UID 4 X-GM-MSGID 1152921504606846980)\r\nA0002 OK done\r\n\
              * 1 FETCH (BODY[HEADER] {{1}}\r\nx)\r\nA0003 OK done\r\n"
@@ -1816,7 +1819,7 @@ mod tests {
         let text = sent(&out);
         assert!(
             text.contains(
-                "A0001 UID FETCH 4,9,12 (UID BODY.PEEK[HEADER])\r\nA0002 UID FETCH 4 (UID X-GM-MSGID)\r\n"
+                "A0001 UID FETCH 4,9,12 (UID BODY.PEEK[HEADER]<0.196608>)\r\nA0002 UID FETCH 4 (UID X-GM-MSGID)\r\n"
             ),
             "{text}"
         );

@@ -661,7 +661,8 @@ impl Parser<'_> {
                             self.number()?,
                             "FETCH gives X-GM-MSGID twice, with different values",
                         )?,
-                        b"BODY[HEADER]" => {
+                        // Whole, or the start of a longer one (`<0>`).
+                        b"BODY[HEADER]" | b"BODY[HEADER]<0>" => {
                             let header = self.nstring()?;
                             set_once(
                                 &mut data.header,
@@ -817,7 +818,7 @@ pub(crate) mod tests {
         let r = parse_all(
             b"* 1 FETCH (UID 4 BODY[HEADER] {12}\r\nSubject: x\r\n)\r\n\
               * 2 FETCH (X-GM-MSGID 1152921504606846977 UID 5)\r\n\
-              * 3 FETCH (UID 6 BODY[HEADER] NIL)\r\n\
+              * 3 FETCH (UID 6 BODY[HEADER]<0> NIL)\r\n\
               * 4 FETCH (UID 7 X-GM-MSGID 1 X-GM-MSGID 2)\r\n\
               * 5 FETCH (UID 8 X-GM-MSGID 18446744073709551616)\r\n",
         );

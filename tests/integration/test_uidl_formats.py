@@ -17,7 +17,7 @@ import pytest
 from helpers import GmailRelay, ImapView, Pop3, RefusingRelay, err, imap_login, ok
 import testbed
 
-HEADER_FETCH = re.compile(rb"^UID FETCH [0-9:,]+ \(UID BODY\.PEEK\[HEADER\]\)$")
+HEADER_FETCH = re.compile(rb"^UID FETCH [0-9:,]+ \(UID BODY\.PEEK\[HEADER\]<0\.196608>\)$")
 MSGID_FETCH = re.compile(rb"^UID FETCH [0-9:,]+ \(UID X-GM-MSGID\)$")
 
 # src/uidl.rs SKIPPED_HEADERS, and the normalisation of header_digest.
@@ -198,6 +198,21 @@ def test_header_digest_is_stable_unique_and_fetched_at_the_first_uidl_only(
         relay.stop()
 
 
+def test_a_header_over_192_kib_counts_by_its_start_and_the_session_goes_on(
+        dovecot, make_server, fresh_user):
+    received = b"".join(b"Received: from relay%05d.example.net by mx.example.org; "
+                        b"Mon, 1 Jan 2024 00:00:00 +0000\r\n" % i for i in range(3000))
+    huge = received + testbed.simple_message("huge", 1)
+    assert huge.index(b"\r\n\r\n") > 196608 + 1000
+    user = fresh_user(messages=[testbed.simple_message("huge", 2), huge])
+    headers = imap_headers(dovecot, user)
+    expected = {1: header_digest(headers[0][1]), 2: header_digest(headers[1][1][:196608])}
+    assert expected[2] != header_digest(headers[1][1])
+    s = make_server(["--uidl-format", "header-digest", "--snapshot-cache", "false"])
+    assert uidls(s, user) == expected
+    assert uidls(s, user) == expected
+
+
 def _fill_folder(dovecot, user, folder, messages, old_uidvalidity=None):
     """(Re)create ``folder`` with ``messages`` in this order; its UIDVALIDITY
     (another than ``old_uidvalidity``: Dovecot's are time-based, so a
@@ -303,7 +318,7 @@ def test_header_digests_are_cached_and_only_new_mail_is_fetched(
             v.append(testbed.simple_message(user, 77))
             new_uid = v.uids()[-1]
         more, fetches = session()
-        assert fetches == [b"UID FETCH %d (UID BODY.PEEK[HEADER])" % new_uid], fetches
+        assert fetches == [b"UID FETCH %d (UID BODY.PEEK[HEADER]<0.196608>)" % new_uid], fetches
         assert {n: more[n] for n in (1, 2, 3)} == first
         assert more[4] == header_digest(imap_headers(dovecot, user)[-1][1])
         # A damaged file is not used, and is whole again after the session.
