@@ -345,3 +345,27 @@ def test_snapshot_cache_false_keeps_no_digests(dovecot, make_server, fresh_user)
         assert _digest_files(s) == []
     finally:
         relay.stop()
+
+
+def test_a_refused_header_fetch_is_an_error_of_that_uidl_and_the_session_goes_on(
+        dovecot, make_server, fresh_user):
+    user = fresh_user(2)
+    refuse = [True]
+    relay = RefusingRelay(
+        dovecot.port,
+        lambda c: b"[LIMIT] try later" if refuse[0] and HEADER_FETCH.match(c) else None)
+    try:
+        s = make_server(["--uidl-format", "header-digest"], backend_port=relay.port)
+        with Pop3(s.port) as p:
+            assert ok(p.login(user, "secret"))
+            st = p.cmd("UIDL")
+            assert st == (b"-ERR [SYS/TEMP] The mail server refused the UIDLs of folder INBOX: "
+                          b"[LIMIT] try later"), st
+            assert p.stat()[0] == 2
+            # Asked again at the next UIDL, which now gets an answer.
+            refuse[0] = False
+            assert len(p.uidl()) == 2
+            assert ok(p.quit())
+        assert len(relay.refused) == 1
+    finally:
+        relay.stop()
