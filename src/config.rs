@@ -340,7 +340,7 @@ pub struct Flags {
         value_delimiter = ','
     )]
     pub folders: Option<Vec<String>>,
-    /// UIDL format: "dovecot" (%08Xu%08Xv) or a template of %u, %v, %Xu, %08Xv... [default: dovecot]
+    /// UIDL format: dovecot (%08Xu%08Xv), cyrus (%v.%u), courier (%v-%u), uw (%08Xv%08Xu), gmail (GmailId + hex X-GM-MSGID), header-digest, or a template of %u, %v, %Xu, %08Xv... [default: dovecot]
     #[arg(help_heading = "Maildrop", long, value_name = "FORMAT")]
     pub uidl_format: Option<String>,
     /// RETR sets \Seen on the backend [default: true]
@@ -473,7 +473,7 @@ pub struct Flags {
     /// Directory for state shared by the session processes (OAuth2 tokens) [default: /var/lib/pop3server]
     #[arg(help_heading = "Devices and OAuth2", long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
-    /// Keep message sizes by UID between sessions, so a session asks the backend only for the UID list and new messages' sizes [default: true]
+    /// Keep message sizes (and header-digest UIDLs) by UID between sessions, so a session asks the backend only for the UID list and new messages' sizes and headers [default: true]
     #[arg(help_heading = "Maildrop", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub snapshot_cache: Option<bool>,
     /// Directory of the snapshot cache [default: /var/cache/pop3server]
@@ -1534,6 +1534,15 @@ mod tests {
             config(&long, &[]).expect_err("too long with suffix").key,
             "uidl_format"
         );
+        for name in ["cyrus", "courier", "uw", "gmail", "header-digest"] {
+            let c = config(&format!("uidl_format = \"{name}\"\n"), &[]).expect(name);
+            assert_eq!(c.uidl_format, UidlFormat::parse(name).expect(name));
+        }
+        let many = config(
+            "",
+            &["--uidl-format", "header-digest", "--folders", "A,B,C"],
+        );
+        assert!(many.expect("three folders").uidl_format.needs().is_some());
         assert_eq!(
             config("", &["--max-children", "0"])
                 .expect_err("zero")

@@ -350,6 +350,7 @@ impl Driver<'_> {
             Request::Piece(piece) => session.on_piece(backend.piece(piece)),
             Request::Prefetch(next) => session.on_prefetch(backend.prefetch(next)),
             Request::Expunge(deletions) => session.on_expunge(backend.expunge(&deletions)),
+            Request::UidlFacts(facts) => session.on_uidl_facts(backend.uidl_facts(&facts)),
         }
     }
 

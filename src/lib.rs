@@ -5,13 +5,14 @@
 //! - [`pop3`]: POP3 command parsing, replies, body encoding and the session
 //!   state machine, all without I/O.
 //! - [`maildrop`]: the session's snapshot: message numbers, UIDs, sizes,
-//!   deletion marks; [`uidl`]: UIDL strings.
+//!   deletion marks; [`uidl`]: UIDL strings (templates, and the migration
+//!   formats made from Gmail's id or a header digest).
 //! - [`backend`]: the boundary between session and mail store: requests,
 //!   typed answers and failures, and their IMAP implementation.
 //! - [`imap`]: the backend client, the only code that speaks IMAP.
 //! - [`lock`]: the per-user `flock`; [`clusterlock`]: the optional lease in
 //!   Redis that spans front-ends, over [`redis`]; [`sizecache`]: message
-//!   sizes by UID kept between sessions.
+//!   sizes (and header digests) by UID kept between sessions.
 //! - [`route`]: which backend (and hosts) serves a user.
 //! - [`check`]: the `--check` health probe.
 //! - [`config`]: the configuration file and flags, validated.

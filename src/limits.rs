@@ -103,6 +103,20 @@ pub const MAX_MESSAGES: u32 = 1_000_000;
 /// RFC 1939 section 7: a unique-id is 1 to 70 characters in 0x21..=0x7E.
 pub const MAX_UIDL_LEN: usize = 70;
 
+/// Bytes of SHA-256 kept for a `header-digest` UIDL (32 hex digits): 128
+/// bits make an accidental collision between two different header blocks
+/// of one maildrop about as likely as guessing a 128-bit key (birthday
+/// bound 2^64 messages), and 32 digits plus a twin's `-<UID>` (11) and a
+/// folder's `-<index>` stay well under `MAX_UIDL_LEN`.
+pub const HEADER_DIGEST_BYTES: usize = 16;
+
+/// Bytes of a header block a `header-digest` UIDL is made of: longer ones
+/// (thousands of `Received:` lines, a hostile message) count by their first
+/// 192 KiB. The whole header would be a literal over the largest one a
+/// response may carry (`FETCH_CHUNK`, 256 KiB), a protocol error that would
+/// keep the user from UIDL in every session; real headers are a few KiB.
+pub const MAX_DIGESTED_HEADER: u32 = 192 * 1024;
+
 /// SASL responses (RFC 5034 `AUTH` lines and continuations) carry OAuth
 /// tokens of several KiB; RFC 7628 deployments need at least 16 KiB.
 pub const MAX_SASL_LINE: usize = 32 * 1024;
@@ -148,6 +162,10 @@ pub const MAX_CONSENT_WAIT: Duration = Duration::from_secs(30 * 60);
 /// Longest line of a snapshot cache file: a UID (10 digits), a space, a size
 /// (20 digits), a newline. Bounds how much of a cache file is read.
 pub const SIZE_CACHE_MAX_LINE: usize = 32;
+
+/// Longest line of a header digest cache file: a UID (10 digits), a space,
+/// the digest (`2 * HEADER_DIGEST_BYTES` = 32 hex digits), a newline.
+pub const DIGEST_CACHE_MAX_LINE: usize = 48;
 
 /// Without ESEARCH (RFC 4731), `UID SEARCH ALL` lists every UID on one line
 /// of up to `MAX_IMAP_LINE` (1 MiB): about 100,000 of them. Larger folders on

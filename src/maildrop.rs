@@ -1,8 +1,10 @@
 //! The maildrop as one POP3 session sees it: a snapshot taken at login of the
 //! backend's UIDs and sizes, message numbers 1..=n fixed for the session,
-//! deletion marks kept in memory until QUIT, and UIDL strings.
+//! deletion marks kept in memory until QUIT, and UIDL strings (with the
+//! per-message facts some formats need, fetched at the first UIDL).
 
-pub use crate::uidl::{Uidl, UidlFormat};
+use crate::uidl::UidlInput;
+pub use crate::uidl::{Fact, FactKind, Uidl, UidlFormat};
 
 /// A POP3 message number: 1..=n for the session, fixed at login.
 pub type MsgNum = u32;
@@ -38,6 +40,15 @@ pub struct FolderDeletions {
     pub uids: Vec<u32>,
 }
 
+/// What a format made from facts still needs: the facts of these messages
+/// of one folder (`FactKind` from the format).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactsWanted {
+    pub folder: usize,
+    pub uid_validity: u32,
+    pub uids: Vec<u32>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum MessageError {
     NoSuchMessage,
@@ -59,12 +70,21 @@ pub struct Maildrop {
     /// In folder order, then UID order: message number i+1 is `messages[i]`.
     messages: Vec<Message>,
     deleted: Vec<bool>,
+    /// Per message, as `messages`: the fact a format made from facts needs
+    /// (`set_facts`); empty until the first is set.
+    facts: Vec<Option<Fact>>,
+    /// Per folder: its facts were fetched (with or without an answer for
+    /// every message).
+    fetched: Vec<bool>,
+    /// The UIDLs of every message once all facts are in: with twins they
+    /// depend on the whole maildrop, so they are made once, not per line.
+    uidls: Option<Vec<Uidl>>,
 }
 
 impl Maildrop {
     /// The folders in configured order; messages in any order.
     pub fn new(folders: Vec<FolderSnapshot>) -> Self {
-        let uid_validities = folders.iter().map(|f| f.uid_validity).collect();
+        let uid_validities: Vec<u32> = folders.iter().map(|f| f.uid_validity).collect();
         let mut messages = Vec::new();
         for (folder, snapshot) in folders.into_iter().enumerate() {
             let mut part = snapshot.messages;
@@ -77,10 +97,14 @@ impl Maildrop {
             }));
         }
         let deleted = vec![false; messages.len()];
+        let fetched = vec![false; uid_validities.len()];
         Maildrop {
             uid_validities,
             messages,
             deleted,
+            facts: Vec::new(),
+            fetched,
+            uidls: None,
         }
     }
 
@@ -89,9 +113,73 @@ impl Maildrop {
         self.uid_validities.get(folder).copied().unwrap_or(0)
     }
 
-    /// The message's UIDL (see `UidlFormat::for_folder`).
-    pub fn uidl(&self, m: &Message, format: &UidlFormat) -> Uidl {
+    /// The UIDL of message `n` (which is `m`): from the template (see
+    /// `UidlFormat::for_folder`), or, for a format made from facts, as
+    /// made by `set_facts` once all are in (`missing_facts` says when).
+    pub fn uidl(&self, n: MsgNum, m: &Message, format: &UidlFormat) -> Uidl {
+        if format.needs().is_some()
+            && let Some(uidl) = index(n).and_then(|i| self.uidls.as_ref()?.get(i))
+        {
+            return uidl.clone();
+        }
         format.for_folder(m.folder, m.uid, self.uid_validity(m.folder))
+    }
+
+    /// The first folder whose facts `format` needs and the session has not
+    /// fetched yet, with its UIDs; `None` when UIDL can be answered.
+    /// Folders without messages need nothing.
+    pub fn missing_facts(&self, format: &UidlFormat) -> Option<FactsWanted> {
+        format.needs()?;
+        (0..self.fetched.len())
+            .filter(|&f| !self.fetched[f])
+            .map(|folder| FactsWanted {
+                folder,
+                uid_validity: self.uid_validity(folder),
+                uids: self
+                    .messages
+                    .iter()
+                    .filter(|m| m.folder == folder)
+                    .map(|m| m.uid)
+                    .collect(),
+            })
+            .find(|wanted| !wanted.uids.is_empty())
+    }
+
+    /// The facts the backend gave for `folder` (UIDs it was not asked for
+    /// are ignored, the first of two answers for one UID counts); once every
+    /// folder has its facts, the UIDLs are made.
+    pub fn set_facts(&mut self, folder: usize, facts: &[(u32, Fact)], format: &UidlFormat) {
+        if self.facts.is_empty() {
+            self.facts = vec![None; self.messages.len()];
+        }
+        for &(uid, fact) in facts {
+            // In folder order, then UID order: a binary search.
+            let found = self
+                .messages
+                .binary_search_by(|m| (m.folder, m.uid).cmp(&(folder, uid)));
+            if let Ok(i) = found
+                && self.facts[i].is_none()
+            {
+                self.facts[i] = Some(fact);
+            }
+        }
+        if let Some(done) = self.fetched.get_mut(folder) {
+            *done = true;
+        }
+        if self.missing_facts(format).is_none() {
+            let inputs: Vec<UidlInput> = self
+                .messages
+                .iter()
+                .zip(&self.facts)
+                .map(|(m, fact)| UidlInput {
+                    folder: m.folder,
+                    uid: m.uid,
+                    uid_validity: self.uid_validity(m.folder),
+                    fact: *fact,
+                })
+                .collect();
+            self.uidls = Some(format.uidls(&inputs));
+        }
     }
 
     /// The message with that number, unless it is out of range or deleted.
@@ -263,7 +351,7 @@ mod tests {
             })
         );
         let f = UidlFormat::dovecot();
-        let uidls: Vec<String> = d.live().map(|(_, m)| d.uidl(&m, &f).0).collect();
+        let uidls: Vec<String> = d.live().map(|(n, m)| d.uidl(n, &m, &f).0).collect();
         assert_eq!(
             uidls,
             ["0000000100000005", "0000000200000005", "0000000100000005-2"]
@@ -276,5 +364,45 @@ mod tests {
             .map(|f| (f.folder, f.uids))
             .collect();
         assert_eq!(folders, vec![(0, vec![1]), (2, vec![1])]);
+    }
+
+    #[test]
+    fn facts_are_asked_folder_by_folder_and_make_the_uidls() {
+        let f = UidlFormat::parse("gmail").expect("gmail");
+        let mut d = Maildrop::new(vec![
+            FolderSnapshot {
+                uid_validity: 5,
+                messages: vec![msg(2, 20), msg(1, 10)],
+            },
+            FolderSnapshot {
+                uid_validity: 6,
+                messages: vec![],
+            },
+            FolderSnapshot {
+                uid_validity: 7,
+                messages: vec![msg(4, 11)],
+            },
+        ]);
+        assert_eq!(d.missing_facts(&UidlFormat::dovecot()), None);
+        assert_eq!(
+            d.missing_facts(&f),
+            Some(FactsWanted {
+                folder: 0,
+                uid_validity: 5,
+                uids: vec![1, 2]
+            })
+        );
+        // UID 9 was not asked for; UID 2 has no answer (expunged).
+        d.set_facts(
+            0,
+            &[(1, Fact::GmailMsgId(0xa)), (9, Fact::GmailMsgId(0xb))],
+            &f,
+        );
+        let wanted = d.missing_facts(&f).expect("the third folder");
+        assert_eq!((wanted.folder, wanted.uids), (2, vec![4]));
+        d.set_facts(2, &[(4, Fact::GmailMsgId(0xc))], &f);
+        assert_eq!(d.missing_facts(&f), None);
+        let uidls: Vec<String> = d.live().map(|(n, m)| d.uidl(n, &m, &f).0).collect();
+        assert_eq!(uidls, ["GmailIda", "0000000200000005", "GmailIdc-2"]);
     }
 }

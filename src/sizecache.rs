@@ -12,6 +12,11 @@
 //! another UIDVALIDITY, a count that does not match, UIDs out of order, a
 //! cut end) makes it count as absent: the session then takes the full
 //! snapshot, never a wrong size.
+//!
+//! [`DigestCache`] keeps, the same way and by the same rules, the header
+//! digests of `uidl_format = header-digest` by UID: a message's header, and
+//! so its digest, never changes for the same UIDVALIDITY either, and the
+//! next session's first UIDL then fetches only the headers of new mail.
 
 use std::fs::{self, OpenOptions};
 use std::io::{self, Read, Write};
@@ -21,9 +26,16 @@ use std::path::{Path, PathBuf};
 use md5::{Digest, Md5};
 
 use crate::decimal::parse_u64;
-use crate::limits::{MAX_MESSAGES, SIZE_CACHE_MAX_LINE};
+use crate::limits::{
+    DIGEST_CACHE_MAX_LINE, HEADER_DIGEST_BYTES, MAX_MESSAGES, SIZE_CACHE_MAX_LINE,
+};
+use crate::uidl::HeaderDigest;
 
 const MAGIC: &str = "pop3server-sizes 1";
+/// The version names the digest's definition too (`uidl::header_digest`):
+/// a change to it must come with a new version, or old files would give
+/// the old digests.
+const DIGEST_MAGIC: &str = "pop3server-header-digests 1";
 
 pub struct SizeCache {
     path: PathBuf,
@@ -33,13 +45,8 @@ impl SizeCache {
     /// The cache of `folder` of the maildrop whose lock is `lock_name` (the
     /// backend and the IMAP identity, as `lock::lock_name` makes it).
     pub fn new(dir: &Path, lock_name: &str, folder: &str) -> Self {
-        let mut h = Md5::new();
-        h.update(lock_name.as_bytes());
-        h.update([0]);
-        h.update(folder.as_bytes());
-        let name: String = h.finalize().iter().map(|b| format!("{b:02x}")).collect();
         SizeCache {
-            path: dir.join(format!("sizes-{name}")),
+            path: dir.join(format!("sizes-{}", file_name(lock_name, folder))),
         }
     }
 
@@ -51,11 +58,7 @@ impl SizeCache {
     /// whole, and is for `uid_validity`; `Err` says why it is not used (for
     /// the debug log).
     pub fn load(&self, uid_validity: u32) -> Result<Vec<(u32, u64)>, String> {
-        let limit = (MAX_MESSAGES as u64 + 4) * SIZE_CACHE_MAX_LINE as u64;
-        let mut text = String::new();
-        fs::File::open(&self.path)
-            .and_then(|f| f.take(limit).read_to_string(&mut text))
-            .map_err(|e| e.to_string())?;
+        let text = read(&self.path, SIZE_CACHE_MAX_LINE)?;
         parse(&text, uid_validity)
     }
 
@@ -69,27 +72,128 @@ impl SizeCache {
             text.push_str(&format!("{uid} {size}\n"));
         }
         text.push_str("end\n");
-        let tmp = self
-            .path
-            .with_file_name(format!(".tmp-{}", std::process::id()));
-        let written = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(0o600)
-            .open(&tmp)
-            .and_then(|mut f| f.write_all(text.as_bytes()))
-            .and_then(|()| fs::rename(&tmp, &self.path));
-        if written.is_err() {
-            let _ = fs::remove_file(&tmp);
-        }
-        written
+        write_atomic(&self.path, &text)
     }
 }
 
+/// The header digests of one mailbox's folder by UID (see the module).
+pub struct DigestCache {
+    path: PathBuf,
+}
+
+impl DigestCache {
+    pub fn new(dir: &Path, lock_name: &str, folder: &str) -> Self {
+        DigestCache {
+            path: dir.join(format!("digests-{}", file_name(lock_name, folder))),
+        }
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// The cached (UID, digest) pairs, UIDs ascending, on the same terms as
+    /// `SizeCache::load`.
+    pub fn load(&self, uid_validity: u32) -> Result<Vec<(u32, HeaderDigest)>, String> {
+        let text = read(&self.path, DIGEST_CACHE_MAX_LINE)?;
+        parse_digests(&text, uid_validity)
+    }
+
+    /// Replaces the file with exactly these digests, UIDs ascending.
+    pub fn store(&self, uid_validity: u32, digests: &[(u32, HeaderDigest)]) -> io::Result<()> {
+        let mut text = format!(
+            "{DIGEST_MAGIC}\nuidvalidity {uid_validity}\ncount {}\n",
+            digests.len()
+        );
+        for (uid, d) in digests {
+            text.push_str(&format!("{uid} "));
+            for b in d.0 {
+                text.push_str(&format!("{b:02x}"));
+            }
+            text.push('\n');
+        }
+        text.push_str("end\n");
+        write_atomic(&self.path, &text)
+    }
+}
+
+/// A digest of the maildrop's lock name and the folder: no user or folder
+/// name reaches the file system.
+fn file_name(lock_name: &str, folder: &str) -> String {
+    let mut h = Md5::new();
+    h.update(lock_name.as_bytes());
+    h.update([0]);
+    h.update(folder.as_bytes());
+    h.finalize().iter().map(|b| format!("{b:02x}")).collect()
+}
+
+/// The file's text, at most as much as `MAX_MESSAGES` lines of `max_line`
+/// bytes can be (a huge file is not read whole, and then fails to parse).
+fn read(path: &Path, max_line: usize) -> Result<String, String> {
+    let limit = (MAX_MESSAGES as u64 + 4) * max_line as u64;
+    let mut text = String::new();
+    fs::File::open(path)
+        .and_then(|f| f.take(limit).read_to_string(&mut text))
+        .map_err(|e| e.to_string())?;
+    Ok(text)
+}
+
+/// Written to a temporary file, mode 0600, and renamed: a reader sees the
+/// old file or the new one, never a part.
+fn write_atomic(path: &Path, text: &str) -> io::Result<()> {
+    let tmp = path.with_file_name(format!(".tmp-{}", std::process::id()));
+    let written = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .mode(0o600)
+        .open(&tmp)
+        .and_then(|mut f| f.write_all(text.as_bytes()))
+        .and_then(|()| fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    written
+}
+
 fn parse(text: &str, uid_validity: u32) -> Result<Vec<(u32, u64)>, String> {
+    parse_entries(text, MAGIC, uid_validity, |value| {
+        parse_u64(value.as_bytes()).ok_or("bad size")
+    })
+}
+
+fn parse_digests(text: &str, uid_validity: u32) -> Result<Vec<(u32, HeaderDigest)>, String> {
+    parse_entries(text, DIGEST_MAGIC, uid_validity, |value| {
+        let hex = value.as_bytes();
+        if hex.len() != 2 * HEADER_DIGEST_BYTES {
+            return Err("bad digest length");
+        }
+        let mut d = [0u8; HEADER_DIGEST_BYTES];
+        for (i, pair) in hex.chunks(2).enumerate() {
+            let digit = |c: u8| match c {
+                b'0'..=b'9' => Some(c - b'0'),
+                b'a'..=b'f' => Some(c - b'a' + 10),
+                _ => None,
+            };
+            d[i] = match (digit(pair[0]), digit(pair[1])) {
+                (Some(h), Some(l)) => h << 4 | l,
+                _ => return Err("bad digest"),
+            };
+        }
+        Ok(HeaderDigest(d))
+    })
+}
+
+/// The entries of a cache file: its magic line, UIDVALIDITY, count, then
+/// `count` lines `<uid> <value>` with UIDs ascending, then `end`.
+fn parse_entries<T>(
+    text: &str,
+    magic: &str,
+    uid_validity: u32,
+    value: impl Fn(&str) -> Result<T, &'static str>,
+) -> Result<Vec<(u32, T)>, String> {
     let mut lines = text.split('\n');
-    if lines.next() != Some(MAGIC) {
+    if lines.next() != Some(magic) {
         return Err("not a cache file of this version".into());
     }
     let field = |line: Option<&str>, name: &str| -> Result<u64, String> {
@@ -117,7 +221,7 @@ fn parse(text: &str, uid_validity: u32) -> Result<Vec<(u32, u64)>, String> {
         let uid = parse_u64(uid.as_bytes())
             .and_then(|u| u32::try_from(u).ok())
             .ok_or("bad UID")?;
-        let size = parse_u64(size.as_bytes()).ok_or("bad size")?;
+        let size = value(size)?;
         if uid <= last {
             return Err("UIDs out of order".into());
         }
@@ -188,6 +292,45 @@ mod tests {
         ] {
             assert!(parse(&bad, 7).is_err(), "{bad:?} was taken");
         }
+    }
+
+    #[test]
+    fn digests_round_trip_and_any_damage_makes_them_absent() {
+        let dir = temp_dir("digests");
+        let cache = DigestCache::new(&dir, "lock", "INBOX");
+        assert_ne!(
+            cache.path(),
+            SizeCache::new(&dir, "lock", "INBOX").path(),
+            "a file of its own"
+        );
+        let a = crate::uidl::header_digest(b"Subject: a\r\n");
+        let b = crate::uidl::header_digest(b"Subject: b\r\n");
+        cache.store(7, &[(1, a), (4, b)]).expect("store");
+        assert_eq!(cache.load(7).expect("load"), vec![(1, a), (4, b)]);
+        assert!(cache.load(8).is_err());
+        let mode = fs::metadata(cache.path()).expect("meta").permissions();
+        assert_eq!(
+            std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+            0o600
+        );
+        let good = fs::read_to_string(cache.path()).expect("text");
+        assert!(parse_digests(&good, 7).is_ok());
+        let line = good.lines().nth(3).expect("an entry").to_string();
+        for bad in [
+            good.replace(DIGEST_MAGIC, MAGIC),
+            good.replace(&line, &line[..line.len() - 1]),
+            good.replace(&line, &format!("{line}0")),
+            good.replace(&line, &line.to_uppercase()),
+            good.replace(&line, &line.replace(' ', "  ")),
+            good.replace("count 2", "count 3"),
+            good.replace("end\n", ""),
+            good[..good.len() / 2].to_string(),
+        ] {
+            assert!(parse_digests(&bad, 7).is_err(), "{bad:?} was taken");
+        }
+        // A sizes file is not a digests file, nor the other way round.
+        assert!(parse(&good, 7).is_err());
+        let _ = fs::remove_dir_all(dir);
     }
 
     #[test]

@@ -8,17 +8,17 @@ use std::time::Duration;
 
 use libfuzzer_sys::fuzz_target;
 use pop3server::backend::{
-    ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, PieceAnswer, Request,
+    ExpungeAnswer, FactsAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, PieceAnswer, Request,
 };
 use pop3server::maildrop::{BackendMessage, FolderSnapshot};
 use pop3server::pop3::auth::Connection;
 use pop3server::pop3::lines::{Line, LineReader};
 use pop3server::pop3::session::{Session, SessionConfig, Step};
-use pop3server::uidl::UidlFormat;
+use pop3server::uidl::{Fact, FactKind, UidlFormat, header_digest};
 
-fn config() -> SessionConfig {
+fn config(uidl_format: &str) -> SessionConfig {
     SessionConfig {
-        uidl_format: UidlFormat::dovecot(),
+        uidl_format: UidlFormat::parse(uidl_format).unwrap_or_else(|_| UidlFormat::dovecot()),
         login_failure_delay: Duration::ZERO,
         max_login_failures: 3,
         max_bad_commands: 20,
@@ -75,7 +75,9 @@ fuzz_target!(|data: &[u8]| {
         loopback: answers.next() & 1 == 1,
         client: None,
     };
-    let mut s = Session::new(config(), connection);
+    // The formats made from facts ask the backend at UIDL.
+    let format = ["dovecot", "gmail", "header-digest"][usize::from(answers.next() % 3)];
+    let mut s = Session::new(config(format), connection);
     let mut reader = LineReader::new(s.line_limit());
     reader.push(client);
     let mut out = Vec::new();
@@ -170,6 +172,30 @@ fuzz_target!(|data: &[u8]| {
                     1 => ExpungeAnswer::LeftFlagged,
                     2 => ExpungeAnswer::FolderChanged,
                     _ => ExpungeAnswer::Unconfirmed,
+                })),
+                Request::UidlFacts(_) if fail => s.on_uidl_facts(Err(answers.failure())),
+                Request::UidlFacts(r) => s.on_uidl_facts(Ok(match answers.next() % 4 {
+                    0 => FactsAnswer::Unsupported {
+                        capability: "X-GM-EXT-1",
+                    },
+                    1 => FactsAnswer::FolderChanged,
+                    // Twins (u / 2), and a UID not asked for.
+                    _ => FactsAnswer::Facts(
+                        r.uids
+                            .iter()
+                            .map(|&u| (u, u / 2))
+                            .chain([(u32::MAX, 0)])
+                            .map(|(u, value)| {
+                                let fact = match r.kind {
+                                    FactKind::GmailMsgId => Fact::GmailMsgId(value.into()),
+                                    FactKind::HeaderDigest => {
+                                        Fact::HeaderDigest(header_digest(&value.to_be_bytes()))
+                                    }
+                                };
+                                (u, fact)
+                            })
+                            .collect(),
+                    ),
                 })),
             };
         }

@@ -11,12 +11,14 @@ use std::time::{Duration, Instant};
 use log::{debug, error, warn};
 
 use super::{
-    Credentials, ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome,
-    PieceAnswer, PieceRequest, PrefetchRequest, Read,
+    Credentials, ExpungeAnswer, FactsAnswer, FactsRequest, Failure, FailureKind, LockAnswer,
+    LoginAnswer, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
 use crate::clusterlock::{self, Acquired, Fallback, Lease, LeaseError};
 use crate::config::{BackendTls, Config};
-use crate::imap::{BodyStream, Client, Endpoint, Expunged, ImapError, Login, Security, Selected};
+use crate::imap::{
+    BodyStream, Client, Endpoint, Expunged, GMAIL_CAPABILITY, ImapError, Login, Security, Selected,
+};
 use crate::limits::EARLY_CONNECTION_MAX_AGE;
 use crate::lock::{self, LockError, LockGuard};
 use crate::logging::printable;
@@ -27,8 +29,9 @@ use crate::penalty;
 use crate::preload::Preloaded;
 use crate::route::{self, Backend, Host};
 use crate::secret::Secret;
-use crate::sizecache::SizeCache;
+use crate::sizecache::{DigestCache, SizeCache};
 use crate::tls;
+use crate::uidl::{self, Fact, FactKind, HeaderDigest};
 
 pub struct ImapBackend<'a> {
     config: &'a Config,
@@ -476,6 +479,106 @@ impl<'a> ImapBackend<'a> {
             uid_validity: selected.uid_validity,
             messages,
         })
+    }
+
+    /// The facts a UIDL format needs for one folder, by one `UID FETCH`
+    /// (see `Client::gmail_msgids`, `Client::fetch_headers`); a header is
+    /// reduced to its digest as it arrives.
+    pub fn uidl_facts(&mut self, request: &FactsRequest) -> Outcome<FactsAnswer> {
+        self.end_body()?;
+        if !self.enter(request.folder, request.uid_validity)? {
+            return Ok(FactsAnswer::FolderChanged);
+        }
+        let config = self.config;
+        let name = &config.folders[request.folder];
+        let client = self.client()?;
+        let fetched = match request.kind {
+            FactKind::GmailMsgId if !client.has_gmail_ext() => {
+                return Ok(FactsAnswer::Unsupported {
+                    capability: GMAIL_CAPABILITY,
+                });
+            }
+            FactKind::GmailMsgId => client.gmail_msgids(&request.uids).map(|ids| {
+                ids.into_iter()
+                    .map(|(uid, id)| (uid, Fact::GmailMsgId(id)))
+                    .collect()
+            }),
+            FactKind::HeaderDigest => {
+                return self.header_digests(request);
+            }
+        };
+        match fetched {
+            Ok(facts) => Ok(FactsAnswer::Facts(facts)),
+            Err(e) => Err(self.failure(&format!("fetching the UIDL facts in {name:?}"), e)),
+        }
+    }
+
+    /// The header digests of one folder (already selected): from the
+    /// digest cache where it has them (with `snapshot_cache`), from the
+    /// backend for the rest, in one `UID FETCH`; the cache is then
+    /// rewritten with exactly this folder's digests if they changed.
+    fn header_digests(&mut self, request: &FactsRequest) -> Outcome<FactsAnswer> {
+        let config = self.config;
+        let name = &config.folders[request.folder];
+        let cache = match (&self.lock_name, config.snapshot_cache) {
+            (Some(lock), true) => Some(DigestCache::new(&config.cache_dir, lock, name)),
+            _ => None,
+        };
+        let cached = cache
+            .as_ref()
+            .and_then(|c| {
+                c.load(request.uid_validity)
+                    .inspect_err(|why| debug!("header digest cache not used: {why}"))
+                    .ok()
+            })
+            .unwrap_or_default();
+        // Both sorted by UID: a merge. UIDs the folder no longer has drop out.
+        let mut wanted = request.uids.clone();
+        wanted.sort_unstable();
+        wanted.dedup();
+        let mut known: Vec<(u32, HeaderDigest)> = Vec::with_capacity(wanted.len());
+        let mut missing = Vec::new();
+        let mut from_cache = cached.iter().peekable();
+        for &uid in &wanted {
+            while from_cache.next_if(|&&(u, _)| u < uid).is_some() {}
+            match from_cache.next_if(|&&(u, _)| u == uid) {
+                Some(&entry) => known.push(entry),
+                None => missing.push(uid),
+            }
+        }
+        if !missing.is_empty() {
+            let client = self.client()?;
+            let mut fetched = Vec::with_capacity(missing.len());
+            let done = client.fetch_headers(&missing, |uid, header| {
+                // Only what was asked for goes into the answer and the file.
+                if missing.binary_search(&uid).is_ok() {
+                    fetched.push((uid, uidl::header_digest(header)));
+                }
+            });
+            if let Err(e) = done {
+                return Err(self.failure(&format!("fetching the headers in {name:?}"), e));
+            }
+            known.extend(fetched);
+            // Stable: of two answers for one UID the first stays, as in `set_facts`.
+            known.sort_by_key(|&(uid, _)| uid);
+            known.dedup_by_key(|&mut (uid, _)| uid);
+        }
+        if let Some(cache) = &cache
+            && known != cached
+            && let Err(e) = cache.store(request.uid_validity, &known)
+        {
+            warn!(
+                "cannot write the header digest cache {}: {e}; check that cache_dir exists and is \
+                 writable by the service user, or set snapshot_cache = false",
+                cache.path().display()
+            );
+        }
+        Ok(FactsAnswer::Facts(
+            known
+                .into_iter()
+                .map(|(uid, d)| (uid, Fact::HeaderDigest(d)))
+                .collect(),
+        ))
     }
 
     pub fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer> {

@@ -16,6 +16,7 @@ use std::time::Duration;
 
 use crate::maildrop::FolderDeletions;
 use crate::secret::Secret;
+use crate::uidl::{Fact, FactKind};
 
 /// What the backend is asked to log in with.
 #[derive(Debug)]
@@ -144,6 +145,32 @@ pub enum Request {
     Prefetch(PrefetchRequest),
     /// `on_expunge`.
     Expunge(FolderDeletions),
+    /// The per-message facts a UIDL format needs (`uidl_format = gmail`,
+    /// `header-digest`), asked at the first UIDL of a session:
+    /// `on_uidl_facts`.
+    UidlFacts(FactsRequest),
+}
+
+/// The facts `kind` of messages `uids` of configured folder `folder`,
+/// whose UIDVALIDITY at login was `uid_validity`: all in one command.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FactsRequest {
+    pub folder: usize,
+    pub uid_validity: u32,
+    pub uids: Vec<u32>,
+    pub kind: FactKind,
+}
+
+#[derive(Debug, PartialEq, Eq)]
+pub enum FactsAnswer {
+    /// (UID, fact) of each message the backend answered for; a message
+    /// expunged meanwhile is missing.
+    Facts(Vec<(u32, Fact)>),
+    /// The backend does not offer the IMAP extension (named) that gives
+    /// this fact: a configuration error, not a passing one.
+    Unsupported { capability: &'static str },
+    /// The folder's UIDVALIDITY changed: our UIDs mean nothing there.
+    FolderChanged,
 }
 
 /// The backend's verdict on credentials it received.

@@ -161,7 +161,8 @@ use base64::engine::general_purpose::STANDARD as BASE64;
 use log::debug;
 
 use crate::limits::{
-    FETCH_CHUNK, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET, SNAPSHOT_SLACK,
+    FETCH_CHUNK, MAX_DIGESTED_HEADER, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET,
+    SNAPSHOT_SLACK,
 };
 use crate::logging::printable;
 use crate::maildrop::BackendMessage;
@@ -721,6 +722,96 @@ impl Client {
             out.extend(self.fetch_sizes(set.as_bytes(), uids.len() + SNAPSHOT_SLACK)?);
         }
         Ok(out)
+    }
+
+    /// The backend offers `X-GM-MSGID` (a fetch item of Gmail's extension
+    /// `X-GM-EXT-1`): without it, `gmail_msgids` would only be refused.
+    pub fn has_gmail_ext(&self) -> bool {
+        self.has(GMAIL_CAPABILITY)
+    }
+
+    /// Gmail's message id of each of these messages (UIDs), by
+    /// `UID FETCH <set> (UID X-GM-MSGID)`: one command for a whole folder
+    /// (split only where the set would be too long a line). A UID expunged
+    /// meanwhile is simply absent.
+    pub fn gmail_msgids(&mut self, uids: &[u32]) -> Result<Vec<(u32, u64)>, ImapError> {
+        let mut out = Vec::with_capacity(uids.len());
+        let limit = uids.len() + SNAPSHOT_SLACK;
+        for set in uid_sets(uids, MAX_UID_SET) {
+            self.run(
+                "UID FETCH",
+                &[
+                    Arg::Text(b"UID FETCH "),
+                    Arg::Text(set.as_bytes()),
+                    Arg::Text(b" (UID X-GM-MSGID)"),
+                ],
+                |r| {
+                    if let Response::Fetch(FetchData {
+                        uid,
+                        gm_msgid: Some(id),
+                        seq,
+                        ..
+                    }) = r
+                    {
+                        let uid = uid.ok_or_else(|| no_uid("X-GM-MSGID", seq))?;
+                        if out.len() >= limit {
+                            return Err(flood(limit));
+                        }
+                        out.push((uid, id));
+                    }
+                    Ok(())
+                },
+            )?
+            .ok("UID FETCH")?;
+        }
+        Ok(out)
+    }
+
+    /// The header block of each of these messages (UIDs), at most its first
+    /// `MAX_DIGESTED_HEADER` bytes, by
+    /// `UID FETCH <set> (UID BODY.PEEK[HEADER]<0.max>)` (no `\Seen`): one command
+    /// for a whole folder, each header handed to `each` as its response
+    /// arrives and then dropped, so memory holds one header at a time. A
+    /// UID expunged meanwhile (no header, or NIL) is simply not handed on.
+    pub fn fetch_headers(
+        &mut self,
+        uids: &[u32],
+        mut each: impl FnMut(u32, &[u8]),
+    ) -> Result<(), ImapError> {
+        let limit = uids.len() + SNAPSHOT_SLACK;
+        let header_item = format!(" (UID BODY.PEEK[HEADER]<0.{MAX_DIGESTED_HEADER}>)");
+        let mut count = 0usize;
+        for set in uid_sets(uids, MAX_UID_SET) {
+            self.run(
+                "UID FETCH",
+                &[
+                    Arg::Text(b"UID FETCH "),
+                    Arg::Text(set.as_bytes()),
+                    Arg::Text(header_item.as_bytes()),
+                ],
+                |r| {
+                    if let Response::Fetch(FetchData {
+                        uid,
+                        header: Some(header),
+                        seq,
+                        ..
+                    }) = r
+                    {
+                        let uid = uid.ok_or_else(|| no_uid("BODY[HEADER]", seq))?;
+                        count += 1;
+                        if count > limit {
+                            return Err(flood(limit));
+                        }
+                        if let Some(header) = header {
+                            each(uid, &header);
+                        }
+                    }
+                    Ok(())
+                },
+            )?
+            .ok("UID FETCH")?;
+        }
+        Ok(())
     }
 
     /// `UID FETCH <set> (UID RFC822.SIZE)`; at most `limit` messages.
@@ -1309,6 +1400,25 @@ fn expected(exists: u32) -> usize {
         .min(MAX_MESSAGES as usize)
 }
 
+/// The capability of Gmail's IMAP extensions, `X-GM-MSGID` among them.
+pub const GMAIL_CAPABILITY: &str = "X-GM-EXT-1";
+
+/// A fact (`item`) for message `seq` without its UID: whose it is cannot be
+/// known, and a fact given to the wrong message would be a wrong UIDL.
+fn no_uid(item: &str, seq: u32) -> ImapError {
+    ImapError::Protocol(format!(
+        "the backend gave {item} but no UID for message {seq}"
+    ))
+}
+
+/// More FETCH responses than messages asked for (with slack for mail that
+/// arrived meanwhile): a broken backend, whose flood must not fill memory.
+fn flood(limit: usize) -> ImapError {
+    ImapError::Protocol(format!(
+        "more FETCH responses than the {limit} messages expected"
+    ))
+}
+
 fn too_many(exists: u32) -> ImapError {
     ImapError::Protocol(format!(
         "the folder has {exists} messages, more than the {MAX_MESSAGES} a POP3 session can serve"
@@ -1696,6 +1806,40 @@ mod tests {
             uid_validity: 7,
         };
         assert!(matches!(c.uids(&small), Err(ImapError::Protocol(e)) if e.contains("more UIDs")));
+    }
+
+    #[test]
+    fn headers_and_gmail_ids_come_from_one_fetch_each() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* 1 FETCH (UID 4 BODY[HEADER] {{12}}\r\nSubject: a\r\n)\r\n\
+             * 2 FETCH (UID 9 BODY[HEADER]<0> NIL)\r\n* 3 FETCH (FLAGS (\\Seen))\r\n\
+             * 4 FETCH (UID 12 BODY[HEADER] {{0}}\r\n)\r\nA0001 OK done\r\n\
+             * 1 FETCH (UID 4 X-GM-MSGID 1152921504606846980)\r\nA0002 OK done\r\n\
+             * 1 FETCH (BODY[HEADER] {{1}}\r\nx)\r\nA0003 OK done\r\n"
+        ));
+        assert!(!c.has_gmail_ext());
+        let mut got = Vec::new();
+        c.fetch_headers(&[4, 9, 12], |uid, h| got.push((uid, h.to_vec())))
+            .expect("headers");
+        assert_eq!(got, vec![(4, b"Subject: a\r\n".to_vec()), (12, Vec::new())]);
+        assert_eq!(
+            c.gmail_msgids(&[4]).expect("ids"),
+            vec![(4, 0x1000_0000_0000_0004)]
+        );
+        // A header without its UID could be anyone's.
+        assert!(matches!(
+            c.fetch_headers(&[4], |_, _| {}),
+            Err(ImapError::Protocol(e)) if e.contains("no UID")
+        ));
+        let text = sent(&out);
+        assert!(
+            text.contains(
+                "A0001 UID FETCH 4,9,12 (UID BODY.PEEK[HEADER]<0.196608>)\r\nA0002 UID FETCH 4 (UID X-GM-MSGID)\r\n"
+            ),
+            "{text}"
+        );
+        let (c, _) = scripted("* OK [CAPABILITY IMAP4rev1 X-GM-EXT-1] gimap ready\r\n");
+        assert!(c.has_gmail_ext());
     }
 
     #[test]

@@ -1,6 +1,7 @@
 //! Reading and parsing the IMAP responses this client provokes (RFC 3501
 //! section 7): status responses with codes, CAPABILITY, EXISTS, FETCH with
-//! UID, RFC822.SIZE and BODY[] pieces, SEARCH. Anything else untagged is
+//! UID, RFC822.SIZE, BODY[] pieces, BODY[HEADER] and Gmail's X-GM-MSGID,
+//! SEARCH. Anything else untagged is
 //! parsed far enough to be skipped. Sizes are bounded by `crate::limits`.
 
 use super::ImapError;
@@ -45,6 +46,10 @@ pub struct FetchData {
     pub body: Option<Option<Vec<u8>>>,
     /// The `<origin>` of a partial `BODY[]<origin>`, 0 for a whole one.
     pub body_origin: u64,
+    /// `BODY[HEADER]`: `None` if absent, `Some(None)` for NIL.
+    pub header: Option<Option<Vec<u8>>>,
+    /// Gmail's `X-GM-MSGID` (extension `X-GM-EXT-1`), a 64-bit number.
+    pub gm_msgid: Option<u64>,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -651,6 +656,20 @@ impl Parser<'_> {
                             self.number()?,
                             "FETCH gives RFC822.SIZE twice, with different values",
                         )?,
+                        b"X-GM-MSGID" => set_once(
+                            &mut data.gm_msgid,
+                            self.number()?,
+                            "FETCH gives X-GM-MSGID twice, with different values",
+                        )?,
+                        // Whole, or the start of a longer one (`<0>`).
+                        b"BODY[HEADER]" | b"BODY[HEADER]<0>" => {
+                            let header = self.nstring()?;
+                            set_once(
+                                &mut data.header,
+                                header,
+                                "FETCH gives BODY[HEADER] twice, with different values",
+                            )?;
+                        }
                         k if k.starts_with(b"BODY[]") => {
                             let origin = partial_origin(&k[6..])?;
                             let body = self.nstring()?;
@@ -795,6 +814,34 @@ pub(crate) mod tests {
     }
 
     #[test]
+    fn fetch_of_headers_and_gmail_message_ids() {
+        let r = parse_all(
+            b"* 1 FETCH (UID 4 BODY[HEADER] {12}\r\nSubject: x\r\n)\r\n\
+              * 2 FETCH (X-GM-MSGID 1152921504606846977 UID 5)\r\n\
+              * 3 FETCH (UID 6 BODY[HEADER]<0> NIL)\r\n\
+              * 4 FETCH (UID 7 X-GM-MSGID 1 X-GM-MSGID 2)\r\n\
+              * 5 FETCH (UID 8 X-GM-MSGID 18446744073709551616)\r\n",
+        );
+        let Ok(Response::Fetch(f)) = &r[0] else {
+            panic!("{r:?}");
+        };
+        assert_eq!(
+            (f.uid, f.header.clone()),
+            (Some(4), Some(Some(b"Subject: x\r\n".to_vec())))
+        );
+        let Ok(Response::Fetch(f)) = &r[1] else {
+            panic!("{r:?}");
+        };
+        assert_eq!((f.uid, f.gm_msgid), (Some(5), Some(0x1000_0000_0000_0001)));
+        let Ok(Response::Fetch(f)) = &r[2] else {
+            panic!("{r:?}");
+        };
+        assert_eq!(f.header, Some(None));
+        // Two values for one item, and a number over 64 bits, are refused.
+        assert!(r[3].is_err() && r[4].is_err(), "{r:?}");
+    }
+
+    #[test]
     fn a_tag_is_read_up_to_the_space_even_with_a_bracket_in_it() {
         // Found by the imap_codec_agrees fuzz target: `[` in a tag was taken
         // for a section and the tag ran on to the next `]`.
@@ -853,7 +900,8 @@ pub(crate) mod tests {
                 uid: Some(17),
                 size: None,
                 body: Some(Some(b"a\r\n\"{1}".to_vec())),
-                body_origin: 0
+                body_origin: 0,
+                ..Default::default()
             }))
         );
         assert_eq!(
@@ -863,7 +911,8 @@ pub(crate) mod tests {
                 uid: Some(18),
                 size: Some(1234),
                 body: None,
-                body_origin: 0
+                body_origin: 0,
+                ..Default::default()
             }))
         );
     }
@@ -879,7 +928,8 @@ pub(crate) mod tests {
                 uid: Some(1),
                 size: None,
                 body: Some(Some(Vec::new())),
-                body_origin: 300
+                body_origin: 300,
+                ..Default::default()
             }))
         );
         assert_eq!(
@@ -889,7 +939,8 @@ pub(crate) mod tests {
                 uid: Some(1),
                 size: None,
                 body: Some(None),
-                body_origin: 0
+                body_origin: 0,
+                ..Default::default()
             }))
         );
     }
@@ -949,7 +1000,8 @@ pub(crate) mod tests {
                 uid: Some(7),
                 size: None,
                 body: None,
-                body_origin: 0
+                body_origin: 0,
+                ..Default::default()
             }))
         );
     }

@@ -21,9 +21,10 @@ use super::reply::{Reply, RespCode};
 use super::retrieval::{Kind, Next, Retrieval};
 use super::transaction::{self, Rules, TxStep};
 use crate::backend::{
-    ExpungeAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, Outcome, PieceAnswer, Request,
+    ExpungeAnswer, FactsAnswer, FactsRequest, Failure, FailureKind, LockAnswer, LoginAnswer,
+    Outcome, PieceAnswer, Request,
 };
-use crate::limits::{MAX_COMMAND_LINE, MAX_SASL_LINE};
+use crate::limits::{MAX_BACKEND_TEXT, MAX_COMMAND_LINE, MAX_SASL_LINE};
 use crate::logging::printable;
 use crate::maildrop::{FolderDeletions, FolderSnapshot, Maildrop, UidlFormat};
 use crate::secret::WipeOnDrop;
@@ -137,6 +138,11 @@ enum Pending {
         folders: Vec<FolderSnapshot>,
     },
     Retrieval(Retrieval),
+    /// The UIDL facts of folder `folder`, for this UIDL command.
+    UidlFacts {
+        cmd: Command,
+        folder: usize,
+    },
     /// Expunging `deletions[done]`.
     Commit {
         deletions: Vec<FolderDeletions>,
@@ -259,6 +265,24 @@ impl Session {
             }
             State::Transaction(_) if matches!(cmd, Command::Capa) => respond(self.capa()),
             State::Transaction(drop) => {
+                // A format made from facts fetches them at the first UIDL
+                // (not for a UIDL of a message that is not there), folder
+                // by folder; STAT, LIST, RETR and TOP never do.
+                let format = &self.config.uidl_format;
+                if let Command::Uidl(n) = &cmd
+                    && n.is_none_or(|n| drop.get(n).is_ok())
+                    && let Some(wanted) = drop.missing_facts(format)
+                    && let Some(kind) = format.needs()
+                {
+                    let folder = wanted.folder;
+                    self.pending = Pending::UidlFacts { cmd, folder };
+                    return Step::Backend(Request::UidlFacts(FactsRequest {
+                        folder,
+                        uid_validity: wanted.uid_validity,
+                        uids: wanted.uids,
+                        kind,
+                    }));
+                }
                 let rules = Rules {
                     uidl_format: &self.config.uidl_format,
                     read_only: self.config.read_only,
@@ -490,6 +514,60 @@ impl Session {
         }
     }
 
+    /// The facts of one folder for a UIDL: the next folder's are asked
+    /// for, or the UIDL is answered. Whatever keeps the backend from giving
+    /// them (a refusal, a backend without the extension, a folder changed
+    /// under us) is told in the UIDL's reply and the session goes on; only
+    /// a lost or broken connection ends it.
+    pub fn on_uidl_facts(&mut self, outcome: Outcome<FactsAnswer>) -> Step {
+        let Pending::UidlFacts { cmd, folder } = self.take_pending() else {
+            return self.out_of_order("UIDL facts");
+        };
+        let State::Transaction(drop) = &mut self.state else {
+            return self.out_of_order("UIDL facts");
+        };
+        let name = self.config.folders.get(folder).cloned().unwrap_or_default();
+        match outcome {
+            Ok(FactsAnswer::Facts(facts)) => {
+                drop.set_facts(folder, &facts, &self.config.uidl_format);
+                self.handle(cmd)
+            }
+            Ok(FactsAnswer::Unsupported { capability }) => {
+                error!(
+                    "uidl_format needs the backend's IMAP extension {capability}, which it does not \
+                     offer (uidl_format = gmail is for Gmail only): set uidl_format to the format \
+                     of the server the mail came from (dovecot, cyrus, courier, uw, header-digest \
+                     or a template)"
+                );
+                respond(Reply::err_code(
+                    RespCode::SysPerm,
+                    format!(
+                        "The mail server lacks {capability}, which uidl_format = gmail needs: \
+                         the administrator must set another uidl_format (dovecot, header-digest, ...)"
+                    ),
+                ))
+            }
+            Ok(FactsAnswer::FolderChanged) => {
+                warn!("folder {name:?} changed UIDVALIDITY during the session: no UIDLs");
+                respond(Reply::err_code(
+                    RespCode::SysTemp,
+                    format!("Folder {name} changed on the mail server, log in again"),
+                ))
+            }
+            Err(Failure {
+                kind: FailureKind::Refused,
+                text,
+            }) => {
+                let text: String = text.chars().take(MAX_BACKEND_TEXT).collect();
+                respond(Reply::err_code(
+                    RespCode::SysTemp,
+                    format!("The mail server refused the UIDLs of folder {name}: {text}"),
+                ))
+            }
+            Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
+        }
+    }
+
     pub fn on_expunge(&mut self, outcome: Outcome<ExpungeAnswer>) -> Step {
         let Pending::Commit {
             deletions,
@@ -643,6 +721,7 @@ mod tests {
     use crate::backend::{Credentials, PieceRequest, PrefetchRequest, Read, TokenMechanism};
     use crate::limits::{FETCH_CHUNK, PREFETCH_MAX_MESSAGE};
     use crate::maildrop::BackendMessage;
+    use crate::uidl::{Fact, FactKind, HeaderDigest, header_digest};
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
 
@@ -795,6 +874,141 @@ mod tests {
         );
         assert_eq!(say(&mut s, "UIDL 1"), "+OK 1 000000015f3c2a10\r\n");
         assert!(say(&mut s, "USER bob").starts_with("-ERR"));
+    }
+
+    fn facts_request(step: Step) -> FactsRequest {
+        match step {
+            Step::Backend(Request::UidlFacts(r)) => r,
+            other => panic!("expected a request for UIDL facts, got {other:?}"),
+        }
+    }
+
+    fn with_format(name: &str) -> SessionConfig {
+        SessionConfig {
+            uidl_format: UidlFormat::parse(name).expect("a format"),
+            ..config()
+        }
+    }
+
+    #[test]
+    fn header_digest_uidls_are_fetched_once_at_the_first_uidl_only() {
+        let mut s = logged_in_with(with_format("header-digest"));
+        // Nothing but UIDL fetches headers.
+        assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
+        assert!(say(&mut s, "LIST").starts_with("+OK 2 messages"));
+        assert_eq!(say(&mut s, "UIDL 3"), "-ERR No such message\r\n");
+        let request = facts_request(line(&mut s, "UIDL 2"));
+        assert_eq!(
+            request,
+            FactsRequest {
+                folder: 0,
+                uid_validity: 0x5f3c2a10,
+                uids: vec![1, 5],
+                kind: FactKind::HeaderDigest
+            }
+        );
+        let a = header_digest(b"Subject: a\r\n\r\n");
+        let b = header_digest(b"Subject: b\r\n\r\n");
+        let hex = |d: HeaderDigest| d.0.iter().map(|b| format!("{b:02x}")).collect::<String>();
+        let r = reply_of(s.on_uidl_facts(Ok(FactsAnswer::Facts(vec![
+            (5, Fact::HeaderDigest(b)),
+            (1, Fact::HeaderDigest(a)),
+        ]))));
+        assert_eq!(wire(&r.reply), format!("+OK 2 {}\r\n", hex(b)));
+        // From now on without the backend.
+        assert_eq!(
+            say(&mut s, "UIDL"),
+            format!("+OK\r\n1 {}\r\n2 {}\r\n.\r\n", hex(a), hex(b))
+        );
+        say(&mut s, "DELE 1");
+        assert_eq!(say(&mut s, "UIDL"), format!("+OK\r\n2 {}\r\n.\r\n", hex(b)));
+    }
+
+    #[test]
+    fn twins_get_their_uid_and_each_folder_is_asked_in_turn() {
+        let config = SessionConfig {
+            folders: vec!["INBOX".into(), "Empty".into(), "Archive".into()],
+            ..with_format("header-digest")
+        };
+        let mut s = Session::new(config, LOCAL);
+        pass(&mut s, "alice");
+        let empty = FolderSnapshot {
+            uid_validity: 3,
+            messages: vec![],
+        };
+        let archive = FolderSnapshot {
+            uid_validity: 9,
+            messages: vec![BackendMessage { uid: 1, size: 7 }],
+        };
+        assert!(wire(&open(&mut s, vec![inbox(), empty, archive]).reply).starts_with("+OK"));
+        let same = Fact::HeaderDigest(header_digest(b"Subject: twin\r\n"));
+        let first = facts_request(line(&mut s, "UIDL"));
+        assert_eq!((first.folder, first.uids.as_slice()), (0, &[1, 5][..]));
+        let second =
+            facts_request(s.on_uidl_facts(Ok(FactsAnswer::Facts(vec![(1, same), (5, same)]))));
+        // The empty folder is skipped.
+        assert_eq!((second.folder, second.uids.as_slice()), (2, &[1][..]));
+        let r = reply_of(s.on_uidl_facts(Ok(FactsAnswer::Facts(vec![(1, same)]))));
+        let text = wire(&r.reply);
+        let lines: Vec<&str> = text.lines().collect();
+        assert_eq!(lines.len(), 5, "{text}");
+        assert!(
+            lines[1].starts_with("1 ") && lines[1].ends_with("-1"),
+            "{text}"
+        );
+        assert!(
+            lines[2].starts_with("2 ") && lines[2].ends_with("-5"),
+            "{text}"
+        );
+        assert!(
+            lines[3].starts_with("3 ") && lines[3].ends_with("-1-2"),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn a_backend_without_gmail_ext_or_refusing_the_fetch_is_an_error_of_uidl_only() {
+        let mut s = logged_in_with(with_format("gmail"));
+        let request = facts_request(line(&mut s, "UIDL"));
+        assert_eq!(request.kind, FactKind::GmailMsgId);
+        let r = reply_of(s.on_uidl_facts(Ok(FactsAnswer::Unsupported {
+            capability: "X-GM-EXT-1",
+        })));
+        let text = wire(&r.reply);
+        assert!(
+            !r.close
+                && text.starts_with("-ERR [SYS/PERM] ")
+                && text.contains("X-GM-EXT-1")
+                && text.contains("uidl_format"),
+            "{text}"
+        );
+        assert_eq!(say(&mut s, "STAT"), "+OK 2 420\r\n");
+        // Asked again at the next UIDL; a refusal shows the backend's words.
+        let _ = facts_request(line(&mut s, "UIDL 1"));
+        let r = reply_of(s.on_uidl_facts(Err(Failure::new(FailureKind::Refused, "[LIMIT] busy"))));
+        assert!(!r.close);
+        assert_eq!(
+            wire(&r.reply),
+            "-ERR [SYS/TEMP] The mail server refused the UIDLs of folder INBOX: [LIMIT] busy\r\n"
+        );
+        let _ = facts_request(line(&mut s, "UIDL"));
+        let r = reply_of(s.on_uidl_facts(Ok(FactsAnswer::FolderChanged)));
+        assert!(!r.close && wire(&r.reply).starts_with("-ERR [SYS/TEMP] Folder INBOX changed"));
+        // A message the backend gave no id for (expunged) keeps Dovecot's form.
+        let _ = facts_request(line(&mut s, "UIDL"));
+        let r = reply_of(s.on_uidl_facts(Ok(FactsAnswer::Facts(vec![(
+            5,
+            Fact::GmailMsgId(0x1000_0000_0000_0005),
+        )]))));
+        assert_eq!(
+            wire(&r.reply),
+            "+OK\r\n1 000000015f3c2a10\r\n2 GmailId1000000000000005\r\n.\r\n"
+        );
+        // A lost connection ends the session.
+        let mut s = logged_in_with(with_format("gmail"));
+        let _ = facts_request(line(&mut s, "UIDL"));
+        let r = reply_of(s.on_uidl_facts(Err(Failure::new(FailureKind::Lost, "gone"))));
+        assert!(r.close && s.is_closed());
     }
 
     #[test]
@@ -1598,6 +1812,11 @@ mod tests {
                         Request::Prefetch(_) => s.on_prefetch(Ok(())),
                         Request::Expunge(_) if fail => s.on_expunge(Err(failure())),
                         Request::Expunge(_) => s.on_expunge(Ok(ExpungeAnswer::Expunged)),
+                        Request::UidlFacts(_) if fail => s.on_uidl_facts(Err(failure())),
+                        Request::UidlFacts(r) => {
+                            let facts = r.uids.iter().map(|&u| (u, Fact::GmailMsgId(u.into())));
+                            s.on_uidl_facts(Ok(FactsAnswer::Facts(facts.collect())))
+                        }
                     };
                 }
             }

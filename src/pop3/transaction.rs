@@ -46,13 +46,13 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
             let lines = drop
                 .live()
                 .map(|(num, m)| {
-                    format!("{num} {}", drop.uidl(&m, rules.uidl_format).0).into_bytes()
+                    format!("{num} {}", drop.uidl(num, &m, rules.uidl_format).0).into_bytes()
                 })
                 .collect();
             Reply::MultiLine(String::new(), lines)
         }
         Command::Uidl(Some(n)) => match drop.get(n) {
-            Ok(m) => Reply::ok(format!("{n} {}", drop.uidl(&m, rules.uidl_format).0)),
+            Ok(m) => Reply::ok(format!("{n} {}", drop.uidl(n, &m, rules.uidl_format).0)),
             Err(e) => Reply::err(e.message()),
         },
         Command::Retr(n) => return retrieve(drop, n, Kind::Retr, rules.prefetch),

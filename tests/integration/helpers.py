@@ -1287,7 +1287,7 @@ class RefusingRelay(_Relay):
                         c.sendall(tag + b" NO " + text + b"\r\n")
                     continue
                 self.forwarded.append(command)
-                up.sendall(pending)
+                up.sendall(pending if streamed else self._rewrite(up, pending))
         except OSError:
             pass
         finally:
@@ -1295,6 +1295,80 @@ class RefusingRelay(_Relay):
                 up.shutdown(socket.SHUT_WR)
             except OSError:
                 pass
+
+
+    def _rewrite(self, up: socket.socket, command: bytes) -> bytes:
+        """What is sent upstream for a (whole, unrefused) command line."""
+        return command
+
+
+class GmailRelay(RefusingRelay):
+    """A RefusingRelay that makes the testbed's Dovecot look like Gmail as
+    far as X-GM-MSGID goes (Gmail itself cannot run here): it adds
+    ``X-GM-EXT-1`` to every capability list, takes ``X-GM-MSGID`` out of
+    the fetch items it passes on (Dovecot would refuse it), and adds
+    ``X-GM-MSGID <msgid(uid)>`` to each FETCH answer of such a command.
+    The ids are ``BASE + uid``, so a test knows the UIDLs to expect.
+
+    Server lines are read one by one, and each literal's bytes are passed
+    through untouched, so message content is never edited. Bounded like
+    the RefusingRelay."""
+
+    BASE = 0x1000000000000000
+
+    @classmethod
+    def msgid(cls, uid: int) -> int:
+        return cls.BASE + uid
+
+    def __init__(self, upstream_port: int, max_conns: int = 20):
+        self.asking: Dict[int, bytes] = {}  # upstream socket fd -> tag of an X-GM-MSGID fetch
+        super().__init__(upstream_port, lambda command: None, max_conns)
+
+    def _rewrite(self, up: socket.socket, command: bytes) -> bytes:
+        if b"X-GM-MSGID" not in command.upper():
+            return command
+        tag = command.split(b" ", 1)[0]
+        with self.lock:
+            self.asking[up.fileno()] = tag
+        return re.sub(rb"\s*X-GM-MSGID", b"", command, flags=re.I)
+
+    def _edit(self, up: socket.socket, line: bytes) -> bytes:
+        if b"CAPABILITY " in line:
+            return line.replace(b"IMAP4rev1", b"IMAP4rev1 X-GM-EXT-1", 1)
+        with self.lock:
+            tag = self.asking.get(up.fileno())
+        if tag is None:
+            return line
+        if line.startswith(tag + b" "):
+            with self.lock:
+                self.asking.pop(up.fileno(), None)
+            return line
+        m = re.match(rb"^(\* \d+ FETCH \()(.*\bUID (\d+).*)$", line, re.S)
+        if m:
+            return m.group(1) + b"X-GM-MSGID %d " % self.msgid(int(m.group(3))) + m.group(2)
+        return line
+
+    def _down(self, up: socket.socket, c: socket.socket) -> None:
+        f = up.makefile("rb")
+        try:
+            for _ in range(10_000_000):
+                line = f.readline(1 << 20)
+                if not line:
+                    break
+                out = self._edit(up, line)
+                m = re.search(rb"\{(\d+)\}\r\n$", line)
+                if m:
+                    out += f.read(int(m.group(1)))
+                with self.lock:
+                    c.sendall(out)
+        except OSError:
+            pass
+        finally:
+            for s in (c, up):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
 
 
 class TricklingRelay(_Relay):
