@@ -300,6 +300,7 @@ impl Write for ClientStream {
 pub fn from_socket(stream: TcpStream, idle: Duration) -> io::Result<ClientConn> {
     stream.set_read_timeout(Some(idle))?;
     stream.set_write_timeout(Some(idle))?;
+    no_delay(&stream);
     let peer = stream.peer_addr().ok();
     let writer = stream.try_clone()?;
     Ok(ClientConn::new(Box::new(stream), Box::new(writer), peer))
@@ -323,8 +324,19 @@ pub fn from_stdio(idle: Duration) -> io::Result<ClientConn> {
     // A failure here means stdout is not the same kind of socket; the idle
     // timeout on reads still applies.
     let _ = output.set_write_timeout(Some(idle));
+    no_delay(&output);
     let peer = input.peer_addr().ok().or_else(remote_addr_from_env);
     Ok(ClientConn::new(Box::new(input), Box::new(output), peer))
+}
+
+/// Replies go out whole (the driver buffers them and writes each batch
+/// once), so Nagle's algorithm only delays: with pipelined commands it held
+/// the second reply until the client's delayed ACK, 40 ms on Linux (seen:
+/// USER and PASS in one segment, 46 ms a session instead of 12).
+fn no_delay(stream: &TcpStream) {
+    if let Err(e) = stream.set_nodelay(true) {
+        log::debug!("cannot set TCP_NODELAY on the client socket: {e}");
+    }
 }
 
 /// Whether stdin is a socket (inetd) rather than a terminal or a file.
