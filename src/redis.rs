@@ -9,11 +9,11 @@
 use std::fmt;
 use std::io::{self, BufRead, BufReader, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use crate::limits::{REDIS_MAX_ARRAY, REDIS_MAX_BULK, REDIS_MAX_LINE};
 use crate::secret::Secret;
-use crate::timeout::is_timeout;
+use crate::timeout::{connect_within, is_timeout};
 
 /// A RESP2 reply.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -87,24 +87,7 @@ impl Redis {
             .to_socket_addrs()
             .map_err(|e| RedisError::Connect(format!("{address}: {e}")))?
             .collect();
-        let deadline = Instant::now() + timeout;
-        let mut last = format!("{address}: no addresses");
-        let mut stream = None;
-        for addr in addrs {
-            let left = deadline.saturating_duration_since(Instant::now());
-            if left.is_zero() {
-                last = format!("{addr}: timed out");
-                break;
-            }
-            match TcpStream::connect_timeout(&addr, left) {
-                Ok(s) => {
-                    stream = Some(s);
-                    break;
-                }
-                Err(e) => last = format!("{addr}: {e}"),
-            }
-        }
-        let stream = stream.ok_or(RedisError::Connect(last))?;
+        let stream = connect_within(&addrs, timeout).map_err(RedisError::Connect)?;
         stream.set_read_timeout(Some(timeout))?;
         stream.set_write_timeout(Some(timeout))?;
         // One small command and its reply at a time: no Nagle delay.

@@ -1507,20 +1507,7 @@ fn tcp_connect(endpoint: &Endpoint) -> Result<TcpStream, ImapError> {
             endpoint.host
         )));
     }
-    let deadline = Instant::now() + endpoint.connect_timeout;
-    let mut last = String::new();
-    for addr in addrs {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
-            last = format!("{addr}: timed out");
-            break;
-        }
-        match TcpStream::connect_timeout(&addr, left) {
-            Ok(s) => return Ok(s),
-            Err(e) => last = format!("{addr}: {e}"),
-        }
-    }
-    Err(ImapError::Connect(last))
+    crate::timeout::connect_within(&addrs, endpoint.connect_timeout).map_err(ImapError::Connect)
 }
 
 /// The backend connection inside TLS.
