@@ -642,20 +642,30 @@ impl Session {
     /// UPDATE. In the middle of a message the connection is cut: a last
     /// line there would read as part of the message.
     pub fn on_lock_lost(&mut self, why: &str) -> Step {
+        let pending = self.take_pending();
+        // Between two folders' expunges, the earlier folders' are done.
+        let (logged, told) = match &pending {
+            Pending::Commit { done, .. } if *done > 0 => (
+                "the earlier folders' deletions were done, the rest not",
+                "Lost the maildrop lock, so the session ends here: the messages of the \
+                 first folders were deleted, the others not; try again",
+            ),
+            _ => (
+                "nothing deleted",
+                "Lost the maildrop lock, so the session ends here and no message was deleted; \
+                 try again",
+            ),
+        };
         let user = self.stats.user.as_deref().unwrap_or("-");
         error!(
-            "maildrop lock lost: user={} {why}: session ended, nothing deleted",
+            "maildrop lock lost: user={} {why}: session ended, {logged}",
             printable(user.as_bytes())
         );
-        let pending = self.take_pending();
         self.state = State::Closed;
         if let Pending::Retrieval(_) = pending {
             return Step::Cut;
         }
-        Step::Respond(Response::last(Reply::err_code(
-            RespCode::SysTemp,
-            "Lost the maildrop lock, so the session ends here and no message was deleted; try again",
-        )))
+        Step::Respond(Response::last(Reply::err_code(RespCode::SysTemp, told)))
     }
 
     fn bad_credentials(&mut self, penalty: Duration) -> Step {
@@ -846,6 +856,49 @@ mod tests {
 
     fn text(bytes: &[u8]) -> String {
         String::from_utf8_lossy(bytes).into_owned()
+    }
+
+    #[test]
+    fn a_lost_maildrop_lock_ends_the_session_without_update() {
+        // Before QUIT's expunge: an -ERR that says nothing was deleted.
+        let mut s = logged_in();
+        assert!(say(&mut s, "DELE 1").starts_with("+OK"));
+        assert!(matches!(
+            line(&mut s, "QUIT"),
+            Step::Backend(Request::Expunge(_))
+        ));
+        let r = reply_of(s.on_lock_lost("(gone)"));
+        assert!(r.close);
+        assert!(
+            wire(&r.reply).starts_with("-ERR [SYS/TEMP] Lost the maildrop lock")
+                && wire(&r.reply).contains("no message was deleted"),
+            "{}",
+            wire(&r.reply)
+        );
+        assert!(s.is_closed());
+        // Between two folders' expunges: the first folder's are done.
+        let two = SessionConfig {
+            folders: vec!["INBOX".into(), "Archive".into()],
+            ..config()
+        };
+        let mut s = logged_in_to(two, vec![inbox(), inbox()]);
+        assert!(say(&mut s, "DELE 1").starts_with("+OK"));
+        assert!(say(&mut s, "DELE 3").starts_with("+OK"));
+        assert!(matches!(
+            line(&mut s, "QUIT"),
+            Step::Backend(Request::Expunge(_))
+        ));
+        assert!(matches!(
+            s.on_expunge(Ok(ExpungeAnswer::Expunged)),
+            Step::Backend(Request::Expunge(_))
+        ));
+        let r = reply_of(s.on_lock_lost("(gone)"));
+        assert!(wire(&r.reply).contains("first folders were deleted"));
+        // In the middle of a message: cut, so no line reads as its end.
+        let mut s = logged_in();
+        let _ = piece_of(line(&mut s, "RETR 2"));
+        assert!(matches!(s.on_lock_lost("(gone)"), Step::Cut));
+        assert!(s.is_closed());
     }
 
     #[test]
