@@ -200,6 +200,10 @@ impl Driver<'_> {
         // from when it is awaited: a client that sends a byte now and then
         // does not hold the process and its backend connection for ever.
         let mut line_deadline = Instant::now() + self.config.idle_timeout;
+        // Whether the last read brought bytes: only then can a line have
+        // ended, and the next one be awaited afresh. A read that only woke
+        // up to renew the lease must not restart the idle timeout.
+        let mut got_bytes = true;
         loop {
             loop {
                 self.lines.set_limit(self.session.line_limit());
@@ -231,16 +235,20 @@ impl Driver<'_> {
             if self.flush().is_err() {
                 return End::Disconnect;
             }
-            if !self.lines.has_partial() {
+            if got_bytes && !self.lines.has_partial() {
                 line_deadline = Instant::now() + self.config.idle_timeout;
             }
+            got_bytes = false;
             // A cluster lock lease is renewed while the client thinks.
             let renewal = self.backend.lease_due().filter(|&due| due < line_deadline);
             self.client
                 .set_read_deadline(renewal.unwrap_or(line_deadline));
             match self.client.read(&mut buf) {
                 Ok(0) => return End::Disconnect,
-                Ok(n) => self.lines.push(&buf[..n]),
+                Ok(n) => {
+                    self.lines.push(&buf[..n]);
+                    got_bytes = true;
+                }
                 Err(e) if is_timeout(&e) && renewal.is_some() => {
                     if let Err(end) = self.keep_lease(false) {
                         return end;

@@ -173,6 +173,23 @@ def test_idle_session_renews_its_lease(make_server, redis, fresh_user):
         assert b.stat()[0] == 1
 
 
+def test_renewals_do_not_keep_an_idle_client_alive(make_server, redis, fresh_user):
+    """The read wakes up to renew the lease; the idle timeout still counts
+    from when the client's next command was awaited."""
+    r = redis()
+    east = make_server(lock_args(r, "--idle-timeout", "12"))
+    user = fresh_user(1)
+    with Pop3(east.port) as a:
+        assert ok(a.login(user, "secret"))
+        started = time.monotonic()
+        line = a.readline()  # the socket timeout (15 s) bounds the wait
+        assert line.startswith(b"-ERR") and b"inactivity" in line, line
+        waited = time.monotonic() - started
+        assert waited > 10, waited  # renewed at least twice first
+    assert east.wait_log(r"end=timeout")
+    assert wait_for(lambda: r.lock_keys() == [], 5), r.lock_keys()
+
+
 def test_lost_lease_ends_the_session_without_update(dovecot, make_server, redis, fresh_user):
     r = redis()
     east = make_server(lock_args(r))
