@@ -856,17 +856,21 @@ impl<'a> ImapBackend<'a> {
             ));
         };
         if let Some((started, index, handle)) = self.early.take() {
-            match handle.join() {
+            // The user is routed elsewhere: not waited for (that backend may
+            // be the one that is down), left to end with the process.
+            let joined = (index == want).then(|| handle.join());
+            match joined {
+                None => debug!("early backend connection not used: the user is routed elsewhere"),
                 // Likely closed by the server meanwhile: start afresh.
-                Ok(Ok(_)) if started.elapsed() > EARLY_CONNECTION_MAX_AGE => {}
-                // The user is routed elsewhere.
-                Ok(Ok(_)) if index != want => {}
-                Ok(Ok(client)) => {
+                Some(Ok(Ok(_))) if started.elapsed() > EARLY_CONNECTION_MAX_AGE => {}
+                Some(Ok(Ok(client))) => {
                     self.client = Some(client);
                     self.connected_to = Some(index);
                 }
-                Ok(Err(e)) => debug!("early backend connection failed, connecting again: {e}"),
-                Err(_) => debug!("early backend connection failed, connecting again"),
+                Some(Ok(Err(e))) => {
+                    debug!("early backend connection failed, connecting again: {e}")
+                }
+                Some(Err(_)) => debug!("early backend connection failed, connecting again"),
             }
         }
         // Made before the login's route was known (for the SASL

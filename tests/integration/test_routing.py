@@ -7,6 +7,7 @@ routing table in its own file re-read per connection, --check --route, and
 the lock of a mailbox reached by two routes."""
 
 import os
+import socket
 import subprocess
 
 import pytest
@@ -130,6 +131,26 @@ def test_a_refused_certificate_is_not_failed_over(east, dovecot, make_server, tm
               tls="implicit", extra_backend='ca_file = "%s"' % east.tls["ca"]))
     s2 = make_server(["--config", conf2])
     assert stat_of(s2, "ann") == 3
+
+
+def test_a_user_routed_elsewhere_does_not_wait_for_the_early_connection(
+        east, make_server, tmp_path):
+    """The early connection goes to the default backend before the user is
+    known; if that one hangs, a user of another backend must not wait."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # accepts (in the kernel) and never greets
+    try:
+        port = silent.getsockname()[1]
+        conf = tmp_path / "p.toml"
+        conf.write_text('backend_host = "127.0.0.1"\nbackend_port = %d\nbackend_tls = "none"\n%s'
+                        % (port, table(["127.0.0.1:%d" % east.port])))
+        # 60 s for the greeting: far past the client's 15 s socket timeout.
+        s = make_server(["--config", str(conf), "--backend-port", str(port),
+                         "--backend-connect-timeout", "60"])
+        assert stat_of(s, "ann") == 3
+    finally:
+        silent.close()
 
 
 def test_unmatched_user_without_default_is_refused_clearly(
