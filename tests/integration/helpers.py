@@ -1250,11 +1250,15 @@ class RefusingRelay(_Relay):
         except OSError:
             pass
         finally:
-            for s in (c, up):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._close_both(c, up)
+
+    @staticmethod
+    def _close_both(c: socket.socket, up: socket.socket) -> None:
+        for s in (c, up):
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
 
     def _up(self, c: socket.socket, up: socket.socket) -> None:
         f = c.makefile("rb")
@@ -1364,11 +1368,7 @@ class GmailRelay(RefusingRelay):
         except OSError:
             pass
         finally:
-            for s in (c, up):
-                try:
-                    s.shutdown(socket.SHUT_RDWR)
-                except OSError:
-                    pass
+            self._close_both(c, up)
 
 
 class TricklingRelay(_Relay):
