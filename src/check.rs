@@ -5,7 +5,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use crate::backend::imap::{describe, endpoint as backend_endpoint};
+use crate::backend::imap::{connect_hosts, describe};
 use crate::config::{BackendTls, CheckRequest, Config};
 use crate::devices::Devices;
 use crate::imap::{Client, ImapError, Login};
@@ -83,25 +83,18 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         (Some(_), None) => return Err("--user needs --password-file".into()),
         _ => None,
     };
-    let mut hosts = backend.hosts.iter().peekable();
-    let (mut client, host) = loop {
-        let Some(host) = hosts.next() else {
-            return Err(format!("backend {} has no hosts", backend.name));
-        };
-        let connected = backend_endpoint(config, backend, host).and_then(|e| Client::connect(&e));
-        match connected {
-            Ok(client) => break (client, host),
-            // As sessions do: the next host, but not after a refused
-            // certificate.
-            Err(e) if hosts.peek().is_some() && !matches!(e, ImapError::Certificate(_)) => {
-                say(
-                    out,
-                    &format!("host {host}: {}; trying the next host", diagnose(host, &e)),
-                );
-            }
-            Err(e) => return Err(diagnose(host, &e)),
-        }
+    // As sessions do: each host given up for the next is a line.
+    let skipped = |host: &Host, e: &ImapError| {
+        say(
+            out,
+            &format!("host {host}: {}; trying the next host", diagnose(host, e)),
+        )
     };
+    let connected = connect_hosts(config, backend, skipped);
+    let (mut client, host) = connected.map_err(|(e, host)| match host {
+        Some(host) => diagnose(host, &e),
+        None => e.to_string(),
+    })?;
     let verified = match (backend.tls, backend.fingerprint, backend.verify) {
         (BackendTls::None, _, _) => format!("connected to {host} (no TLS)"),
         (_, Some(_), _) => format!("connected to {host}, TLS certificate is the pinned one"),

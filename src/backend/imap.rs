@@ -125,11 +125,7 @@ impl<'a> ImapBackend<'a> {
         // An early connection nobody used (a client that never logged in)
         // is just closed with the process: no LOGOUT round trip for it.
         self.early = None;
-        if self.client.is_some()
-            && let Err(e) = self.pay_seen()
-        {
-            debug!("\\Seen not set at the end: {e}");
-        }
+        // Pays the \Seen still owed first.
         self.release_lock();
         if let Some(client) = self.client.take() {
             client.logout();
@@ -1000,24 +996,39 @@ pub fn describe(backend: &Backend) -> String {
 /// session (an authentication failure is the user's answer).
 pub fn connect(config: &Config, index: usize) -> Result<Client, ImapError> {
     let backend = &config.routes.backends[index];
+    let skipped = |host: &Host, e: &ImapError| {
+        warn!(
+            "backend {}: {host}: {e}; trying the next host",
+            backend.name
+        )
+    };
+    connect_hosts(config, backend, skipped)
+        .map(|(client, _)| client)
+        .map_err(|(e, _)| e)
+}
+
+/// `connect`'s failover, for sessions and `--check` alike: `skipped` hears
+/// of each host given up for the next. The host connected to, or the one
+/// whose error is returned (none if the backend has no hosts).
+pub fn connect_hosts<'c>(
+    config: &Config,
+    backend: &'c Backend,
+    mut skipped: impl FnMut(&Host, &ImapError),
+) -> Result<(Client, &'c Host), (ImapError, Option<&'c Host>)> {
     let mut hosts = backend.hosts.iter().peekable();
     while let Some(host) = hosts.next() {
         let connected = endpoint(config, backend, host).and_then(|e| Client::connect(&e));
         match connected {
-            Err(e @ (ImapError::Certificate(_) | ImapError::Refused { .. })) => return Err(e),
-            Err(e) if hosts.peek().is_some() => {
-                warn!(
-                    "backend {}: {host}: {e}; trying the next host",
-                    backend.name
-                );
+            Ok(client) => return Ok((client, host)),
+            Err(e @ (ImapError::Certificate(_) | ImapError::Refused { .. })) => {
+                return Err((e, Some(host)));
             }
-            other => return other,
+            Err(e) if hosts.peek().is_some() => skipped(host, &e),
+            Err(e) => return Err((e, Some(host))),
         }
     }
-    Err(ImapError::Connect(format!(
-        "backend {} has no hosts",
-        backend.name
-    )))
+    let none = format!("backend {} has no hosts", backend.name);
+    Err((ImapError::Connect(none), None))
 }
 
 /// UIDs for a log line, at most a screenful.

@@ -29,7 +29,7 @@ from typing import List, Optional
 
 import pytest
 
-from helpers import ImapView, Pop3, base_args, err, ok, server_bin, wait_for
+from helpers import ImapView, Pop3, ServerBase, base_args, err, ok, server_bin, wait_for
 from testbed import free_port
 
 BALANCER = "127.0.0.2"
@@ -90,7 +90,21 @@ def read_until_closed(s: socket.socket, limit: int = 65536) -> bytes:
     return got
 
 
-class Process:
+def plaintext_login_refused(c: socket.socket, f) -> None:
+    """USER/PASS over this plaintext connection is refused as for a remote
+    client (at USER or at PASS); then QUIT."""
+    c.sendall(b"USER alice\r\n")
+    first = f.readline()
+    if first.startswith(b"+OK"):
+        c.sendall(b"PASS secret\r\n")
+        first = f.readline()
+    assert first.startswith(b"-ERR") and b"Plaintext authentication is disabled" in first, \
+        first
+    c.sendall(b"QUIT\r\n")
+    assert f.readline().startswith(b"+OK")
+
+
+class Process(ServerBase):
     """A foreground process in its own process group, output to a file."""
 
     def __init__(self, cmd: List[str], log_path: str):
@@ -98,14 +112,6 @@ class Process:
         self.logf = open(log_path, "ab")
         self.proc = subprocess.Popen(cmd, stdin=subprocess.DEVNULL, stdout=self.logf,
                                      stderr=self.logf, start_new_session=True)
-
-    def log(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def wait_log(self, pattern: str, timeout: float = 5.0) -> bool:
-        rx = re.compile(pattern, re.M)
-        return wait_for(lambda: rx.search(self.log()) is not None, timeout)
 
     def stop(self) -> None:
         for sig in (signal.SIGTERM, signal.SIGKILL):
@@ -376,15 +382,7 @@ def test_a_claimed_remote_client_is_not_loopback(dovecot, make_server, fresh_use
         c.sendall(b"PROXY TCP4 192.0.2.7 127.0.0.1 4711 110\r\n")
         f = c.makefile("rb")
         assert f.readline().startswith(b"+OK")
-        c.sendall(b"USER alice\r\n")
-        first = f.readline()
-        if first.startswith(b"+OK"):
-            c.sendall(b"PASS secret\r\n")
-            first = f.readline()
-        assert first.startswith(b"-ERR") and b"Plaintext authentication is disabled" in first, \
-            first
-        c.sendall(b"QUIT\r\n")
-        assert f.readline().startswith(b"+OK")
+        plaintext_login_refused(c, f)
     assert s.wait_log(r"session end: user=.* client=192\.0\.2\.7:4711 login=none", 5), \
         s.log()[-3000:]
 
@@ -419,14 +417,6 @@ def test_v1_unknown_keeps_the_balancer_address_but_not_as_loopback(make_server):
         c.sendall(b"PROXY UNKNOWN\r\n")
         f = c.makefile("rb")
         assert f.readline().startswith(b"+OK")
-        c.sendall(b"USER alice\r\n")
-        first = f.readline()
-        if first.startswith(b"+OK"):
-            c.sendall(b"PASS secret\r\n")
-            first = f.readline()
-        assert first.startswith(b"-ERR") and b"Plaintext authentication is disabled" in first, \
-            first
-        c.sendall(b"QUIT\r\n")
-        assert f.readline().startswith(b"+OK")
+        plaintext_login_refused(c, f)
     assert s.wait_log(r"session end: user=.* client=%s:%d " % (re.escape(BALANCER), port), 5), \
         s.log()[-3000:]
