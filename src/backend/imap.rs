@@ -432,7 +432,6 @@ impl<'a> ImapBackend<'a> {
     /// from the snapshot cache and the UID list where the cache has sizes,
     /// else one size per message from the backend.
     pub fn open_folder(&mut self, folder: usize) -> Outcome<FolderSnapshot> {
-        let selected = self.select(folder)?;
         let cache = match (&self.lock_name, self.config.snapshot_cache) {
             (Some(lock), true) => Some(SizeCache::new(
                 &self.config.cache_dir,
@@ -441,6 +440,13 @@ impl<'a> ImapBackend<'a> {
             )),
             _ => None,
         };
+        // With sizes cached, the UID list is all the backend is asked, and
+        // it is asked along with the SELECT.
+        let (selected, uids) = if cache.as_ref().is_some_and(|c| c.path().exists()) {
+            self.select_asking(folder, true)?
+        } else {
+            (self.select(folder)?, None)
+        };
         let cached = cache.as_ref().and_then(|c| {
             c.load(selected.uid_validity)
                 .inspect_err(|why| debug!("snapshot cache not used: {why}"))
@@ -448,7 +454,7 @@ impl<'a> ImapBackend<'a> {
         });
         let client = self.client()?;
         let listed = match &cached {
-            Some(sizes) => listed_with(client, &selected, sizes),
+            Some(sizes) => listed_with(client, &selected, uids, sizes),
             None => client.snapshot(&selected),
         };
         let messages = listed.map_err(|e| self.failure("listing messages", e))?;
@@ -896,17 +902,31 @@ impl<'a> ImapBackend<'a> {
     }
 
     fn select(&mut self, folder: usize) -> Outcome<crate::imap::Selected> {
+        Ok(self.select_asking(folder, false)?.0)
+    }
+
+    /// `select`, with the UID list asked along (`with_uids`) where the
+    /// backend allows (see `Client::select_with_uids`).
+    fn select_asking(
+        &mut self,
+        folder: usize,
+        with_uids: bool,
+    ) -> Outcome<(crate::imap::Selected, Option<Vec<u32>>)> {
         let config = self.config;
         let name = &config.folders[folder];
         // Owed in the folder selected now, which this select leaves.
         self.pay_seen()?;
         self.selected = None;
         let read_only = self.config.read_only;
-        let selected = self.client()?.select(name, read_only);
-        let selected =
-            selected.map_err(|e| self.failure(&format!("opening folder {name:?}"), e))?;
+        let client = self.client()?;
+        let answer = if with_uids {
+            client.select_with_uids(name, read_only)
+        } else {
+            client.select(name, read_only).map(|s| (s, None))
+        };
+        let answer = answer.map_err(|e| self.failure(&format!("opening folder {name:?}"), e))?;
         self.selected = Some(folder);
-        Ok(selected)
+        Ok(answer)
     }
 
     /// Makes `folder` the selected one, if it is not already; `false` if its
@@ -1101,20 +1121,25 @@ fn send_id(config: &Config, peer: Option<SocketAddr>, client: &mut Client) {
         && let Some(peer) = peer
         && let Err(e) = client.send_client_id(peer)
     {
-        warn!("backend refused ID with the client address: {e}");
+        warn!("cannot send ID with the client address to the backend: {e}");
     }
 }
 
-/// The UID list from the backend, sizes from `cached` where it has them
+/// The UID list (`uids`, or asked now), sizes from `cached` where it has them
 /// and from the backend for the rest, in message-number order. Both lists
 /// are sorted by UID, so each lookup is a step of a merge, not a search.
 fn listed_with(
     client: &mut Client,
     selected: &Selected,
+    uids: Option<Vec<u32>>,
     cached: &[(u32, u64)],
 ) -> Result<Vec<BackendMessage>, ImapError> {
-    let Some(uids) = client.uids(selected)? else {
-        return client.snapshot(selected);
+    let uids = match uids {
+        Some(uids) => uids,
+        None => match client.uids(selected)? {
+            Some(uids) => uids,
+            None => return client.snapshot(selected),
+        },
     };
     let mut known: Vec<Option<u64>> = Vec::with_capacity(uids.len());
     let mut from_cache = cached.iter().peekable();

@@ -158,7 +158,7 @@ use rustls::{ClientConfig, ClientConnection, StreamOwned};
 
 use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
-use log::debug;
+use log::{debug, warn};
 
 use crate::limits::{
     FETCH_CHUNK, MAX_DIGESTED_HEADER, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET,
@@ -314,6 +314,10 @@ pub struct Client {
     /// A `UID FETCH uid (UID BODY.PEEK[])` sent ahead (`prefetch_body`)
     /// whose answer is still unread: its UID.
     prefetched: Option<u32>,
+    /// The tag and name of a command sent without waiting for its answer
+    /// (`ID`; a `UID SEARCH` sent along with a SELECT that failed), which
+    /// the next command's wait reads on the way to its own.
+    unanswered: Option<(String, &'static str)>,
 }
 
 /// Part of a command: text sent as is, or bytes sent as a literal.
@@ -385,6 +389,7 @@ impl Client {
             tag: 0,
             capabilities: Vec::new(),
             prefetched: None,
+            unanswered: None,
         };
         client.conn.start_deadline();
         match read_response(&mut client.conn)? {
@@ -614,53 +619,143 @@ impl Client {
 
     /// RFC 2971 ID with the POP3 client's address, so the backend logs and
     /// rate-limits the real client. Skipped when the backend has no ID.
+    /// Sent without waiting: its answer comes in with the next command's
+    /// (the login), which saves a round trip before it; a refusal is only
+    /// logged then, as it changes nothing for the session.
     pub fn send_client_id(&mut self, peer: std::net::SocketAddr) -> Result<(), ImapError> {
-        if !self.has("ID") {
+        if !self.has("ID") || self.unanswered.is_some() {
             return Ok(());
         }
+        self.settle_prefetch()?;
+        self.tag += 1;
         let command = format!(
-            "ID (\"name\" \"pop3server\" \"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")",
+            "{} ID (\"name\" \"pop3server\" \"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
+            self.current_tag(),
             peer.ip(),
             peer.port()
         );
-        self.run("ID", &[Arg::Text(command.as_bytes())], |_| Ok(()))?
-            .ok("ID")?;
+        debug!("IMAP C: {}", command.trim_end());
+        self.conn.start_deadline();
+        self.conn.write_all(command.as_bytes())?;
+        self.unanswered = Some((self.current_tag(), "ID"));
         Ok(())
+    }
+
+    /// The answer to the command sent without waiting (`unanswered`), if
+    /// this tagged response is it: noted, and the wait goes on.
+    fn answers_unanswered(&mut self, tag: &str, info: &StatusInfo) -> bool {
+        let Some((_, command)) = self.unanswered.take_if(|(t, _)| t == tag) else {
+            return false;
+        };
+        match (command, info.status) {
+            (_, Status::Ok) => {}
+            ("ID", status) => warn!(
+                "backend refused ID with the client address: {status:?} {}",
+                info.text
+            ),
+            (command, status) => debug!("{command} not needed any more: {status:?} {}", info.text),
+        }
+        true
+    }
+
+    /// Reads up to the answer of the command sent without waiting, for
+    /// the readers that expect only their own command's answer.
+    fn settle_unanswered(&mut self) -> Result<(), ImapError> {
+        let Some((tag, _)) = self.unanswered.clone() else {
+            return Ok(());
+        };
+        self.conn.start_deadline();
+        loop {
+            match read_response(&mut self.conn)? {
+                Response::Tagged(t, info) if t == tag => {
+                    self.answers_unanswered(&t, &info);
+                    return Ok(());
+                }
+                Response::Tagged(t, _) => {
+                    return Err(ImapError::Protocol(format!("unexpected tag {t} for ID")));
+                }
+                Response::Status(StatusInfo {
+                    status: Status::Bye,
+                    text,
+                    ..
+                }) => return Err(ImapError::Bye(text)),
+                _ => {}
+            }
+        }
     }
 
     /// SELECT (or EXAMINE when read-only) the folder.
     pub fn select(&mut self, folder: &str, read_only: bool) -> Result<Selected, ImapError> {
-        let (command, verb): (&'static str, &[u8]) = if read_only {
-            ("EXAMINE", b"EXAMINE ")
-        } else {
-            ("SELECT", b"SELECT ")
-        };
-        let mut exists = None;
-        let mut uid_validity = None;
+        let (command, verb) = select_verb(read_only);
+        let mut facts = SelectFacts::default();
         let name = mailbox_name(folder);
         let done = self.run(command, &[Arg::Text(verb), astring(name.as_bytes())], |r| {
-            match r {
-                Response::Exists(n) => exists = Some(n),
-                Response::Status(StatusInfo {
-                    code: Some(Code { name, args }),
-                    ..
-                }) if name == "UIDVALIDITY" => {
-                    uid_validity =
-                        Some(args.trim().parse::<u32>().map_err(|_| {
-                            ImapError::Protocol(format!("bad UIDVALIDITY {args:?}"))
-                        })?);
-                }
-                _ => {}
-            }
-            Ok(())
+            facts.note(r)
         })?;
-        done.ok(command)?;
-        Ok(Selected {
-            exists: exists
-                .ok_or_else(|| ImapError::Protocol(format!("{command} gave no EXISTS")))?,
-            uid_validity: uid_validity
-                .ok_or_else(|| ImapError::Protocol(format!("{command} gave no UIDVALIDITY")))?,
-        })
+        facts.selected(command, done)
+    }
+
+    /// SELECT (or EXAMINE) and, in the same write, `UID SEARCH RETURN
+    /// (ALL) ALL`: the UID list comes one round trip sooner than after the
+    /// SELECT's answer. Only with ESEARCH, whose answer is compact however
+    /// big the folder, and a name that needs no literal; otherwise only
+    /// the SELECT, and `None` for the UIDs (`uids` gets them).
+    pub fn select_with_uids(
+        &mut self,
+        folder: &str,
+        read_only: bool,
+    ) -> Result<(Selected, Option<Vec<u32>>), ImapError> {
+        let name = mailbox_name(folder);
+        let Arg::Quoted(quoted) = astring(name.as_bytes()) else {
+            return Ok((self.select(folder, read_only)?, None));
+        };
+        if !self.has("ESEARCH") {
+            return Ok((self.select(folder, read_only)?, None));
+        }
+        self.settle_prefetch()?;
+        self.settle_unanswered()?;
+        let (command, verb) = select_verb(read_only);
+        self.tag += 1;
+        let select_tag = self.current_tag();
+        let mut both = Vec::with_capacity(quoted.len() * 2 + 64);
+        both.extend_from_slice(select_tag.as_bytes());
+        both.push(b' ');
+        both.extend_from_slice(verb);
+        push_quoted(&mut both, quoted);
+        both.extend_from_slice(b"\r\n");
+        self.tag += 1;
+        let search_tag = self.current_tag();
+        both.extend_from_slice(search_tag.as_bytes());
+        both.extend_from_slice(b" UID SEARCH RETURN (ALL) ALL\r\n");
+        if log::log_enabled!(log::Level::Debug) {
+            for line in both.split(|&b| b == b'\n').filter(|l| !l.is_empty()) {
+                debug!("IMAP C: {}", trace_text(line.trim_ascii_end()));
+            }
+        }
+        self.conn.start_deadline();
+        self.conn.write_all(&both)?;
+        let mut facts = SelectFacts::default();
+        let selected = match self.next_event_for(&select_tag, command, &mut |r| facts.note(r))? {
+            Event::Tagged(done) => facts.selected(command, done),
+            Event::Continuation => Err(ImapError::Protocol(format!(
+                "unexpected continuation during {command}"
+            ))),
+        };
+        let selected = match selected {
+            Ok(s) if s.exists <= MAX_MESSAGES => s,
+            // The search's answer (a refusal, without a folder) is read by
+            // whatever command comes next.
+            Ok(s) => {
+                self.unanswered = Some((search_tag, "UID SEARCH"));
+                return Err(too_many(s.exists));
+            }
+            Err(e) => {
+                self.unanswered = Some((search_tag, "UID SEARCH"));
+                return Err(e);
+            }
+        };
+        let uids = self.read_uids(&selected)?;
+        Ok((selected, Some(uids)))
     }
 
     /// UIDs and sizes of all messages, in one command, without bodies.
@@ -697,21 +792,32 @@ impl Client {
         let limit = expected(selected.exists);
         let mut uids = Vec::new();
         self.run("UID SEARCH", &[Arg::Text(command)], |r| {
-            if let Response::Search(found) = r {
-                if uids.len() + found.len() > limit {
-                    return Err(ImapError::Protocol(format!(
-                        "more UIDs than the {} messages announced",
-                        selected.exists
-                    )));
-                }
-                uids.extend(found);
-            }
-            Ok(())
+            collect_uids(&mut uids, r, limit, selected)
         })?
         .ok("UID SEARCH")?;
         uids.sort_unstable();
         uids.dedup();
         Ok(Some(uids))
+    }
+
+    /// The answer to the `UID SEARCH` that `select_with_uids` sent (the
+    /// current tag).
+    fn read_uids(&mut self, selected: &Selected) -> Result<Vec<u32>, ImapError> {
+        let limit = expected(selected.exists);
+        let mut uids = Vec::new();
+        let tag = self.current_tag();
+        let on_data = &mut |r| collect_uids(&mut uids, r, limit, selected);
+        match self.next_event_for(&tag, "UID SEARCH", on_data)? {
+            Event::Tagged(info) => info.ok("UID SEARCH")?,
+            Event::Continuation => {
+                return Err(ImapError::Protocol(
+                    "unexpected continuation during UID SEARCH".into(),
+                ));
+            }
+        };
+        uids.sort_unstable();
+        uids.dedup();
+        Ok(uids)
     }
 
     /// The sizes of these messages (UIDs); a UID expunged meanwhile is
@@ -986,6 +1092,7 @@ impl Client {
     }
 
     fn send_body_fetch(&mut self, uid: u32, peek: bool) -> Result<(), ImapError> {
+        self.settle_unanswered()?;
         self.tag += 1;
         let item = if peek { "BODY.PEEK[]" } else { "BODY[]" };
         let command = format!("{} UID FETCH {uid} (UID {item})\r\n", self.current_tag());
@@ -1257,16 +1364,7 @@ impl Client {
             };
             match arg {
                 Arg::Text(t) => pending.extend_from_slice(t),
-                Arg::Quoted(q) => {
-                    pending.push(b'"');
-                    for &b in *q {
-                        if b == b'"' || b == b'\\' {
-                            pending.push(b'\\');
-                        }
-                        pending.push(b);
-                    }
-                    pending.push(b'"');
-                }
+                Arg::Quoted(q) => push_quoted(&mut pending, q),
                 Arg::Literal(bytes) => {
                     pending.extend_from_slice(format!("{{{}}}\r\n", bytes.len()).as_bytes());
                     self.conn.write_all(&pending)?;
@@ -1321,9 +1419,21 @@ impl Client {
         on_data: &mut dyn FnMut(Response) -> Result<(), ImapError>,
     ) -> Result<Event, ImapError> {
         let tag = self.current_tag();
+        self.next_event_for(&tag, command, on_data)
+    }
+
+    /// `next_event` for the command tagged `tag`, which may be an earlier
+    /// one than the last sent (pipelined commands are answered in order).
+    fn next_event_for(
+        &mut self,
+        tag: &str,
+        command: &'static str,
+        on_data: &mut dyn FnMut(Response) -> Result<(), ImapError>,
+    ) -> Result<Event, ImapError> {
         loop {
             match read_response(&mut self.conn)? {
                 Response::Tagged(t, info) if t == tag => return Ok(Event::Tagged(info)),
+                Response::Tagged(t, info) if self.answers_unanswered(&t, &info) => {}
                 Response::Tagged(t, _) => {
                     return Err(ImapError::Protocol(format!(
                         "unexpected tag {t} for {command}"
@@ -1381,6 +1491,86 @@ fn is_temporary(code: &Option<Code>) -> bool {
 
 /// A quoted string when every byte is printable ASCII (with `"` and `\`
 /// escaped), otherwise a literal: 8-bit bytes never go inside quotes.
+/// `q` as an IMAP quoted string, `"` and `\\` escaped.
+fn push_quoted(out: &mut Vec<u8>, q: &[u8]) {
+    out.push(b'"');
+    for &b in q {
+        if b == b'"' || b == b'\\' {
+            out.push(b'\\');
+        }
+        out.push(b);
+    }
+    out.push(b'"');
+}
+
+/// The command and its verb for opening a folder.
+fn select_verb(read_only: bool) -> (&'static str, &'static [u8]) {
+    if read_only {
+        ("EXAMINE", b"EXAMINE ")
+    } else {
+        ("SELECT", b"SELECT ")
+    }
+}
+
+/// What a SELECT's untagged answers say, as they come.
+#[derive(Default)]
+struct SelectFacts {
+    exists: Option<u32>,
+    uid_validity: Option<u32>,
+}
+
+impl SelectFacts {
+    fn note(&mut self, r: Response) -> Result<(), ImapError> {
+        match r {
+            Response::Exists(n) => self.exists = Some(n),
+            Response::Status(StatusInfo {
+                code: Some(Code { name, args }),
+                ..
+            }) if name == "UIDVALIDITY" => {
+                self.uid_validity = Some(
+                    args.trim()
+                        .parse::<u32>()
+                        .map_err(|_| ImapError::Protocol(format!("bad UIDVALIDITY {args:?}")))?,
+                );
+            }
+            _ => {}
+        }
+        Ok(())
+    }
+
+    fn selected(self, command: &'static str, done: StatusInfo) -> Result<Selected, ImapError> {
+        done.ok(command)?;
+        Ok(Selected {
+            exists: self
+                .exists
+                .ok_or_else(|| ImapError::Protocol(format!("{command} gave no EXISTS")))?,
+            uid_validity: self
+                .uid_validity
+                .ok_or_else(|| ImapError::Protocol(format!("{command} gave no UIDVALIDITY")))?,
+        })
+    }
+}
+
+/// One untagged answer to a `UID SEARCH`: its UIDs are added, up to
+/// `limit` (a flood is an error).
+fn collect_uids(
+    uids: &mut Vec<u32>,
+    r: Response,
+    limit: usize,
+    selected: &Selected,
+) -> Result<(), ImapError> {
+    if let Response::Search(found) = r {
+        if uids.len() + found.len() > limit {
+            return Err(ImapError::Protocol(format!(
+                "more UIDs than the {} messages announced",
+                selected.exists
+            )));
+        }
+        uids.extend(found);
+    }
+    Ok(())
+}
+
 fn astring(bytes: &[u8]) -> Arg<'_> {
     if bytes.iter().all(|&b| (0x20..0x7f).contains(&b)) {
         Arg::Quoted(bytes)
@@ -1606,6 +1796,7 @@ mod tests {
     }
 
     const GREETING: &str = "* OK [CAPABILITY IMAP4rev1 LITERAL+ AUTH=PLAIN] ready\r\n";
+    const ID_GREETING: &str = "* OK [CAPABILITY IMAP4rev1 ID AUTH=PLAIN] ready\r\n";
 
     #[test]
     fn login_quotes_specials_and_sends_8bit_as_literal() {
@@ -1623,6 +1814,37 @@ mod tests {
             "A0001 LOGIN \"da\\\"ve\\\\\" {9}\r\np\u{e4}ss {5}\r\n"
         );
         assert!(c.has("UIDPLUS"));
+    }
+
+    #[test]
+    fn id_goes_without_waiting_and_its_answer_comes_in_with_the_login() {
+        // The ID's answer (a refusal, even) arrives only after the login was
+        // sent, and before the continuation of the login's literal.
+        let (mut c, out) = scripted(&format!(
+            "{ID_GREETING}* ID NIL\r\nA0001 NO not for you\r\n+ go\r\nA0002 OK [CAPABILITY IMAP4rev1 ESEARCH] in\r\n"
+        ));
+        c.send_client_id("192.0.2.7:4711".parse().expect("addr"))
+            .expect("id");
+        assert_eq!(
+            sent(&out),
+            "A0001 ID (\"name\" \"pop3server\" \"x-originating-ip\" \"192.0.2.7\" \"x-originating-port\" \"4711\")\r\n"
+        );
+        let login = c.login(b"u", None, &Secret::new("p\u{e4}ss".as_bytes().to_vec()));
+        assert_eq!(login.expect("login"), Login::Ok);
+        assert!(sent(&out).ends_with("A0002 LOGIN \"u\" {5}\r\np\u{e4}ss\r\n"));
+        assert!(c.unanswered.is_none());
+    }
+
+    #[test]
+    fn an_unanswered_id_is_read_before_a_body_fetch() {
+        let (mut c, out) = scripted(&format!(
+            "{ID_GREETING}A0001 OK id\r\n* 1 FETCH (UID 7 BODY[] {{2}}\r\nhi)\r\nA0002 OK done\r\n"
+        ));
+        c.send_client_id("192.0.2.7:4711".parse().expect("addr"))
+            .expect("id");
+        c.prefetch_body(7).expect("prefetch");
+        assert!(c.unanswered.is_none());
+        assert!(sent(&out).ends_with("A0002 UID FETCH 7 (UID BODY.PEEK[])\r\n"));
     }
 
     #[test]
@@ -1793,6 +2015,48 @@ mod tests {
             uid_validity: 7,
         };
         assert!(matches!(c.uids(&small), Err(ImapError::Protocol(e)) if e.contains("more UIDs")));
+    }
+
+    #[test]
+    fn select_and_uid_search_go_in_one_write_with_esearch() {
+        const ESEARCH: &str = "* OK [CAPABILITY IMAP4rev1 ESEARCH] ready\r\n";
+        let (mut c, out) = scripted(&format!(
+            "{ESEARCH}* 3 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\nA0001 OK [READ-WRITE] done\r\n\
+             * ESEARCH (TAG \"A0002\") UID ALL 4,9:10\r\nA0002 OK done\r\n"
+        ));
+        let (selected, uids) = c.select_with_uids("INBOX", false).expect("select");
+        assert_eq!((selected.exists, selected.uid_validity), (3, 7));
+        assert_eq!(uids, Some(vec![4, 9, 10]));
+        assert_eq!(
+            sent(&out),
+            "A0001 SELECT \"INBOX\"\r\nA0002 UID SEARCH RETURN (ALL) ALL\r\n"
+        );
+
+        // A refused SELECT: the search's refusal is read by the next command.
+        let (mut c, out) = scripted(&format!(
+            "{ESEARCH}A0001 NO [NONEXISTENT] no such folder\r\nA0002 BAD no folder selected\r\n\
+             * 0 EXISTS\r\n* OK [UIDVALIDITY 8] ok\r\nA0003 OK done\r\n"
+        ));
+        assert!(matches!(
+            c.select_with_uids("Gone", true),
+            Err(ImapError::Refused {
+                command: "EXAMINE",
+                ..
+            })
+        ));
+        let selected = c.select("INBOX", true).expect("the next command");
+        assert_eq!((selected.exists, selected.uid_validity), (0, 8));
+        assert!(sent(&out).ends_with("A0003 EXAMINE \"INBOX\"\r\n"));
+
+        // Without ESEARCH, or for a name sent as a literal: the SELECT alone.
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* 1 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\nA0001 OK done\r\n"
+        ));
+        let (_, uids) = c.select_with_uids("INBOX", false).expect("select");
+        assert_eq!(
+            (uids, sent(&out)),
+            (None, "A0001 SELECT \"INBOX\"\r\n".to_string())
+        );
     }
 
     #[test]
