@@ -298,6 +298,14 @@ impl Driver<'_> {
                         self.out.extend_from_slice(&bytes);
                     }
                     match next {
+                        // Asked first, so that the backend works on the next
+                        // message while this one goes to the client: the
+                        // request only writes a command, it waits for nothing.
+                        Some(request @ Request::Prefetch(_)) => {
+                            let step = self.carry(request);
+                            self.flush()?;
+                            step
+                        }
                         Some(request) => {
                             self.flush()?;
                             self.carry(request)

@@ -735,7 +735,17 @@ impl Client {
         self.conn.start_deadline();
         self.conn.write_all(&both)?;
         let mut facts = SelectFacts::default();
-        let selected = match self.next_event_for(&select_tag, command, &mut |r| facts.note(r))? {
+        // The search starts after the SELECT is done, so its answer comes
+        // after the SELECT's; one that came early anyway is kept for it.
+        let mut early = Vec::new();
+        let on_select = &mut |r| match r {
+            Response::Search(found) => {
+                early.push(found);
+                Ok(())
+            }
+            other => facts.note(other),
+        };
+        let selected = match self.next_event_for(&select_tag, command, on_select)? {
             Event::Tagged(done) => facts.selected(command, done),
             Event::Continuation => Err(ImapError::Protocol(format!(
                 "unexpected continuation during {command}"
@@ -754,7 +764,7 @@ impl Client {
                 return Err(e);
             }
         };
-        let uids = self.read_uids(&selected)?;
+        let uids = self.read_uids(&selected, early)?;
         Ok((selected, Some(uids)))
     }
 
@@ -801,10 +811,17 @@ impl Client {
     }
 
     /// The answer to the `UID SEARCH` that `select_with_uids` sent (the
-    /// current tag).
-    fn read_uids(&mut self, selected: &Selected) -> Result<Vec<u32>, ImapError> {
+    /// current tag), after the UIDs of any part of it that came `early`.
+    fn read_uids(
+        &mut self,
+        selected: &Selected,
+        early: Vec<Vec<u32>>,
+    ) -> Result<Vec<u32>, ImapError> {
         let limit = expected(selected.exists);
         let mut uids = Vec::new();
+        for found in early {
+            collect_uids(&mut uids, Response::Search(found), limit, selected)?;
+        }
         let tag = self.current_tag();
         let on_data = &mut |r| collect_uids(&mut uids, r, limit, selected);
         match self.next_event_for(&tag, "UID SEARCH", on_data)? {
@@ -2031,6 +2048,14 @@ mod tests {
             sent(&out),
             "A0001 SELECT \"INBOX\"\r\nA0002 UID SEARCH RETURN (ALL) ALL\r\n"
         );
+
+        // A server that answers the search before the SELECT is done.
+        let (mut c, _) = scripted(&format!(
+            "{ESEARCH}* 2 EXISTS\r\n* OK [UIDVALIDITY 7] ok\r\n\
+             * ESEARCH (TAG \"A0002\") UID ALL 4,9\r\nA0001 OK done\r\nA0002 OK done\r\n"
+        ));
+        let (_, uids) = c.select_with_uids("INBOX", false).expect("select");
+        assert_eq!(uids, Some(vec![4, 9]));
 
         // A refused SELECT: the search's refusal is read by the next command.
         let (mut c, out) = scripted(&format!(
