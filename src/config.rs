@@ -58,8 +58,8 @@ pub struct Config {
     /// Connect to the backend right after the greeting, while the client
     /// is still authenticating.
     pub backend_connect_early: bool,
-    /// After a RETR, ask the backend for the next message ahead (see
-    /// `limits::PREFETCH_MAX_MESSAGE`).
+    /// After a RETR, ask the backend for the messages that follow, ahead
+    /// (see `limits::PREFETCH_BATCH_BYTES`).
     pub backend_prefetch: bool,
     /// The IMAP folders that form the maildrop, in message-number order.
     pub folders: Vec<String>,
@@ -322,7 +322,7 @@ pub struct Flags {
     /// Connect to the backend (TCP, TLS, greeting) right after our greeting, while the client authenticates; costs a backend connection for clients that never log in [default: true]
     #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_connect_early: Option<bool>,
-    /// After each RETR, ask the backend for the next message (up to 256 KiB) while the client reads this one, so that a client downloading in order waits less [default: true]
+    /// After each RETR, ask the backend for the next messages (up to 16, 256 KiB together) in one fetch while the client reads this one, so that a client downloading in order waits less [default: true]
     #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_prefetch: Option<bool>,
     /// Backend protocol, as in python-pop3server: IMAP (= --backend-tls none) or IMAPS (= implicit)

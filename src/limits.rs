@@ -184,6 +184,15 @@ pub const EARLY_CONNECTION_MAX_AGE: Duration = Duration::from_secs(20);
 /// the session the time to drain it; typical mail is far below this.
 pub const PREFETCH_MAX_MESSAGE: u64 = 256 * 1024;
 
+/// `backend_prefetch` asks for the messages that follow in one fetch, up to
+/// this many bytes together (a first one up to `PREFETCH_MAX_MESSAGE`
+/// always) and this many messages: the client then waits for the backend
+/// once a batch instead of once a message. The bodies wait in the socket
+/// buffers, not in memory; a client that stops reading in order costs the
+/// backend at most this much to read and the session the time to drop it.
+pub const PREFETCH_BATCH_BYTES: u64 = 256 * 1024;
+pub const PREFETCH_BATCH_MESSAGES: usize = 16;
+
 /// How long the cluster lock's Redis may take to connect or to answer one
 /// command. It runs next to the front-ends; a Redis slower than this is
 /// failing, and every login waits for it.

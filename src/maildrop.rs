@@ -211,13 +211,19 @@ impl Maildrop {
 
     /// The first message after `n` not marked deleted.
     pub fn next_after(&self, n: MsgNum) -> Option<Message> {
+        self.next_numbered_after(n).map(|(_, m)| m)
+    }
+
+    /// `next_after`, with the message's number.
+    pub fn next_numbered_after(&self, n: MsgNum) -> Option<(MsgNum, Message)> {
         let from = usize::try_from(n).ok()?;
         self.messages
             .iter()
             .zip(&self.deleted)
+            .enumerate()
             .skip(from)
-            .find(|(_, d)| !**d)
-            .map(|(m, _)| *m)
+            .find(|(_, (_, d))| !**d)
+            .and_then(|(i, (m, _))| Some((MsgNum::try_from(i + 1).ok()?, *m)))
     }
 
     pub fn mark_deleted(&mut self, n: MsgNum) -> Result<Message, MessageError> {

@@ -617,7 +617,7 @@ impl<'a> ImapBackend<'a> {
             }
             let client = self.client()?;
             // A fetch sent ahead has no `\Seen` in it: owed, see `pay_seen`.
-            let ahead = client.prefetched() == Some(uid);
+            let ahead = client.next_prefetched() == Some(uid);
             let started = client.start_body(uid, !set_seen || ahead, limit);
             match started {
                 Ok(Some(body)) => {
@@ -673,11 +673,17 @@ impl<'a> ImapBackend<'a> {
         let Some(client) = self.client.as_mut() else {
             return Ok(());
         };
-        if client.prefetched().is_some() {
+        // The batch asked for earlier is still being served.
+        if client.next_prefetched().is_some() {
             return Ok(());
         }
-        let sent = client.prefetch_body(next.uid);
-        sent.map_err(|e| self.failure(&format!("asking for UID {} ahead", next.uid), e))
+        let sent = client.prefetch_bodies(&next.uids);
+        sent.map_err(|e| {
+            self.failure(
+                &format!("asking for UIDs {} ahead", uid_list(&next.uids)),
+                e,
+            )
+        })
     }
 
     /// Sets the `\Seen` that messages served from a fetch ahead still owe,

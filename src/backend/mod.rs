@@ -102,14 +102,15 @@ pub struct PieceRequest {
     pub read: Read,
 }
 
-/// A message to ask for ahead, after a RETR (`backend_prefetch`): the client
-/// that reads in order asks for it next, and then it is already on its way.
-/// Fetched without `\Seen`; a later RETR of it that should set `\Seen` gets
-/// it by a `UID STORE` before the session ends.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+/// Messages to ask for ahead, after a RETR (`backend_prefetch`): the client
+/// that reads in order asks for them next, and then they are already on
+/// their way. Fetched without `\Seen`; a later RETR of one that should set
+/// `\Seen` gets it by a `UID STORE` before the session ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct PrefetchRequest {
     pub folder: usize,
-    pub uid: u32,
+    /// In the order the client will likely ask for them (ascending UIDs).
+    pub uids: Vec<u32>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

@@ -146,7 +146,7 @@ pub mod fuzzing {
     }
 }
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, VecDeque};
 use std::fmt;
 use std::io::{self, Read, Write};
 use std::net::{TcpStream, ToSocketAddrs};
@@ -252,6 +252,10 @@ pub enum Login {
 #[derive(Debug)]
 pub struct BodyStream {
     pub uid: u32,
+    /// The tag of its fetch, which may have asked for several bodies.
+    tag: String,
+    /// The fetch's tagged answer follows this body.
+    last: bool,
     /// The server named the UID before the literal.
     uid_confirmed: bool,
     /// The literal's length: the message's true size.
@@ -311,13 +315,55 @@ pub struct Client {
     conn: Conn,
     tag: u32,
     capabilities: Vec<String>,
-    /// A `UID FETCH uid (UID BODY.PEEK[])` sent ahead (`prefetch_body`)
-    /// whose answer is still unread: its UID.
-    prefetched: Option<u32>,
+    /// A `UID FETCH set (UID BODY.PEEK[])` sent ahead (`prefetch_bodies`)
+    /// whose answer is not read to its end yet.
+    prefetched: Option<Ahead>,
     /// The tag and name of a command sent without waiting for its answer
     /// (`ID`; a `UID SEARCH` sent along with a SELECT that failed), which
     /// the next command's wait reads on the way to its own.
     unanswered: Option<(String, &'static str)>,
+}
+
+/// The answer to a fetch of several bodies sent ahead: read a body at a
+/// time, as the client asks for them in order.
+struct Ahead {
+    tag: String,
+    /// The UIDs asked for whose bodies are still to come, ascending, which
+    /// is the order of the answer.
+    uids: VecDeque<u32>,
+}
+
+/// Where the answer to a body fetch stands.
+enum FetchHead {
+    /// A body's literal begins (with the UID, if named before it).
+    Body { uid: Option<u32>, len: u64 },
+    /// The tagged answer: no more bodies.
+    Done(StatusInfo),
+}
+
+/// A body about to be read, `len` bytes, refused over `limit`.
+fn body_stream(
+    uid: u32,
+    uid_confirmed: bool,
+    len: u64,
+    limit: u64,
+    tag: String,
+    last: bool,
+) -> Result<BodyStream, ImapError> {
+    if len > limit {
+        return Err(ImapError::Protocol(format!(
+            "literal of {len} bytes is over the limit of {limit} for UID {uid}"
+        )));
+    }
+    Ok(BodyStream {
+        uid,
+        tag,
+        last,
+        uid_confirmed,
+        len,
+        left: len,
+        finished: false,
+    })
 }
 
 /// Part of a command: text sent as is, or bytes sent as a literal.
@@ -1066,99 +1112,158 @@ impl Client {
         peek: bool,
         limit: u64,
     ) -> Result<Option<BodyStream>, ImapError> {
-        if self.prefetched == Some(uid) && peek {
-            // Sent earlier: the deadline runs from now, when it is awaited.
-            self.prefetched = None;
-            self.conn.start_deadline();
-        } else {
-            self.settle_prefetch()?;
-            self.send_body_fetch(uid, peek)?;
+        if peek
+            && self.next_prefetched() == Some(uid)
+            && let Some(body) = self.next_body_ahead(uid, limit)?
+        {
+            return Ok(Some(body));
         }
-        self.read_body_head(uid, limit)
+        self.settle_prefetch()?;
+        let tag = self.send_body_fetch(uid, peek)?;
+        match self.read_fetch_head(&tag)? {
+            FetchHead::Body { uid: got, len } => {
+                if got.is_some_and(|g| g != uid) {
+                    return Err(ImapError::Protocol(format!(
+                        "asked for the body of UID {uid}, got UID {}",
+                        got.unwrap_or_default()
+                    )));
+                }
+                body_stream(uid, got.is_some(), len, limit, tag, true).map(Some)
+            }
+            // No body: NIL, or nothing, for a message another session
+            // expunged (Dovecot adds `[EXPUNGEISSUED]`).
+            FetchHead::Done(info) => {
+                let expunged = info
+                    .code
+                    .as_ref()
+                    .is_some_and(|c| c.name == "EXPUNGEISSUED");
+                match info.status {
+                    Status::Ok => Ok(None),
+                    Status::No if expunged => Ok(None),
+                    _ => Err(ImapError::Refused {
+                        command: "UID FETCH",
+                        info,
+                    }),
+                }
+            }
+        }
     }
 
-    /// Sends `UID FETCH uid (UID BODY.PEEK[])` and returns without reading
-    /// the answer: the server works on it while the client is busy, and the
-    /// next `start_body` for this UID (with `peek`) reads it. Any other
-    /// command first reads and drops it.
-    pub fn prefetch_body(&mut self, uid: u32) -> Result<(), ImapError> {
+    /// The body of `uid` from the fetch sent ahead, whose next body it
+    /// should be. `None` where the answer does not go on with it (the
+    /// message is gone, the fetch was refused): the answer is then read to
+    /// its end, and the caller fetches the message by itself, which tells
+    /// "gone" from "refused".
+    fn next_body_ahead(&mut self, uid: u32, limit: u64) -> Result<Option<BodyStream>, ImapError> {
+        let Some(ahead) = self.prefetched.as_mut() else {
+            return Ok(None);
+        };
+        ahead.uids.pop_front();
+        let last = ahead.uids.is_empty();
+        let tag = ahead.tag.clone();
+        // Sent earlier: the deadline runs from now, when it is awaited.
+        self.conn.start_deadline();
+        match self.read_fetch_head(&tag)? {
+            FetchHead::Body { uid: got, len } if got.is_none_or(|g| g == uid) => {
+                if last {
+                    // Its tagged answer is read with this body's end.
+                    self.prefetched = None;
+                }
+                body_stream(uid, got.is_some(), len, limit, tag, last).map(Some)
+            }
+            FetchHead::Body { len, .. } => {
+                // A later one: this one was skipped. That body is dropped
+                // with the rest.
+                let mut skipped = body_stream(0, true, len, u64::MAX, tag, false)?;
+                self.drain_body(&mut skipped)?;
+                self.settle_prefetch()?;
+                Ok(None)
+            }
+            FetchHead::Done(_) => {
+                self.prefetched = None;
+                Ok(None)
+            }
+        }
+    }
+
+    /// Sends `UID FETCH set (UID BODY.PEEK[])` for these messages (ascending
+    /// UIDs) and returns without reading the answer: the server works on it
+    /// while the client is busy, and `start_body` for them in this order
+    /// (with `peek`) reads their bodies one by one. Any other command first
+    /// reads and drops what is left of it. One such fetch at a time: a
+    /// second command would let the server answer both at once, mixed.
+    pub fn prefetch_bodies(&mut self, uids: &[u32]) -> Result<(), ImapError> {
         self.settle_prefetch()?;
-        self.send_body_fetch(uid, true)?;
-        self.prefetched = Some(uid);
+        if uids.is_empty() {
+            return Ok(());
+        }
+        let mut ordered = uids.to_vec();
+        ordered.sort_unstable();
+        ordered.dedup();
+        let set: Vec<String> = ordered.iter().map(u32::to_string).collect();
+        let tag = self.send_fetch(&set.join(","), true)?;
+        self.prefetched = Some(Ahead {
+            tag,
+            uids: ordered.into(),
+        });
         Ok(())
     }
 
-    /// The UID whose body was asked for ahead and not read yet.
-    pub fn prefetched(&self) -> Option<u32> {
+    /// The UID whose body, asked for ahead, comes next.
+    pub fn next_prefetched(&self) -> Option<u32> {
         self.prefetched
+            .as_ref()
+            .and_then(|a| a.uids.front().copied())
     }
 
-    /// Reads and drops the answer to a fetch sent ahead that nobody asked
-    /// for, so that the connection can carry the next command. A message
-    /// gone meanwhile, or a refusal, does not matter here: nobody wants it.
+    /// Reads and drops what is left of the answer to a fetch sent ahead,
+    /// so that the connection can carry the next command. A message gone
+    /// meanwhile, or a refusal, does not matter here: nobody wants it.
     fn settle_prefetch(&mut self) -> Result<(), ImapError> {
-        let Some(uid) = self.prefetched.take() else {
+        let Some(ahead) = self.prefetched.take() else {
             return Ok(());
         };
         self.conn.start_deadline();
-        match self.read_body_head(uid, u64::MAX) {
-            Ok(Some(mut body)) => self.drain_body(&mut body),
-            Ok(None) | Err(ImapError::Refused { .. }) => Ok(()),
-            Err(e) => Err(e),
+        // Bounded: each round reads one of the bodies asked for, or the end.
+        for _ in 0..=ahead.uids.len() {
+            match self.read_fetch_head(&ahead.tag)? {
+                FetchHead::Body { len, .. } => {
+                    let mut body = body_stream(0, true, len, u64::MAX, ahead.tag.clone(), false)?;
+                    self.drain_body(&mut body)?;
+                }
+                FetchHead::Done(_) => return Ok(()),
+            }
         }
+        Err(ImapError::Protocol(
+            "more bodies than asked for in a fetch ahead".into(),
+        ))
     }
 
-    fn send_body_fetch(&mut self, uid: u32, peek: bool) -> Result<(), ImapError> {
+    /// Sends a fetch of one message's body; its tag.
+    fn send_body_fetch(&mut self, uid: u32, peek: bool) -> Result<String, ImapError> {
+        self.send_fetch(&uid.to_string(), peek)
+    }
+
+    fn send_fetch(&mut self, set: &str, peek: bool) -> Result<String, ImapError> {
         self.settle_unanswered()?;
         self.tag += 1;
+        let tag = self.current_tag();
         let item = if peek { "BODY.PEEK[]" } else { "BODY[]" };
-        let command = format!("{} UID FETCH {uid} (UID {item})\r\n", self.current_tag());
+        let command = format!("{tag} UID FETCH {set} (UID {item})\r\n");
         debug!("IMAP C: {}", command.trim_end());
         self.conn.start_deadline();
-        self.conn.write_all(command.as_bytes())
+        self.conn.write_all(command.as_bytes())?;
+        Ok(tag)
     }
 
-    /// Reads the answer to the body fetch just sent up to the body's
-    /// literal (see `start_body`).
-    fn read_body_head(&mut self, uid: u32, limit: u64) -> Result<Option<BodyStream>, ImapError> {
-        let tag = self.current_tag();
+    /// Reads the answer to the body fetch tagged `tag` up to the next
+    /// body's literal, or to its tagged end.
+    fn read_fetch_head(&mut self, tag: &str) -> Result<FetchHead, ImapError> {
         loop {
             match read_head(&mut self.conn)? {
-                Head::Body { uid: got, len } => {
-                    if got.is_some_and(|g| g != uid) {
-                        return Err(ImapError::Protocol(format!(
-                            "asked for the body of UID {uid}, got UID {}",
-                            got.unwrap_or_default()
-                        )));
-                    }
-                    if len > limit {
-                        return Err(ImapError::Protocol(format!(
-                            "literal of {len} bytes is over the limit of {limit} for UID {uid}"
-                        )));
-                    }
-                    return Ok(Some(BodyStream {
-                        uid,
-                        uid_confirmed: got.is_some(),
-                        len,
-                        left: len,
-                        finished: false,
-                    }));
-                }
+                Head::Body { uid, len } => return Ok(FetchHead::Body { uid, len }),
                 Head::Whole(Response::Tagged(t, info)) if t == tag => {
-                    // No body: NIL, or nothing, for a message another
-                    // session expunged (Dovecot adds `[EXPUNGEISSUED]`).
-                    let expunged = info
-                        .code
-                        .as_ref()
-                        .is_some_and(|c| c.name == "EXPUNGEISSUED");
-                    return match info.status {
-                        Status::Ok => Ok(None),
-                        Status::No if expunged => Ok(None),
-                        _ => Err(ImapError::Refused {
-                            command: "UID FETCH",
-                            info,
-                        }),
-                    };
+                    return Ok(FetchHead::Done(info));
                 }
                 Head::Whole(Response::Tagged(t, _)) => {
                     return Err(ImapError::Protocol(format!(
@@ -1205,16 +1310,27 @@ impl Client {
         if body.left == 0 {
             body.finished = true;
             let tail_uid = read_body_tail(&mut self.conn)?;
-            if tail_uid.is_some_and(|u| u != body.uid)
-                || (!body.uid_confirmed && tail_uid.is_none())
+            // UID 0 (never a message's): a body dropped, whoever's it is.
+            if body.uid != 0
+                && (tail_uid.is_some_and(|u| u != body.uid)
+                    || (!body.uid_confirmed && tail_uid.is_none()))
             {
                 return Err(ImapError::Protocol(format!(
                     "the body read for UID {} came without that UID",
                     body.uid
                 )));
             }
-            self.finish_command("UID FETCH", &mut |_| Ok(()))?
-                .ok("UID FETCH")?;
+            if body.last {
+                let tag = std::mem::take(&mut body.tag);
+                match self.next_event_for(&tag, "UID FETCH", &mut |_| Ok(()))? {
+                    Event::Tagged(info) => info.ok("UID FETCH")?,
+                    Event::Continuation => {
+                        return Err(ImapError::Protocol(
+                            "unexpected continuation during UID FETCH".into(),
+                        ));
+                    }
+                };
+            }
         }
         Ok(bytes)
     }
@@ -1859,7 +1975,7 @@ mod tests {
         ));
         c.send_client_id("192.0.2.7:4711".parse().expect("addr"))
             .expect("id");
-        c.prefetch_body(7).expect("prefetch");
+        c.prefetch_bodies(&[7]).expect("prefetch");
         assert!(c.unanswered.is_none());
         assert!(sent(&out).ends_with("A0002 UID FETCH 7 (UID BODY.PEEK[])\r\n"));
     }
@@ -2032,6 +2148,46 @@ mod tests {
             uid_validity: 7,
         };
         assert!(matches!(c.uids(&small), Err(ImapError::Protocol(e)) if e.contains("more UIDs")));
+    }
+
+    #[test]
+    fn bodies_asked_ahead_in_one_fetch_are_read_one_by_one_in_order() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* 1 FETCH (UID 5 BODY[] {{2}}\r\nab)\r\n* 2 FETCH (UID 6 BODY[] {{2}}\r\ncd)\r\n\
+             * 3 FETCH (UID 8 BODY[] {{2}}\r\nef)\r\nA0001 OK\r\n\
+             A0002 NO [EXPUNGEISSUED] gone\r\n"
+        ));
+        c.prefetch_bodies(&[6, 5, 7, 8]).expect("ahead");
+        assert_eq!(sent(&out), "A0001 UID FETCH 5,6,7,8 (UID BODY.PEEK[])\r\n");
+        for (uid, want) in [(5, b"ab"), (6, b"cd")] {
+            let mut body = c.start_body(uid, true, 100).expect("body").expect("there");
+            assert_eq!(c.read_body(&mut body, 10).expect("read"), want);
+            assert!(body.is_done());
+        }
+        // 7 was expunged meanwhile: the answer goes on with 8, which is
+        // dropped with the rest, and 7 is asked for by itself.
+        assert_eq!(c.next_prefetched(), Some(7));
+        let body = c.start_body(7, true, 100).expect("7");
+        assert!(body.is_none(), "{body:?}");
+        assert!(sent(&out).ends_with("A0002 UID FETCH 7 (UID BODY.PEEK[])\r\n"));
+        assert_eq!(c.next_prefetched(), None);
+    }
+
+    #[test]
+    fn a_body_asked_ahead_and_not_wanted_is_dropped_before_the_next_command() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* 1 FETCH (UID 5 BODY[] {{2}}\r\nab)\r\n* 2 FETCH (UID 6 BODY[] {{2}}\r\ncd)\r\n\
+             A0001 OK\r\n* 3 FETCH (UID 9 BODY[] {{2}}\r\ngh)\r\nA0002 OK\r\n"
+        ));
+        c.prefetch_bodies(&[5, 6]).expect("ahead");
+        let mut body = c.start_body(5, true, 100).expect("5").expect("there");
+        assert_eq!(c.read_body(&mut body, 10).expect("read"), b"ab");
+        // 9 instead of 6: 6 is read and dropped first.
+        let mut body = c.start_body(9, false, 100).expect("9").expect("there");
+        assert_eq!(c.read_body(&mut body, 10).expect("read"), b"gh");
+        assert!(body.is_done());
+        assert_eq!(c.next_prefetched(), None);
+        assert!(sent(&out).ends_with("A0002 UID FETCH 9 (UID BODY[])\r\n"));
     }
 
     #[test]

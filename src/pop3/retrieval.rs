@@ -80,7 +80,7 @@ impl Retrieval {
     }
 
     pub fn prefetch(&self) -> Option<PrefetchRequest> {
-        self.prefetch
+        self.prefetch.clone()
     }
 
     /// A RETR whose fetch marks the message `\Seen` (`mark_seen`, not

@@ -729,7 +729,7 @@ fn respond(reply: Reply) -> Step {
 mod tests {
     use super::*;
     use crate::backend::{Credentials, PieceRequest, PrefetchRequest, Read, TokenMechanism};
-    use crate::limits::{FETCH_CHUNK, PREFETCH_MAX_MESSAGE};
+    use crate::limits::{FETCH_CHUNK, PREFETCH_BATCH_MESSAGES, PREFETCH_MAX_MESSAGE};
     use crate::maildrop::BackendMessage;
     use crate::uidl::{Fact, FactKind, HeaderDigest, header_digest};
     use base64::Engine as _;
@@ -1295,9 +1295,9 @@ mod tests {
         assert!(matches!(
             s.on_piece(Ok(PieceAnswer::Bytes(b"x".to_vec()))),
             Step::Write {
-                next: Some(Request::Prefetch(PrefetchRequest { uid: 5, .. })),
+                next: Some(Request::Prefetch(PrefetchRequest { ref uids, .. })),
                 ..
-            }
+            } if uids.first() == Some(&5)
         ));
         assert!(say(&mut s, "DELE 1").starts_with("-ERR [SYS/PERM]"));
     }
@@ -1338,6 +1338,24 @@ mod tests {
     }
 
     #[test]
+    fn the_messages_asked_ahead_are_bounded_in_bytes_and_count() {
+        let kib = 1024;
+        let sizes: Vec<(u32, u64)> = (1..=4).map(|uid| (uid, 100 * kib)).collect();
+        let mut s = logged_in_to(config(), vec![folder(7, &sizes)]);
+        // 100 + 100 KiB fit PREFETCH_BATCH_BYTES, a third would not.
+        assert_eq!(ahead_of(&mut s, "RETR 1").map(|p| p.uids), Some(vec![2, 3]));
+        let sizes: Vec<(u32, u64)> = (1..=40).map(|uid| (uid, 10)).collect();
+        let mut s = logged_in_to(config(), vec![folder(7, &sizes)]);
+        let uids = ahead_of(&mut s, "RETR 1")
+            .map(|p| p.uids)
+            .unwrap_or_default();
+        assert_eq!(
+            uids,
+            (2..2 + PREFETCH_BATCH_MESSAGES as u32).collect::<Vec<_>>()
+        );
+    }
+
+    #[test]
     fn a_retr_asks_for_the_next_live_message_ahead_and_nothing_else_does() {
         let big = PREFETCH_MAX_MESSAGE + 1;
         let folders = || {
@@ -1353,18 +1371,24 @@ mod tests {
         let mut s = logged_in_to(two(), folders());
         assert_eq!(
             ahead_of(&mut s, "RETR 1"),
-            Some(PrefetchRequest { folder: 0, uid: 11 })
+            Some(PrefetchRequest {
+                folder: 0,
+                uids: vec![11, 12]
+            })
         );
         // A message marked deleted is skipped: the client will not ask for it.
         say(&mut s, "DELE 2");
-        assert_eq!(ahead_of(&mut s, "RETR 1").map(|p| p.uid), Some(12));
+        assert_eq!(ahead_of(&mut s, "RETR 1").map(|p| p.uids), Some(vec![12]));
         // Too big to be worth it (message 4), in another folder (6), after
         // the last: nothing.
         assert_eq!(ahead_of(&mut s, "RETR 3"), None);
         assert_eq!(ahead_of(&mut s, "RETR 5"), None);
         assert_eq!(
             ahead_of(&mut s, "RETR 6"),
-            Some(PrefetchRequest { folder: 1, uid: 4 })
+            Some(PrefetchRequest {
+                folder: 1,
+                uids: vec![4]
+            })
         );
         assert_eq!(ahead_of(&mut s, "RETR 7"), None);
         // TOP reads only a head: nothing ahead.

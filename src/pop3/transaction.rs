@@ -7,7 +7,7 @@ use super::command::Command;
 use super::reply::{Reply, RespCode};
 use super::retrieval::{Kind, Retrieval};
 use crate::backend::PrefetchRequest;
-use crate::limits::PREFETCH_MAX_MESSAGE;
+use crate::limits::{PREFETCH_BATCH_BYTES, PREFETCH_BATCH_MESSAGES, PREFETCH_MAX_MESSAGE};
 use crate::maildrop::{FolderDeletions, Maildrop, MsgNum, UidlFormat};
 
 pub enum TxStep {
@@ -84,14 +84,28 @@ fn retrieve(drop: &Maildrop, n: MsgNum, kind: Kind, prefetch: bool) -> TxStep {
         Ok(m) => m,
         Err(e) => return TxStep::Reply(Reply::err(e.message())),
     };
-    // A client that reads in order asks for the next message next.
-    let next = prefetch
-        .then(|| drop.next_after(n))
-        .flatten()
-        .filter(|next| next.folder == m.folder && next.size <= PREFETCH_MAX_MESSAGE)
-        .map(|next| PrefetchRequest {
-            folder: next.folder,
-            uid: next.uid,
-        });
+    // A client that reads in order asks for the next messages next: the
+    // live ones that follow in this folder, as many as fit the batch.
+    let mut uids = Vec::new();
+    let mut bytes = 0u64;
+    let mut after = n;
+    while prefetch && uids.len() < PREFETCH_BATCH_MESSAGES {
+        let Some((number, next)) = drop.next_numbered_after(after) else {
+            break;
+        };
+        bytes = bytes.saturating_add(next.size);
+        if next.folder != m.folder || next.size > PREFETCH_MAX_MESSAGE {
+            break;
+        }
+        if bytes > PREFETCH_BATCH_BYTES && !uids.is_empty() {
+            break;
+        }
+        uids.push(next.uid);
+        after = number;
+    }
+    let next = (!uids.is_empty()).then_some(PrefetchRequest {
+        folder: m.folder,
+        uids,
+    });
     TxStep::Retrieve(Retrieval::new(n, m, drop.uid_validity(m.folder), kind).then_prefetch(next))
 }

@@ -1227,12 +1227,14 @@ class RefusingRelay(_Relay):
         self.lock = threading.Lock()
         super().__init__(upstream_port, max_conns)
 
-    WHOLE_FETCH = re.compile(rb"^UID FETCH (\d+) \(UID BODY(\.PEEK)?\[\]\)$", re.I)
+    WHOLE_FETCH = re.compile(rb"^UID FETCH ([\d,]+) \(UID BODY(\.PEEK)?\[\]\)$", re.I)
 
     def whole_fetches(self) -> List[Tuple[int, bool]]:
-        """[(uid, peek)] of the whole-message fetches passed on, in order."""
-        return [(int(m.group(1)), bool(m.group(2)))
-                for m in map(self.WHOLE_FETCH.match, self.forwarded) if m]
+        """[(uid, peek)] of the whole-message fetches passed on, in order
+        (a fetch of several UIDs, like 4,5,6, is one entry for each)."""
+        return [(int(uid), bool(m.group(2)))
+                for m in map(self.WHOLE_FETCH.match, self.forwarded) if m
+                for uid in m.group(1).split(b",")]
 
     def _on_connection(self, c: socket.socket, peer) -> None:
         up = self._upstream(c)
