@@ -12,6 +12,8 @@
 //! a fact per message that the snapshot does not have ([`FactKind`]): it is
 //! fetched at the first UIDL of a session, never for STAT, LIST, RETR, TOP.
 
+use std::fmt::Write as _;
+
 use sha2::{Digest, Sha256};
 
 use crate::limits::{HEADER_DIGEST_BYTES, MAX_UIDL_LEN};
@@ -371,7 +373,8 @@ impl UidlFormat {
         let Kind::Template(parts) = &self.0 else {
             return dovecot_form(uid, uid_validity);
         };
-        let mut s = String::new();
+        // Written in place: a UIDL of 10,000 messages is 10,000 of these.
+        let mut s = String::with_capacity(24);
         for part in parts {
             match part {
                 Part::Text(t) => s.push_str(t),
@@ -380,11 +383,12 @@ impl UidlFormat {
                         Var::Uid => uid,
                         Var::UidValidity => uid_validity,
                     };
-                    if *hex {
-                        s.push_str(&format!("{value:0width$x}"));
+                    // Writing to a String cannot fail.
+                    let _ = if *hex {
+                        write!(s, "{value:0width$x}")
                     } else {
-                        s.push_str(&format!("{value:0width$}"));
-                    }
+                        write!(s, "{value:0width$}")
+                    };
                 }
             }
         }
@@ -398,7 +402,7 @@ fn dovecot_form(uid: u32, uid_validity: u32) -> Uidl {
 
 fn push_folder(s: &mut String, folder: usize) {
     if folder > 0 {
-        s.push_str(&format!("-{folder}"));
+        let _ = write!(s, "-{folder}");
     }
 }
 

@@ -74,6 +74,8 @@ impl Reply {
             }
             Reply::MultiLine(text, lines) => {
                 status_line(out, "+OK", None, text);
+                // At most a stuffed dot and CRLF more per line, and the end.
+                out.reserve(lines.iter().map(|l| l.len() + 3).sum::<usize>() + 3);
                 for line in lines {
                     if line.first() == Some(&b'.') {
                         out.push(b'.');

@@ -3,6 +3,8 @@
 //! commands that need the backend: RETR/TOP (one path, see `retrieval`) and
 //! QUIT (the expunge of what was marked).
 
+use std::io::Write as _;
+
 use super::command::Command;
 use super::reply::{Reply, RespCode};
 use super::retrieval::{Kind, Retrieval};
@@ -34,7 +36,11 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
             let (n, size) = drop.stat();
             let lines = drop
                 .live()
-                .map(|(num, m)| format!("{num} {}", m.size).into_bytes())
+                .map(|(num, m)| {
+                    let mut line = Vec::with_capacity(24);
+                    let _ = write!(line, "{num} {}", m.size);
+                    line
+                })
                 .collect();
             Reply::MultiLine(format!("{n} messages ({size} octets)"), lines)
         }
@@ -46,7 +52,11 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
             let lines = drop
                 .live()
                 .map(|(num, m)| {
-                    format!("{num} {}", drop.uidl(num, &m, rules.uidl_format).0).into_bytes()
+                    let uidl = drop.uidl(num, &m, rules.uidl_format).0;
+                    let mut line = Vec::with_capacity(12 + uidl.len());
+                    let _ = write!(line, "{num} ");
+                    line.extend_from_slice(uidl.as_bytes());
+                    line
                 })
                 .collect();
             Reply::MultiLine(String::new(), lines)
