@@ -1712,8 +1712,6 @@ fn astring(bytes: &[u8]) -> Arg<'_> {
     }
 }
 
-/// UID sets like `1:3,7,9:10` from sorted or unsorted UIDs, each at most
-/// `max` bytes long (a set is never split inside a range).
 /// How many messages a folder announced with `exists` may yield, with room
 /// for mail that arrives meanwhile.
 fn expected(exists: u32) -> usize {
@@ -1748,6 +1746,8 @@ fn too_many(exists: u32) -> ImapError {
     ))
 }
 
+/// UID sets like `1:3,7,9:10` from sorted or unsorted UIDs, each at most
+/// `max` bytes long (a set is never split inside a range).
 fn uid_sets(uids: &[u32], max: usize) -> Vec<String> {
     let mut sorted = uids.to_vec();
     sorted.sort_unstable();
