@@ -209,21 +209,18 @@ impl Maildrop {
             .map(|(i, (m, _))| (number(i), *m))
     }
 
-    /// The first message after `n` not marked deleted.
-    pub fn next_after(&self, n: MsgNum) -> Option<Message> {
-        self.next_numbered_after(n).map(|(_, m)| m)
-    }
-
-    /// `next_after`, with the message's number.
-    pub fn next_numbered_after(&self, n: MsgNum) -> Option<(MsgNum, Message)> {
-        let from = usize::try_from(n).ok()?;
-        self.messages
+    /// The messages after `n` not marked deleted, in order.
+    pub fn live_after(&self, n: MsgNum) -> impl Iterator<Item = Message> + '_ {
+        let from = usize::try_from(n).unwrap_or(usize::MAX);
+        let (messages, deleted) = (
+            self.messages.get(from..).unwrap_or_default(),
+            self.deleted.get(from..).unwrap_or_default(),
+        );
+        messages
             .iter()
-            .zip(&self.deleted)
-            .enumerate()
-            .skip(from)
-            .find(|(_, (_, d))| !**d)
-            .and_then(|(i, (m, _))| Some((MsgNum::try_from(i + 1).ok()?, *m)))
+            .zip(deleted)
+            .filter(|(_, d)| !**d)
+            .map(|(m, _)| *m)
     }
 
     pub fn mark_deleted(&mut self, n: MsgNum) -> Result<Message, MessageError> {

@@ -669,10 +669,11 @@ impl Client {
     /// (the login), which saves a round trip before it; a refusal is only
     /// logged then, as it changes nothing for the session.
     pub fn send_client_id(&mut self, peer: std::net::SocketAddr) -> Result<(), ImapError> {
-        if !self.has("ID") || self.unanswered.is_some() {
+        if !self.has("ID") {
             return Ok(());
         }
         self.settle_prefetch()?;
+        self.settle_unanswered()?;
         self.tag += 1;
         let command = format!(
             "{} ID (\"name\" \"pop3server\" \"x-originating-ip\" \"{}\" \"x-originating-port\" \"{}\")\r\n",
@@ -707,7 +708,7 @@ impl Client {
     /// Reads up to the answer of the command sent without waiting, for
     /// the readers that expect only their own command's answer.
     fn settle_unanswered(&mut self) -> Result<(), ImapError> {
-        let Some((tag, _)) = self.unanswered.clone() else {
+        let Some((tag, command)) = self.unanswered.clone() else {
             return Ok(());
         };
         self.conn.start_deadline();
@@ -718,7 +719,9 @@ impl Client {
                     return Ok(());
                 }
                 Response::Tagged(t, _) => {
-                    return Err(ImapError::Protocol(format!("unexpected tag {t} for ID")));
+                    return Err(ImapError::Protocol(format!(
+                        "unexpected tag {t} for {command}"
+                    )));
                 }
                 Response::Status(StatusInfo {
                     status: Status::Bye,

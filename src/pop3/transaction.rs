@@ -22,7 +22,7 @@ pub enum TxStep {
 pub struct Rules<'a> {
     pub uidl_format: &'a UidlFormat,
     pub read_only: bool,
-    /// A RETR names the message to ask for ahead (see `Maildrop::next_after`).
+    /// A RETR names the messages to ask for ahead (see `Maildrop::live_after`).
     pub prefetch: bool,
 }
 
@@ -98,20 +98,16 @@ fn retrieve(drop: &Maildrop, n: MsgNum, kind: Kind, prefetch: bool) -> TxStep {
     // live ones that follow in this folder, as many as fit the batch.
     let mut uids = Vec::new();
     let mut bytes = 0u64;
-    let mut after = n;
-    while prefetch && uids.len() < PREFETCH_BATCH_MESSAGES {
-        let Some((number, next)) = drop.next_numbered_after(after) else {
-            break;
-        };
+    let batch = if prefetch { PREFETCH_BATCH_MESSAGES } else { 0 };
+    for next in drop.live_after(n).take(batch) {
         bytes = bytes.saturating_add(next.size);
-        if next.folder != m.folder || next.size > PREFETCH_MAX_MESSAGE {
-            break;
-        }
-        if bytes > PREFETCH_BATCH_BYTES && !uids.is_empty() {
+        if next.folder != m.folder
+            || next.size > PREFETCH_MAX_MESSAGE
+            || (bytes > PREFETCH_BATCH_BYTES && !uids.is_empty())
+        {
             break;
         }
         uids.push(next.uid);
-        after = number;
     }
     let next = (!uids.is_empty()).then_some(PrefetchRequest {
         folder: m.folder,
