@@ -49,6 +49,7 @@ import queue
 import random
 import re
 import shutil
+import signal
 import socket
 import statistics
 import subprocess
@@ -826,6 +827,11 @@ def main():
     if os.geteuid() != 0:
         print("bench.py must run as root (Dovecot drops privileges; see bench.sh)", file=sys.stderr)
         return 2
+
+    # A run stopped by SIGTERM or SIGHUP (kill, a closed terminal) still
+    # stops the Dovecots and servers it started: the finally below runs.
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     t_start = time.monotonic()
     # A hard stop far beyond the expected run time, so a hung peer cannot
