@@ -794,11 +794,11 @@ impl Client {
             }
             other => facts.note(other),
         };
+        // A read error ends it here; a continuation, a refusal or a bad
+        // answer leave the search's answer to the next command.
         let selected = match self.next_event_for(&select_tag, command, on_select)? {
             Event::Tagged(done) => facts.selected(command, done),
-            Event::Continuation => Err(ImapError::Protocol(format!(
-                "unexpected continuation during {command}"
-            ))),
+            Event::Continuation => Err(unexpected_continuation(command)),
         };
         let selected = match selected {
             Ok(s) if s.exists <= MAX_MESSAGES => s,
@@ -873,14 +873,8 @@ impl Client {
         }
         let tag = self.current_tag();
         let on_data = &mut |r| collect_uids(&mut uids, r, limit, selected);
-        match self.next_event_for(&tag, "UID SEARCH", on_data)? {
-            Event::Tagged(info) => info.ok("UID SEARCH")?,
-            Event::Continuation => {
-                return Err(ImapError::Protocol(
-                    "unexpected continuation during UID SEARCH".into(),
-                ));
-            }
-        };
+        self.finish_command_for(&tag, "UID SEARCH", on_data)?
+            .ok("UID SEARCH")?;
         uids.sort_unstable();
         uids.dedup();
         Ok(uids)
@@ -1279,9 +1273,7 @@ impl Client {
                     ..
                 })) => return Err(ImapError::Bye(text)),
                 Head::Whole(Response::Continuation) => {
-                    return Err(ImapError::Protocol(
-                        "unexpected continuation during UID FETCH".into(),
-                    ));
+                    return Err(unexpected_continuation("UID FETCH"));
                 }
                 Head::Whole(Response::Fetch(FetchData {
                     body: Some(Some(_)),
@@ -1325,14 +1317,8 @@ impl Client {
             }
             if body.last {
                 let tag = std::mem::take(&mut body.tag);
-                match self.next_event_for(&tag, "UID FETCH", &mut |_| Ok(()))? {
-                    Event::Tagged(info) => info.ok("UID FETCH")?,
-                    Event::Continuation => {
-                        return Err(ImapError::Protocol(
-                            "unexpected continuation during UID FETCH".into(),
-                        ));
-                    }
-                };
+                self.finish_command_for(&tag, "UID FETCH", &mut |_| Ok(()))?
+                    .ok("UID FETCH")?;
             }
         }
         Ok(bytes)
@@ -1538,11 +1524,21 @@ impl Client {
         command: &'static str,
         on_data: &mut dyn FnMut(Response) -> Result<(), ImapError>,
     ) -> Result<StatusInfo, ImapError> {
-        match self.next_event(command, on_data)? {
+        let tag = self.current_tag();
+        self.finish_command_for(&tag, command, on_data)
+    }
+
+    /// `finish_command` for the command tagged `tag` (one sent ahead of
+    /// the last).
+    fn finish_command_for(
+        &mut self,
+        tag: &str,
+        command: &'static str,
+        on_data: &mut dyn FnMut(Response) -> Result<(), ImapError>,
+    ) -> Result<StatusInfo, ImapError> {
+        match self.next_event_for(tag, command, on_data)? {
             Event::Tagged(info) => Ok(info),
-            Event::Continuation => Err(ImapError::Protocol(format!(
-                "unexpected continuation during {command}"
-            ))),
+            Event::Continuation => Err(unexpected_continuation(command)),
         }
     }
 
@@ -1627,6 +1623,10 @@ fn is_temporary(code: &Option<Code>) -> bool {
 
 /// A quoted string when every byte is printable ASCII (with `"` and `\`
 /// escaped), otherwise a literal: 8-bit bytes never go inside quotes.
+fn unexpected_continuation(command: &str) -> ImapError {
+    ImapError::Protocol(format!("unexpected continuation during {command}"))
+}
+
 /// `q` as an IMAP quoted string, `"` and `\\` escaped.
 fn push_quoted(out: &mut Vec<u8>, q: &[u8]) {
     out.push(b'"');
