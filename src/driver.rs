@@ -12,6 +12,7 @@ use rustls::ServerConfig;
 
 use crate::backend::Request;
 use crate::backend::imap::ImapBackend;
+use crate::buffers;
 use crate::config::Config;
 use crate::limits::{CLIENT_READ_CHUNK, CLIENT_WRITE_BUFFER, MAX_SASL_LINE};
 use crate::logging::printable;
@@ -293,9 +294,10 @@ impl Driver<'_> {
                 Step::Write { bytes, next } => {
                     debug!("POP3 S: <message data, {} bytes>", bytes.len());
                     if self.out.is_empty() {
-                        self.out = bytes;
+                        buffers::give(std::mem::replace(&mut self.out, bytes));
                     } else {
                         self.out.extend_from_slice(&bytes);
+                        buffers::give(bytes);
                     }
                     match next {
                         // Asked first, so that the backend works on the next

@@ -25,11 +25,14 @@
 //! - [`tls`]: rustls set-up for both sides, and what a failed backend
 //!   handshake means; [`fingerprint`]: certificate pins.
 //! - [`limits`]: every limit and default timeout, with reasons.
+//! - [`buffers`]: spare transfer buffers, so a download does not make the
+//!   allocator go to the kernel for every piece.
 //! - [`decimal`], [`timeout`], [`secret`]: the one decimal parser, what a
 //!   socket timeout looks like, secrets that never print.
 
 pub mod admin;
 pub mod backend;
+pub mod buffers;
 pub mod check;
 pub mod clusterlock;
 pub mod config;

@@ -14,6 +14,12 @@ pub const CLIENT_WRITE_BUFFER: usize = 64 * 1024;
 /// Bytes read from the backend per `read` call.
 pub const BACKEND_READ_CHUNK: usize = 64 * 1024;
 
+/// The backend read buffer starts at this size and grows to
+/// `BACKEND_READ_CHUNK` at the first read that fills it: a short session
+/// (login, STAT, QUIT) never needs more, and does not pay for zeroing and
+/// faulting in 64 KiB.
+pub const BACKEND_READ_START: usize = 8 * 1024;
+
 /// How often the standalone listener collects finished children while no
 /// connection arrives.
 pub const REAP_INTERVAL: Duration = Duration::from_millis(500);
@@ -64,6 +70,21 @@ pub const DEFAULT_MAX_CHILDREN: usize = 256;
 /// whatever the message size, and each piece is one backend command with its
 /// own timeout.
 pub const FETCH_CHUNK: u32 = 256 * 1024;
+
+/// Spare transfer buffers a session keeps (`buffers`): one read from the
+/// backend, one being written to the client, and one of each in flight
+/// while the next message is fetched ahead.
+pub const SPARE_BUFFERS: usize = 4;
+
+/// Below this, a buffer is not worth recycling: the allocators serve
+/// blocks this small from their heaps without asking the kernel. Message
+/// bodies (a few KiB and up) are above it; command lines are below.
+pub const SPARE_BUFFER_MIN: usize = 2 * 1024;
+
+/// Above this, a buffer is freed rather than kept: a piece of a body
+/// (`FETCH_CHUNK`) at most doubles when dot-stuffed (a bare LF becomes
+/// CRLF, a leading dot doubles), plus the status line.
+pub const SPARE_BUFFER_MAX: usize = 2 * FETCH_CHUNK as usize + 4096;
 
 /// Longest IMAP response line (without literals) we accept. The longest line
 /// we provoke is a `* SEARCH` result listing deleted UIDs; 1 MiB holds

@@ -8,7 +8,8 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::ImapError;
-use crate::limits::BACKEND_READ_CHUNK;
+use crate::buffers;
+use crate::limits::{BACKEND_READ_CHUNK, BACKEND_READ_START};
 use crate::timeout::is_timeout;
 use crate::tls::Fingerprint;
 
@@ -88,7 +89,7 @@ impl Conn {
     pub fn new(io: Box<dyn Transport>, timeout: Duration) -> Self {
         Conn {
             io,
-            buf: vec![0; BACKEND_READ_CHUNK],
+            buf: vec![0; BACKEND_READ_START],
             start: 0,
             end: 0,
             timeout,
@@ -128,6 +129,11 @@ impl Conn {
             Ok(0) => Err(ImapError::Closed),
             Ok(n) => {
                 self.end += n;
+                // A read that fills the buffer means a body is coming: from
+                // then on, reads of the full chunk.
+                if self.end == self.buf.len() && self.buf.len() < BACKEND_READ_CHUNK {
+                    self.buf.resize(BACKEND_READ_CHUNK, 0);
+                }
                 Ok(())
             }
             Err(e) if is_timeout(&e) => Err(ImapError::Timeout),
@@ -165,7 +171,7 @@ impl Conn {
 
     /// Reads exactly `n` bytes (a literal).
     pub fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ImapError> {
-        let mut out = Vec::with_capacity(n);
+        let mut out = buffers::take(n);
         while out.len() < n {
             if self.start == self.end {
                 self.fill()?;

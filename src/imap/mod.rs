@@ -160,6 +160,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD as BASE64;
 use log::{debug, warn};
 
+use crate::buffers;
 use crate::limits::{
     FETCH_CHUNK, MAX_DIGESTED_HEADER, MAX_MESSAGES, MAX_SEARCH_ALL_MESSAGES, MAX_UID_SET,
     SNAPSHOT_SLACK,
@@ -1329,7 +1330,7 @@ impl Client {
     pub fn drain_body(&mut self, body: &mut BodyStream) -> Result<(), ImapError> {
         // Bounded: every round reads FETCH_CHUNK bytes or ends the body.
         while !body.finished {
-            self.read_body(body, FETCH_CHUNK as usize)?;
+            buffers::give(self.read_body(body, FETCH_CHUNK as usize)?);
         }
         Ok(())
     }

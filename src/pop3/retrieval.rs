@@ -13,6 +13,7 @@ use super::reply::{Reply, RespCode};
 use crate::backend::{
     Failure, FailureKind, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
+use crate::buffers;
 use crate::limits::{FETCH_CHUNK, MAX_BACKEND_TEXT};
 use crate::maildrop::{Message, MsgNum};
 
@@ -146,7 +147,7 @@ impl Retrieval {
             }
             Err(failure) => return self.failed(failure),
         };
-        let mut out = Vec::with_capacity(bytes.len() + bytes.len() / 32 + 64);
+        let mut out = buffers::take(bytes.len() + bytes.len() / 32 + 64);
         if !self.started {
             let status = match self.kind {
                 Kind::Retr => format!("{} octets", self.message.size),
@@ -157,7 +158,9 @@ impl Retrieval {
         }
         self.encoder.push(&bytes, &mut out);
         self.offset += bytes.len() as u64;
-        if bytes.len() < FETCH_CHUNK as usize || self.encoder.is_done() {
+        let whole = bytes.len() < FETCH_CHUNK as usize;
+        buffers::give(bytes);
+        if whole || self.encoder.is_done() {
             self.encoder.finish(&mut out);
             return Next::Done(out);
         }
