@@ -812,7 +812,8 @@ def main():
     ap.add_argument("--quick", action="store_true", help="3 rounds, fewer churn sessions")
     ap.add_argument("--rounds", type=int, help="rounds per workload (default 7, --quick 3)")
     ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
-    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "pop3server"))
+    ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "pop3server"),
+                    help="the pop3server to measure (scripts/bench.sh passes its static release build)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, mail)")
     args = ap.parse_args()
     sizes = dict(QUICK if args.quick else FULL)

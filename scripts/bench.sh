@@ -40,9 +40,10 @@ for arg in "$@"; do
     case "$arg" in --binary | --binary=*) build= ;; esac
 done
 if [ -n "$build" ]; then
-    ensure_cargo
-    cargo build --release
+    build_release
 fi
 
 # Debian's python3: bench.py uses the standard library only.
+# Without --binary: the static build just made, as the packages ship it.
+[ -z "$build" ] || set -- --binary "$RELEASE_BIN" "$@"
 exec /usr/bin/python3 scripts/bench.py "$@"

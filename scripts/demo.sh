@@ -38,7 +38,7 @@ cleanup() {
 }
 trap cleanup EXIT INT TERM
 
-cargo build --release
+build_release
 
 python3 "$ROOT/scripts/testbed.py" start-demo --dir "$DEMO_DIR/dovecot" --port "$IMAP_PORT" \
     --imaps-port "$IMAPS_PORT"
@@ -52,7 +52,7 @@ echo demo > "$DEMO_DIR/demo.password"
 common=(--config /dev/null --backend-host 127.0.0.1 --backend-port "$IMAP_PORT"
         --backend-tls starttls --backend-ca-file "$CA"
         --lock-dir "$DEMO_DIR/locks" --cache-dir "$DEMO_DIR/cache" --log stderr)
-BIN="$ROOT/target/release/pop3server"
+BIN="$ROOT/$RELEASE_BIN"
 
 # Prove the backend side first, as an admin would.
 "$BIN" "${common[@]}" --check --user demo --password-file "$DEMO_DIR/demo.password"

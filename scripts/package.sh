@@ -22,14 +22,9 @@ CARGO_GENERATE_RPM_VERSION="${CARGO_GENERATE_RPM_VERSION:-0.21.1}"
 
 step() { printf '\n=== %s ===\n' "$*"; }
 
-if ! command -v cargo >/dev/null 2>&1; then
-    if [ -x "$HOME/.cargo/bin/cargo" ]; then
-        export PATH="$HOME/.cargo/bin:$PATH"
-    else
-        echo "cargo not found: install Rust (rustup) first" >&2
-        exit 1
-    fi
-fi
+# shellcheck source=scripts/lib.sh
+. "$ROOT/scripts/lib.sh"
+ensure_cargo
 
 # cargo-deb prints "cargo-deb 3.8.0"-like lines; any version of the right
 # major release is accepted, otherwise the pinned one is installed.
@@ -53,8 +48,8 @@ step "packaging tools"
 install_tool cargo-deb "$CARGO_DEB_VERSION" "3."
 install_tool cargo-generate-rpm "$CARGO_GENERATE_RPM_VERSION" "0.2"
 
-step "cargo build --release"
-cargo build --release
+step "cargo build --release --target $RELEASE_TARGET (static)"
+build_release
 
 mkdir -p "$OUT" "$STAGING"
 
@@ -64,7 +59,7 @@ gzip -9 -n -c packaging/pop3server.8 > "$STAGING/pop3server.8.gz.tmp"
 mv "$STAGING/pop3server.8.gz.tmp" "$STAGING/pop3server.8.gz"
 
 step "cargo deb"
-deb_args=(--no-build --output "$OUT/")
+deb_args=(--no-build --target "$RELEASE_TARGET" --output "$OUT/")
 [ -n "${PACKAGE_MAINTAINER:-}" ] && deb_args+=(--maintainer "$PACKAGE_MAINTAINER")
 [ -n "${PACKAGE_FAST:-}" ] && deb_args+=(--fast)
 rm -f "$OUT"/pop3server_*.deb
@@ -72,7 +67,7 @@ cargo deb "${deb_args[@]}"
 
 step "cargo generate-rpm"
 rm -f "$OUT"/pop3server-*.rpm
-cargo generate-rpm --output "$OUT/"
+cargo generate-rpm --target "$RELEASE_TARGET" --output "$OUT/"
 
 step "packages"
 ls -l "$OUT"/*.deb "$OUT"/*.rpm

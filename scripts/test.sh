@@ -105,8 +105,8 @@ cargo clippy --all-targets -- -D warnings
 step "cargo test (unit tests)"
 cargo test --all-targets
 
-step "cargo build --release"
-cargo build --release
+step "cargo build --release --target $RELEASE_TARGET (static, as shipped)"
+build_release
 
 if [ "$POP3SERVER_PACKAGE_TESTS" = 1 ]; then
     step "packages (.deb, .rpm)"
@@ -120,7 +120,7 @@ else
 fi
 
 step "integration tests"
-export POP3SERVER_BIN="${POP3SERVER_BIN:-$ROOT/target/release/pop3server}"
+export POP3SERVER_BIN="${POP3SERVER_BIN:-$ROOT/$RELEASE_BIN}"
 ignore=()
 [ "$POP3SERVER_SYSTEMD_TESTS" = 1 ] || ignore=(--ignore=tests/integration/test_systemd_package.py)
 # shellcheck disable=SC2086

@@ -17,7 +17,7 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "scripts"))
 
 import testbed  # noqa: E402
-from helpers import (InetdServer, ImapView, NetNs, RefusingRelay, StandaloneServer,  # noqa: E402
+from helpers import (BUILD_HINT, InetdServer, ImapView, NetNs, RefusingRelay, StandaloneServer,  # noqa: E402
                      imap_login, server_bin, wait_for)
 
 PASSWORDS = {
@@ -225,8 +225,8 @@ def dovecot(workdir):
 def _require_binary() -> None:
     b = server_bin()
     if not os.access(b, os.X_OK):
-        pytest.fail("server binary %s missing: run cargo build --release "
-                    "(or set POP3SERVER_BIN)" % b)
+        pytest.fail("server binary %s missing: run %s (or set POP3SERVER_BIN)"
+                    % (b, BUILD_HINT))
 
 
 @pytest.fixture(scope="session")

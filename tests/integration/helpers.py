@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import imaplib
 import os
+import platform
 import re
 import shutil
 import signal
@@ -34,8 +35,14 @@ def record_metric(line: str) -> None:
     except OSError:
         pass
 
+# What scripts/lib.sh's build_release makes and the packages ship: the
+# static (musl) build.
+RELEASE_BIN = "target/%s-unknown-linux-musl/release/pop3server" % platform.machine()
+BUILD_HINT = "cargo build --release --target %s-unknown-linux-musl" % platform.machine()
+
+
 def server_bin() -> str:
-    b = os.environ.get("POP3SERVER_BIN", "target/release/pop3server")
+    b = os.environ.get("POP3SERVER_BIN", RELEASE_BIN)
     if not os.path.isabs(b):
         b = os.path.join(REPO, b)
     return b

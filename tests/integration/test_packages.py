@@ -30,7 +30,7 @@ from typing import Dict, List
 
 import pytest
 
-from helpers import REPO, ImapView, Pop3, need, ok, run, wait_for
+from helpers import RELEASE_BIN, REPO, ImapView, Pop3, need, ok, run, wait_for
 from testbed import free_port
 
 pytestmark = [
@@ -212,9 +212,9 @@ def test_rpm_payload_unpacks_and_runs(packages, tmp_path):
         assert os.path.isfile(root + path), path
     r = run([root + "/usr/sbin/pop3server", "--version"])
     assert r.stdout.startswith("pop3server ")
-    r = run(["cmp", root + "/usr/sbin/pop3server", os.path.join(REPO, "target/release/pop3server")],
+    r = run(["cmp", root + "/usr/sbin/pop3server", os.path.join(REPO, RELEASE_BIN)],
             check=False)
-    assert r.returncode == 0, "rpm holds another binary than target/release"
+    assert r.returncode == 0, "rpm holds another binary than " + RELEASE_BIN
 
 
 # --------------------------------------------------------------------------

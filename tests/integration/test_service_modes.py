@@ -24,7 +24,8 @@ from typing import List, Optional
 
 import pytest
 
-from helpers import REPO, ImapView, Pop3, dovecot_uidl, ok, pop3_expected, server_bin, wait_for
+from helpers import (BUILD_HINT, REPO, ImapView, Pop3, dovecot_uidl, ok, pop3_expected,
+                     server_bin, wait_for)
 from testbed import free_port
 
 pytestmark = pytest.mark.service
@@ -52,7 +53,7 @@ def need(tool: str) -> str:
 def require_binary() -> str:
     b = server_bin()
     if not os.access(b, os.X_OK):
-        pytest.fail("server binary %s missing: cargo build --release (or set POP3SERVER_BIN)" % b)
+        pytest.fail("server binary %s missing: %s (or set POP3SERVER_BIN)" % (b, BUILD_HINT))
     return b
 
 
