@@ -8,7 +8,8 @@
 # Run as root on Debian 12. Installs what is missing (dovecot-imapd,
 # dovecot-pop3d, perdition, systemd for systemd-socket-activate, python3);
 # a peer whose package cannot be installed is left out of the table rather
-# than failing the run. Builds the release binary unless --binary is given.
+# than failing the run. Builds the static release binary (scripts/lib.sh
+# build_release, as the packages ship it) unless --binary is given.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 # shellcheck source=scripts/lib.sh
@@ -45,5 +46,5 @@ fi
 
 # Debian's python3: bench.py uses the standard library only.
 # Without --binary: the static build just made, as the packages ship it.
-[ -z "$build" ] || set -- --binary "$RELEASE_BIN" "$@"
+[ -z "$build" ] || set -- --binary "$PWD/$RELEASE_BIN" "$@"
 exec /usr/bin/python3 scripts/bench.py "$@"
