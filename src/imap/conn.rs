@@ -8,7 +8,6 @@ use std::net::TcpStream;
 use std::time::{Duration, Instant};
 
 use super::ImapError;
-use crate::buffers;
 use crate::limits::{BACKEND_READ_CHUNK, BACKEND_READ_START};
 use crate::timeout::is_timeout;
 use crate::tls::Fingerprint;
@@ -171,7 +170,15 @@ impl Conn {
 
     /// Reads exactly `n` bytes (a literal).
     pub fn read_exact(&mut self, n: usize) -> Result<Vec<u8>, ImapError> {
-        let mut out = buffers::take(n);
+        let mut out = Vec::with_capacity(n);
+        self.read_exact_into(n, &mut out)?;
+        Ok(out)
+    }
+
+    /// Appends exactly `n` bytes to `out` (a piece of a body, into a
+    /// recycled buffer).
+    pub fn read_exact_into(&mut self, n: usize, out: &mut Vec<u8>) -> Result<(), ImapError> {
+        let n = out.len() + n;
         while out.len() < n {
             if self.start == self.end {
                 self.fill()?;
@@ -181,7 +188,7 @@ impl Conn {
             out.extend_from_slice(&self.buf[self.start..self.start + take]);
             self.start += take;
         }
-        Ok(out)
+        Ok(())
     }
 
     pub fn write_all(&mut self, bytes: &[u8]) -> Result<(), ImapError> {

@@ -1299,7 +1299,10 @@ impl Client {
         }
         self.conn.start_deadline();
         let n = usize::try_from(body.left).unwrap_or(usize::MAX).min(max);
-        let bytes = self.conn.read_exact(n)?;
+        // Only body pieces come from the spare buffers: they go back once
+        // sent, while other literals may be kept.
+        let mut bytes = buffers::take(n);
+        self.conn.read_exact_into(n, &mut bytes)?;
         body.left -= n as u64;
         // Also for an empty body: its `)` and the tagged answer are read
         // before the stream counts as done.
