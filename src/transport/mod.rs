@@ -67,11 +67,23 @@ impl ClientConn {
 /// (which has no timeouts).
 pub trait ClientRead: Read + Send {
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()>;
+
+    /// Sends the end of the stream (FIN) now, although the process (and,
+    /// under inetd, its stdin and stdout) lives on a little: the client
+    /// sees the session end at once, not after the backend's LOGOUT. A
+    /// pipe (tests) has nothing to shut down: it ends with the process.
+    fn shutdown_write(&self) -> io::Result<()> {
+        Ok(())
+    }
 }
 
 impl ClientRead for TcpStream {
     fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
         TcpStream::set_read_timeout(self, Some(timeout))
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
     }
 }
 
@@ -262,9 +274,17 @@ impl ClientStream {
 
     /// Ends TLS with close_notify, so the client can tell our close from a cut.
     pub fn close(&mut self) {
-        if let ClientStream::Tls(tls) = self {
-            tls.conn.send_close_notify();
-            let _ = tls.conn.complete_io(&mut tls.sock);
+        let duplex = match self {
+            ClientStream::Tls(tls) => {
+                tls.conn.send_close_notify();
+                let _ = tls.conn.complete_io(&mut tls.sock);
+                &tls.sock
+            }
+            ClientStream::Plain(duplex) => &*duplex,
+            ClientStream::Broken => return,
+        };
+        if let Err(e) = duplex.reader.shutdown_write() {
+            log::debug!("cannot shut down the client connection: {e}");
         }
     }
 }

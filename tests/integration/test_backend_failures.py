@@ -4,7 +4,7 @@
 import time
 
 from helpers import (FakeBackend, FakeImap, Pop3, ScriptedImap, TricklingRelay,
-                     garbage_handler, ok, silent_handler)
+                     garbage_handler, ok, silent_handler, wait_for)
 import testbed
 
 
@@ -176,3 +176,24 @@ def test_backend_trickling_one_byte_a_second_through_tls_hits_the_command_deadli
         assert s.wait_log(r"tim(e|ed) ?out", 5), s.log()[-2000:]
     finally:
         relay.stop()
+
+
+def test_client_sees_the_end_after_quit_without_waiting_for_the_backend_logout(make_server):
+    """After QUIT's +OK the client's connection ends at once: the backend's
+    LOGOUT (here never answered, until the 8 s command timeout) happens
+    after the client is gone, not while it waits for the close."""
+    fake = FakeImap(stall=lambda cmd: cmd.upper().endswith(b" LOGOUT\r\n"), stall_seconds=15)
+    fb = FakeBackend(fake)
+    try:
+        s = make_server(["--backend-timeout", "8"], backend_port=fb.port)
+        with Pop3(s.port, timeout=20) as p:
+            assert ok(p.login("dave", "secret"))
+            assert ok(p.cmd("QUIT"))
+            t0 = time.monotonic()
+            assert p.wait_closed(4) == b""
+            assert time.monotonic() - t0 < 4
+        # The LOGOUT did go out, after the close.
+        assert wait_for(lambda: b"LOGOUT" in fake.commands(), 5), fake.commands()
+        assert fake.stalled, fake.log
+    finally:
+        fb.stop()
