@@ -125,6 +125,16 @@ impl Maildrop {
         format.for_folder(m.folder, m.uid, self.uid_validity(m.folder))
     }
 
+    /// `uidl`, appended to `out` without a string of its own.
+    pub fn push_uidl(&self, out: &mut Vec<u8>, n: MsgNum, m: &Message, format: &UidlFormat) {
+        if format.needs().is_some()
+            && let Some(uidl) = index(n).and_then(|i| self.uidls.as_ref()?.get(i))
+        {
+            return out.extend_from_slice(uidl.0.as_bytes());
+        }
+        format.write_for_folder(out, m.folder, m.uid, self.uid_validity(m.folder));
+    }
+
     /// The first folder whose facts `format` needs and the session has not
     /// fetched yet, with its UIDs; `None` when UIDL can be answered.
     /// Folders without messages need nothing.

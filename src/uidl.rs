@@ -299,9 +299,20 @@ impl UidlFormat {
     /// server. A format made from facts gives Dovecot's form here (see
     /// `uidls` for when that is used).
     pub fn for_folder(&self, folder: usize, uid: u32, uid_validity: u32) -> Uidl {
-        let Uidl(mut s) = self.format(uid, uid_validity);
-        push_folder(&mut s, folder);
-        Uidl(s)
+        let mut out = Vec::with_capacity(24);
+        self.write_for_folder(&mut out, folder, uid, uid_validity);
+        // Templates are UTF-8 text and the variables digits.
+        Uidl(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    /// `for_folder`, appended to `out` (a UIDL listing writes 10,000 of
+    /// these in place).
+    pub fn write_for_folder(&self, out: &mut Vec<u8>, folder: usize, uid: u32, uid_validity: u32) {
+        self.write(out, uid, uid_validity);
+        if folder > 0 {
+            out.push(b'-');
+            out.extend_from_slice(itoa::Buffer::new().format(folder).as_bytes());
+        }
     }
 
     /// The UIDLs of a whole maildrop, in its order.
@@ -370,34 +381,67 @@ impl UidlFormat {
     /// The template applied to (UID, UIDVALIDITY); Dovecot's form for the
     /// formats made from facts.
     pub fn format(&self, uid: u32, uid_validity: u32) -> Uidl {
+        let mut out = Vec::with_capacity(24);
+        self.write(&mut out, uid, uid_validity);
+        Uidl(String::from_utf8_lossy(&out).into_owned())
+    }
+
+    fn write(&self, out: &mut Vec<u8>, uid: u32, uid_validity: u32) {
         let Kind::Template(parts) = &self.0 else {
-            return dovecot_form(uid, uid_validity);
+            return write_dovecot_form(out, uid, uid_validity);
         };
-        // Written in place: a UIDL of 10,000 messages is 10,000 of these.
-        let mut s = String::with_capacity(24);
         for part in parts {
             match part {
-                Part::Text(t) => s.push_str(t),
+                Part::Text(t) => out.extend_from_slice(t.as_bytes()),
                 Part::Var { var, width, hex } => {
                     let value = match var {
                         Var::Uid => uid,
                         Var::UidValidity => uid_validity,
                     };
-                    // Writing to a String cannot fail.
-                    let _ = if *hex {
-                        write!(s, "{value:0width$x}")
+                    if *hex {
+                        push_hex(out, value, *width);
                     } else {
-                        write!(s, "{value:0width$}")
-                    };
+                        let mut digits = itoa::Buffer::new();
+                        let digits = digits.format(value).as_bytes();
+                        out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+                        out.extend_from_slice(digits);
+                    }
                 }
             }
         }
-        Uidl(s)
     }
 }
 
 fn dovecot_form(uid: u32, uid_validity: u32) -> Uidl {
-    Uidl(format!("{uid:08x}{uid_validity:08x}"))
+    let mut out = Vec::with_capacity(16);
+    write_dovecot_form(&mut out, uid, uid_validity);
+    Uidl(String::from_utf8_lossy(&out).into_owned())
+}
+
+fn write_dovecot_form(out: &mut Vec<u8>, uid: u32, uid_validity: u32) {
+    push_hex(out, uid, 8);
+    push_hex(out, uid_validity, 8);
+}
+
+/// Lower-case hex of `value`, zero-padded to `width` digits (what
+/// `{value:0width$x}` gives, without the formatting machinery: it runs
+/// twice per message of a UIDL listing).
+fn push_hex(out: &mut Vec<u8>, value: u32, width: usize) {
+    const DIGITS: &[u8; 16] = b"0123456789abcdef";
+    let mut buf = [0u8; 8];
+    let mut at = buf.len();
+    let mut v = value;
+    loop {
+        at -= 1;
+        buf[at] = DIGITS[(v & 0xf) as usize];
+        v >>= 4;
+        if v == 0 {
+            break;
+        }
+    }
+    let digits = &buf[at..];
+    out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
+    out.extend_from_slice(digits);
 }
 
 fn push_folder(s: &mut String, folder: usize) {
@@ -412,6 +456,22 @@ pub struct Uidl(pub String);
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn variables_written_in_place_are_what_format_gives() {
+        for value in [0u32, 1, 9, 10, 0xf, 0x10, 0xabcdef12, 1_000_000, u32::MAX] {
+            for width in [0usize, 1, 2, 8, 9, 16] {
+                let hex = UidlFormat::parse(&format!("%{width}Xu")).expect("hex");
+                let dec = UidlFormat::parse(&format!("%{width}u")).expect("decimal");
+                assert_eq!(hex.format(value, 0).0, format!("{value:0width$x}"));
+                assert_eq!(dec.format(value, 0).0, format!("{value:0width$}"));
+            }
+        }
+        let f = UidlFormat::parse("a%ub%Xv").expect("template");
+        let mut out = b"1 ".to_vec();
+        f.write_for_folder(&mut out, 3, 12, 255);
+        assert_eq!(out, b"1 a12bff-3");
+    }
 
     #[test]
     fn dovecot_uidl_is_eight_lower_hex_digits_each() {

@@ -146,7 +146,7 @@ impl Conn {
         let mut line = Vec::new();
         loop {
             let avail = &self.buf[self.start..self.end];
-            if let Some(lf) = avail.iter().position(|&b| b == b'\n') {
+            if let Some(lf) = memchr::memchr(b'\n', avail) {
                 line.extend_from_slice(&avail[..lf]);
                 self.start += lf + 1;
                 if line.last() == Some(&b'\r') {

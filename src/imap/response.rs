@@ -4,6 +4,8 @@
 //! SEARCH. Anything else untagged is
 //! parsed far enough to be skipped. Sizes are bounded by `crate::limits`.
 
+use std::borrow::Cow;
+
 use super::ImapError;
 use super::conn::Conn;
 use crate::decimal::parse_u64;
@@ -79,40 +81,47 @@ fn read_raw(conn: &mut Conn) -> Result<Raw, ImapError> {
 
 /// The rest of a response whose first line was read already.
 fn read_raw_from(conn: &mut Conn, first: Vec<u8>) -> Result<Raw, ImapError> {
-    let mut text = Vec::new();
+    let mut grammar = LiteralGrammar::of_first_line(&first);
+    let Some(mut literal) = literal_after(&mut grammar, &first) else {
+        // Most responses are one line (10,000 of them for a big
+        // snapshot): that line is the text, without a copy.
+        return Ok(Raw {
+            text: first,
+            literals: Vec::new(),
+        });
+    };
+    let mut total = first.len();
+    let mut text = first;
     let mut literals = Vec::new();
-    let mut total = 0usize;
-    let mut grammar = None;
-    let mut first = Some(first);
     loop {
-        let line = match first.take() {
-            Some(line) => line,
-            None => conn.read_line(MAX_IMAP_LINE)?,
-        };
+        let limit = MAX_IMAP_LITERAL.max(FETCH_CHUNK as usize);
+        if literal > limit || total + literal > MAX_IMAP_RESPONSE {
+            return Err(ImapError::Protocol(format!(
+                "literal of {literal} bytes is over the limit"
+            )));
+        }
+        total += literal;
+        literals.push(conn.read_exact(literal)?);
+        let line = conn.read_line(MAX_IMAP_LINE)?;
         total += line.len();
         text.extend_from_slice(&line);
-        let where_ = grammar.get_or_insert_with(|| LiteralGrammar::of_first_line(&line));
-        let literal = if where_.allows_literal_after(&line) {
-            literal_size(&line)
-        } else {
-            None
-        };
-        match literal {
-            Some(n) => {
-                let limit = MAX_IMAP_LITERAL.max(FETCH_CHUNK as usize);
-                if n > limit || total + n > MAX_IMAP_RESPONSE {
-                    return Err(ImapError::Protocol(format!(
-                        "literal of {n} bytes is over the limit"
-                    )));
-                }
-                total += n;
-                literals.push(conn.read_exact(n)?);
-            }
-            None => return Ok(Raw { text, literals }),
-        }
         if total > MAX_IMAP_RESPONSE {
             return Err(ImapError::Protocol("response too large".into()));
         }
+        match literal_after(&mut grammar, &line) {
+            Some(n) => literal = n,
+            None => return Ok(Raw { text, literals }),
+        }
+    }
+}
+
+/// The size of the literal that `line`, the next line of a response,
+/// announces, if the grammar allows one there.
+fn literal_after(grammar: &mut LiteralGrammar, line: &[u8]) -> Option<usize> {
+    if grammar.allows_literal_after(line) {
+        literal_size(line)
+    } else {
+        None
     }
 }
 
@@ -236,9 +245,9 @@ pub fn read_body_tail(conn: &mut Conn) -> Result<Option<u32>, ImapError> {
             Some(b' ') => p.pos += 1,
             None | Some(b')') => return Err(fail("no end of the FETCH")),
             _ => {
-                let key = p.atom().map_err(fail)?.to_ascii_uppercase();
+                let key = upper(p.atom().map_err(fail)?);
                 p.sp().map_err(fail)?;
-                if key == b"UID" {
+                if *key == b"UID"[..] {
                     uid = Some(p.number32().map_err(fail)?);
                 } else if key.starts_with(b"BODY[") {
                     return Err(fail("a second body"));
@@ -259,10 +268,10 @@ fn body_head(line: &[u8]) -> Option<PResult<Head>> {
     let len = literal_size(line)?;
     let open = line.iter().rposition(|&b| b == b'{')?;
     let before = line[..open].strip_suffix(b" ")?;
-    let upper = before.to_ascii_uppercase();
-    if !(upper.ends_with(b" BODY[]")
-        || upper.ends_with(b"(BODY[]")
-        || upper.ends_with(b"BODY[]<0>"))
+    let before_upper = before.to_ascii_uppercase();
+    if !(before_upper.ends_with(b" BODY[]")
+        || before_upper.ends_with(b"(BODY[]")
+        || before_upper.ends_with(b"BODY[]<0>"))
     {
         return None;
     }
@@ -292,7 +301,7 @@ fn body_head(line: &[u8]) -> Option<PResult<Head>> {
                 p.pos += 1;
                 continue;
             }
-            let key = p.atom()?.to_ascii_uppercase();
+            let key = upper(p.atom()?);
             if key.starts_with(b"BODY[]") {
                 if !p.at_end() {
                     return Err("items after BODY[]");
@@ -303,7 +312,7 @@ fn body_head(line: &[u8]) -> Option<PResult<Head>> {
                 });
             }
             p.sp()?;
-            if key == b"UID" {
+            if *key == b"UID"[..] {
                 uid = Some(p.number32()?);
             } else {
                 p.skip_value()?;
@@ -335,7 +344,7 @@ struct Parser<'a> {
 
 type PResult<T> = Result<T, &'static str>;
 
-impl Parser<'_> {
+impl<'a> Parser<'a> {
     fn peek(&self) -> Option<u8> {
         self.text.get(self.pos).copied()
     }
@@ -355,7 +364,7 @@ impl Parser<'_> {
 
     /// An atom; `[...]` sections (as in `BODY[HEADER.FIELDS (A B)]`) are
     /// part of it, spaces and all.
-    fn atom(&mut self) -> PResult<&[u8]> {
+    fn atom(&mut self) -> PResult<&'a [u8]> {
         let start = self.pos;
         let mut depth = 0usize;
         while let Some(b) = self.peek() {
@@ -375,7 +384,7 @@ impl Parser<'_> {
 
     /// A tag: ASTRING-CHARs but `+` (RFC 3501 `tag`), up to the space. Not
     /// an `atom()`: a `[` in a tag opens no section.
-    fn tag(&mut self) -> PResult<&[u8]> {
+    fn tag(&mut self) -> PResult<&'a [u8]> {
         let start = self.pos;
         while let Some(b) = self.peek() {
             if b <= b' ' || b == 0x7f || b"(){%*\"\\+".contains(&b) {
@@ -545,8 +554,8 @@ impl Parser<'_> {
         if self.peek().is_some_and(|b| b.is_ascii_digit()) {
             let n = self.number32()?;
             self.sp()?;
-            let what = self.atom()?.to_ascii_uppercase();
-            return match what.as_slice() {
+            let what = upper(self.atom()?);
+            return match &*what {
                 b"EXISTS" => Ok(Response::Exists(n)),
                 b"FETCH" => {
                     self.sp()?;
@@ -557,11 +566,11 @@ impl Parser<'_> {
                 _ => Ok(Response::Other),
             };
         }
-        let name = self.atom()?.to_ascii_uppercase();
+        let name = upper(self.atom()?);
         if let Some(status) = status_of(&name) {
             return Ok(Response::Status(self.resp_text(status)?));
         }
-        match name.as_slice() {
+        match &*name {
             b"CAPABILITY" => Ok(Response::Capability(capability_list(&self.rest()))),
             b"SEARCH" => {
                 let mut uids = Vec::new();
@@ -593,12 +602,12 @@ impl Parser<'_> {
             if self.at_end() {
                 break;
             }
-            let name = self.atom()?.to_ascii_uppercase();
-            if name == b"UID" {
+            let name = upper(self.atom()?);
+            if *name == b"UID"[..] {
                 continue;
             }
             self.sp()?;
-            if name != b"ALL" {
+            if *name != b"ALL"[..] {
                 self.skip_value()?;
                 continue;
             }
@@ -640,12 +649,12 @@ impl Parser<'_> {
                 Some(b' ') => self.pos += 1,
                 None => return Err("unterminated FETCH"),
                 _ => {
-                    let key = self.atom()?.to_ascii_uppercase();
+                    let key = upper(self.atom()?);
                     self.sp()?;
                     // An item given twice with two values leaves no way
                     // to tell which is true: a wrong size or body is worse
                     // than a clear error.
-                    match key.as_slice() {
+                    match &*key {
                         b"UID" => set_once(
                             &mut data.uid,
                             self.number32()?,
@@ -712,13 +721,23 @@ fn partial_origin(suffix: &[u8]) -> PResult<u64> {
 }
 
 fn status_of(word: &[u8]) -> Option<Status> {
-    match word.to_ascii_uppercase().as_slice() {
+    match &*upper(word) {
         b"OK" => Some(Status::Ok),
         b"NO" => Some(Status::No),
         b"BAD" => Some(Status::Bad),
         b"BYE" => Some(Status::Bye),
         b"PREAUTH" => Some(Status::Preauth),
         _ => None,
+    }
+}
+
+/// A keyword in upper case, for matching; borrowed when it already is,
+/// as servers send them: no allocation per response line.
+fn upper(word: &[u8]) -> Cow<'_, [u8]> {
+    if word.iter().any(u8::is_ascii_lowercase) {
+        Cow::Owned(word.to_ascii_uppercase())
+    } else {
+        Cow::Borrowed(word)
     }
 }
 

@@ -202,11 +202,7 @@ impl Auth {
             }
             Command::Stls => AuthStep::StartTls(Reply::ok("Begin TLS negotiation")),
             Command::Auth(None) => {
-                let names = self
-                    .mechanisms()
-                    .iter()
-                    .map(|m| m.name().as_bytes().to_vec())
-                    .collect();
+                let names = self.mechanisms().iter().map(|m| m.name()).collect();
                 reply(Reply::MultiLine("Mechanisms follow".into(), names))
             }
             Command::Auth(Some((name, initial))) => {

@@ -26,7 +26,7 @@ pub enum Reply {
     Ok(String),
     Err(Option<RespCode>, String),
     /// `+OK text`, then each line dot-stuffed, then `.`.
-    MultiLine(String, Vec<Vec<u8>>),
+    MultiLine(String, Lines),
     /// `+ text`: a SASL challenge (RFC 5034), base64 or empty.
     Continuation(String),
 }
@@ -74,18 +74,68 @@ impl Reply {
             }
             Reply::MultiLine(text, lines) => {
                 status_line(out, "+OK", None, text);
-                // At most a stuffed dot and CRLF more per line, and the end.
-                out.reserve(lines.iter().map(|l| l.len() + 3).sum::<usize>() + 3);
-                for line in lines {
-                    if line.first() == Some(&b'.') {
-                        out.push(b'.');
-                    }
-                    out.extend_from_slice(line);
-                    out.extend_from_slice(b"\r\n");
-                }
+                out.reserve(lines.wire.len() + 3);
+                out.extend_from_slice(&lines.wire);
                 out.extend_from_slice(b".\r\n");
             }
         }
+    }
+}
+
+/// The lines of a multi-line reply, kept as they go on the wire (each
+/// dot-stuffed and ended by CRLF) in one buffer: a UIDL or LIST of 10,000
+/// messages is one allocation, not 10,000.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Lines {
+    wire: Vec<u8>,
+    count: usize,
+}
+
+impl Lines {
+    pub fn with_capacity(bytes: usize) -> Lines {
+        Lines {
+            wire: Vec::with_capacity(bytes),
+            count: 0,
+        }
+    }
+
+    pub fn push(&mut self, line: &[u8]) {
+        self.push_with(|out| out.extend_from_slice(line));
+    }
+
+    /// Adds the line that `write` appends to the buffer it is given.
+    /// A line is text without CR or LF (a number, a UIDL, a capability);
+    /// one that has them anyway is cut there, so it cannot end the reply
+    /// early or inject a line.
+    pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
+        let start = self.wire.len();
+        write(&mut self.wire);
+        if let Some(cut) = memchr::memchr2(b'\r', b'\n', &self.wire[start..]) {
+            self.wire.truncate(start + cut);
+        }
+        if self.wire.get(start) == Some(&b'.') {
+            self.wire.insert(start, b'.');
+        }
+        self.wire.extend_from_slice(b"\r\n");
+        self.count += 1;
+    }
+
+    pub fn len(&self) -> usize {
+        self.count
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.count == 0
+    }
+}
+
+impl<T: AsRef<[u8]>> FromIterator<T> for Lines {
+    fn from_iter<I: IntoIterator<Item = T>>(iter: I) -> Lines {
+        let mut lines = Lines::default();
+        for line in iter {
+            lines.push(line.as_ref());
+        }
+        lines
     }
 }
 
@@ -132,8 +182,20 @@ mod tests {
 
     #[test]
     fn multi_line_bodies_are_dot_stuffed() {
-        let r = Reply::MultiLine("2 lines".into(), vec![b".hidden".to_vec(), b"x".to_vec()]);
+        let r = Reply::MultiLine("2 lines".into(), [".hidden", "x"].into_iter().collect());
         assert_eq!(wire(r), "+OK 2 lines\r\n..hidden\r\nx\r\n.\r\n");
+    }
+
+    #[test]
+    fn a_line_written_in_place_is_stuffed_and_cannot_break_the_reply() {
+        let mut lines = Lines::with_capacity(64);
+        lines.push_with(|out| out.extend_from_slice(b"1 abc"));
+        lines.push_with(|out| out.extend_from_slice(b".x"));
+        lines.push_with(|out| out.extend_from_slice(b"2 ok\r\n.\r\n+OK injected"));
+        lines.push(b"");
+        assert_eq!(lines.len(), 4);
+        let r = Reply::MultiLine(String::new(), lines);
+        assert_eq!(wire(r), "+OK\r\n1 abc\r\n..x\r\n2 ok\r\n\r\n.\r\n");
     }
 
     #[test]

@@ -712,7 +712,10 @@ impl Session {
         if let Some(imp) = &self.config.implementation {
             lines.push(format!("IMPLEMENTATION {imp}").into_bytes());
         }
-        Reply::MultiLine("Capability list follows".into(), lines)
+        Reply::MultiLine(
+            "Capability list follows".into(),
+            lines.into_iter().collect(),
+        )
     }
 }
 

@@ -3,10 +3,8 @@
 //! commands that need the backend: RETR/TOP (one path, see `retrieval`) and
 //! QUIT (the expunge of what was marked).
 
-use std::io::Write as _;
-
 use super::command::Command;
-use super::reply::{Reply, RespCode};
+use super::reply::{Lines, Reply, RespCode};
 use super::retrieval::{Kind, Retrieval};
 use crate::backend::PrefetchRequest;
 use crate::limits::{PREFETCH_BATCH_BYTES, PREFETCH_BATCH_MESSAGES, PREFETCH_MAX_MESSAGE};
@@ -34,14 +32,14 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
         }
         Command::List(None) => {
             let (n, size) = drop.stat();
-            let lines = drop
-                .live()
-                .map(|(num, m)| {
-                    let mut line = Vec::with_capacity(24);
-                    let _ = write!(line, "{num} {}", m.size);
-                    line
-                })
-                .collect();
+            let mut lines = Lines::with_capacity(n * 16);
+            for (num, m) in drop.live() {
+                lines.push_with(|out| {
+                    out.extend_from_slice(itoa::Buffer::new().format(num).as_bytes());
+                    out.push(b' ');
+                    out.extend_from_slice(itoa::Buffer::new().format(m.size).as_bytes());
+                });
+            }
             Reply::MultiLine(format!("{n} messages ({size} octets)"), lines)
         }
         Command::List(Some(n)) => match drop.get(n) {
@@ -49,16 +47,14 @@ pub fn command(rules: &Rules, drop: &mut Maildrop, cmd: Command) -> TxStep {
             Err(e) => Reply::err(e.message()),
         },
         Command::Uidl(None) => {
-            let lines = drop
-                .live()
-                .map(|(num, m)| {
-                    let uidl = drop.uidl(num, &m, rules.uidl_format).0;
-                    let mut line = Vec::with_capacity(12 + uidl.len());
-                    let _ = write!(line, "{num} ");
-                    line.extend_from_slice(uidl.as_bytes());
-                    line
-                })
-                .collect();
+            let mut lines = Lines::with_capacity(drop.stat().0 * 24);
+            for (num, m) in drop.live() {
+                lines.push_with(|out| {
+                    out.extend_from_slice(itoa::Buffer::new().format(num).as_bytes());
+                    out.push(b' ');
+                    drop.push_uidl(out, num, &m, rules.uidl_format);
+                });
+            }
             Reply::MultiLine(String::new(), lines)
         }
         Command::Uidl(Some(n)) => match drop.get(n) {
