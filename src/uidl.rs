@@ -428,7 +428,8 @@ fn write_dovecot_form(out: &mut Vec<u8>, uid: u32, uid_validity: u32) {
 /// twice per message of a UIDL listing).
 fn push_hex(out: &mut Vec<u8>, value: u32, width: usize) {
     const DIGITS: &[u8; 16] = b"0123456789abcdef";
-    let mut buf = [0u8; 8];
+    // Widths go up to 16 (`parse_template`), a u32 has at most 8 digits.
+    let mut buf = [b'0'; 16];
     let mut at = buf.len();
     let mut v = value;
     loop {
@@ -439,9 +440,8 @@ fn push_hex(out: &mut Vec<u8>, value: u32, width: usize) {
             break;
         }
     }
-    let digits = &buf[at..];
-    out.resize(out.len() + width.saturating_sub(digits.len()), b'0');
-    out.extend_from_slice(digits);
+    let from = at.min(buf.len().saturating_sub(width));
+    out.extend_from_slice(&buf[from..]);
 }
 
 fn push_folder(s: &mut String, folder: usize) {

@@ -110,7 +110,12 @@ impl Lines {
     pub fn push_with(&mut self, write: impl FnOnce(&mut Vec<u8>)) {
         let start = self.wire.len();
         write(&mut self.wire);
-        if let Some(cut) = memchr::memchr2(b'\r', b'\n', &self.wire[start..]) {
+        // Lines are short (a number and a UIDL): a plain scan is cheaper
+        // than memchr's set-up, 10,000 times over.
+        if let Some(cut) = self.wire[start..]
+            .iter()
+            .position(|&b| b == b'\r' || b == b'\n')
+        {
             self.wire.truncate(start + cut);
         }
         if self.wire.get(start) == Some(&b'.') {
