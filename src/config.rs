@@ -55,8 +55,8 @@ pub struct Config {
     pub backend_tls_verify: bool,
     /// Send IMAP ID with the client's address (RFC 2971).
     pub backend_send_id: bool,
-    /// Connect to the backend right after the greeting, while the client
-    /// is still authenticating.
+    /// Connect to the backend as the client connects (before our
+    /// greeting), while the client is still on its way to the login.
     pub backend_connect_early: bool,
     /// After a RETR, ask the backend for the messages that follow, ahead
     /// (see `limits::PREFETCH_BATCH_BYTES`).
@@ -319,7 +319,7 @@ pub struct Flags {
     /// Send IMAP ID with x-originating-ip/-port of the POP3 client (the backend must trust us) [default: false]
     #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_send_id: Option<bool>,
-    /// Connect to the backend (TCP, TLS, greeting) right after our greeting, while the client authenticates; costs a backend connection for clients that never log in [default: true]
+    /// Connect to the backend (TCP, TLS, greeting) as the client connects, before our greeting, while the client authenticates; costs a backend connection for clients that never log in [default: true]
     #[arg(help_heading = "Backend (IMAP)", long, value_name = "BOOL", num_args = 0..=1, default_missing_value = "true")]
     pub backend_connect_early: Option<bool>,
     /// After each RETR, ask the backend for the next messages (up to 16, 256 KiB together) in one fetch while the client reads this one, so that a client downloading in order waits less [default: true]

@@ -188,13 +188,15 @@ impl Driver<'_> {
     }
 
     fn run(&mut self) -> End {
-        if let Err(end) = self.greet() {
-            return end;
-        }
         // The backend connection is made while the client is on its way to
-        // the login (see `ImapBackend::connect_early`).
+        // the login (see `ImapBackend::connect_early`); begun before our
+        // greeting, it also overlaps with the TLS handshake of POP3S and
+        // with the write of the greeting.
         if self.config.backend_connect_early {
             self.backend.connect_early();
+        }
+        if let Err(end) = self.greet() {
+            return end;
         }
         let mut buf = vec![0u8; CLIENT_READ_CHUNK];
         // A whole command line must arrive within the idle timeout, counted
