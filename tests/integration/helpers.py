@@ -1001,6 +1001,12 @@ class FakeImap:
         self.selected_with: Optional[bytes] = None
 
     # -- helpers for tests --
+    def wait_command(self, name: bytes, timeout: float = 5.0) -> bool:
+        """Whether the command ``name`` (as in ``commands()``) has arrived,
+        waiting at most ``timeout`` seconds: a session's LOGOUT comes after
+        the client saw the connection close."""
+        return wait_for(lambda: name in self.commands(), timeout)
+
     def commands(self) -> List[bytes]:
         """The commands without tags and CRLF (literals inlined)."""
         return [c.split(b" ", 1)[1].rstrip(b"\r\n") if b" " in c else c.rstrip(b"\r\n")

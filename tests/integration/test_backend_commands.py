@@ -269,6 +269,7 @@ def test_no_dele_sends_no_store_or_expunge(fake_server):
         assert ok(p.cmd("DELE 1"))
         assert ok(p.cmd("RSET"))
         assert ok(p.quit())
+    assert fake.wait_command(b"LOGOUT"), fake.commands()
     cmds = fake.commands()
     assert cmds[1:] == [b'SELECT "INBOX"', b"UID FETCH 1:* (UID RFC822.SIZE)", b"LOGOUT"], cmds
     assert fake.uids() == [1, 2, 3]

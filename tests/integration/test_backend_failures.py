@@ -4,7 +4,7 @@
 import time
 
 from helpers import (FakeBackend, FakeImap, Pop3, ScriptedImap, TricklingRelay,
-                     garbage_handler, ok, silent_handler, wait_for)
+                     garbage_handler, ok, silent_handler)
 import testbed
 
 
@@ -90,6 +90,7 @@ def test_login_command_sent_to_backend_escapes_credentials(make_server):
             assert p.stat()[0] == 3
             assert ok(p.cmd("DELE 2"))
             assert ok(p.quit())
+        assert fake.wait_command(b"LOGOUT"), fake.commands()
         print(fake.log)
         assert fake.log[0] == b'A0001 LOGIN "dave" "p\\"a\\\\ss {5} w"\r\n', fake.log
         cmds = fake.commands()
@@ -193,7 +194,7 @@ def test_client_sees_the_end_after_quit_without_waiting_for_the_backend_logout(m
             assert p.wait_closed(4) == b""
             assert time.monotonic() - t0 < 4
         # The LOGOUT did go out, after the close.
-        assert wait_for(lambda: b"LOGOUT" in fake.commands(), 5), fake.commands()
+        assert fake.wait_command(b"LOGOUT"), fake.commands()
         assert fake.stalled, fake.log
     finally:
         fb.stop()

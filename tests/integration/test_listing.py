@@ -114,6 +114,7 @@ def test_stat_list_uidl_do_not_download_bodies(make_server):
                                 3: b"0000000c5f3c2a10"}
             assert p.cmd("UIDL 3") == b"+OK 3 0000000c5f3c2a10"
             assert ok(p.quit())
+        assert fake.wait_command(b"LOGOUT"), fake.commands()
     finally:
         fb.stop()
     cmds = fake.commands()
