@@ -14,6 +14,13 @@ use pop3server::preload::Preloaded;
 use pop3server::privilege;
 use pop3server::transport::{self, ClientConn, Systemd, listener::Listener};
 
+// The static (musl) build, as shipped: dlmalloc instead of musl's malloc,
+// which maps and unmaps memory as a short process allocates and frees
+// (see the README, "Dependencies, and why").
+#[cfg(target_env = "musl")]
+#[global_allocator]
+static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;
+
 enum Mode {
     /// One connection on stdin/stdout.
     Inetd,
