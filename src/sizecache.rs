@@ -141,9 +141,13 @@ fn file_name(lock_name: &str, folder: &str) -> String {
 /// bytes can be (a huge file is not read whole, and then fails to parse).
 fn read(path: &Path, max_line: usize) -> Result<String, String> {
     let limit = (MAX_MESSAGES as u64 + 4) * max_line as u64;
-    let mut text = String::new();
-    fs::File::open(path)
-        .and_then(|f| f.take(limit).read_to_string(&mut text))
+    let file = fs::File::open(path).map_err(|e| e.to_string())?;
+    // Sized from the file (`take` hides its length, and the string would
+    // grow from 32 bytes in a dozen reads), one byte more to see its end.
+    let expected = file.metadata().map_or(0, |m| m.len().min(limit)) + 1;
+    let mut text = String::with_capacity(usize::try_from(expected).unwrap_or(0));
+    file.take(limit)
+        .read_to_string(&mut text)
         .map_err(|e| e.to_string())?;
     Ok(text)
 }
