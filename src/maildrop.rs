@@ -117,15 +117,14 @@ impl Maildrop {
     /// `UidlFormat::for_folder`), or, for a format made from facts, as
     /// made by `set_facts` once all are in (`missing_facts` says when).
     pub fn uidl(&self, n: MsgNum, m: &Message, format: &UidlFormat) -> Uidl {
-        if format.needs().is_some()
-            && let Some(uidl) = index(n).and_then(|i| self.uidls.as_ref()?.get(i))
-        {
-            return uidl.clone();
-        }
-        format.for_folder(m.folder, m.uid, self.uid_validity(m.folder))
+        let mut out = Vec::with_capacity(24);
+        self.push_uidl(&mut out, n, m, format);
+        // UIDLs are printable ASCII (templates are checked, facts hex).
+        Uidl(String::from_utf8_lossy(&out).into_owned())
     }
 
-    /// `uidl`, appended to `out` without a string of its own.
+    /// `uidl`, appended to `out` without a string of its own (a listing
+    /// writes 10,000 of these in place).
     pub fn push_uidl(&self, out: &mut Vec<u8>, n: MsgNum, m: &Message, format: &UidlFormat) {
         if format.needs().is_some()
             && let Some(uidl) = index(n).and_then(|i| self.uidls.as_ref()?.get(i))
