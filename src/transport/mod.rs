@@ -272,7 +272,8 @@ impl ClientStream {
         Ok(())
     }
 
-    /// Ends TLS with close_notify, so the client can tell our close from a cut.
+    /// Ends TLS with close_notify, so the client can tell our close from a
+    /// cut, then the connection (see `ClientRead::shutdown_write`).
     pub fn close(&mut self) {
         let duplex = match self {
             ClientStream::Tls(tls) => {
