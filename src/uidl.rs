@@ -12,8 +12,6 @@
 //! a fact per message that the snapshot does not have ([`FactKind`]): it is
 //! fetched at the first UIDL of a session, never for STAT, LIST, RETR, TOP.
 
-use std::fmt::Write as _;
-
 use sha2::{Digest, Sha256};
 
 use crate::limits::{HEADER_DIGEST_BYTES, MAX_UIDL_LEN};
@@ -309,10 +307,7 @@ impl UidlFormat {
     /// these in place).
     pub fn write_for_folder(&self, out: &mut Vec<u8>, folder: usize, uid: u32, uid_validity: u32) {
         self.write(out, uid, uid_validity);
-        if folder > 0 {
-            out.push(b'-');
-            out.extend_from_slice(itoa::Buffer::new().format(folder).as_bytes());
-        }
+        push_folder(out, folder);
     }
 
     /// The UIDLs of a whole maildrop, in its order.
@@ -345,18 +340,16 @@ impl UidlFormat {
             .zip(&bases)
             .map(|(m, b)| match b {
                 Some(b) => {
-                    let mut s = b.clone();
+                    let mut s = b.clone().into_bytes();
                     if counts.get(b.as_str()).copied().unwrap_or(0) > 1 {
-                        s.push_str(&format!("-{}", m.uid));
+                        s.push(b'-');
+                        s.extend_from_slice(itoa::Buffer::new().format(m.uid).as_bytes());
                     }
                     push_folder(&mut s, m.folder);
-                    Uidl(s)
+                    Uidl(String::from_utf8_lossy(&s).into_owned())
                 }
-                None => {
-                    let Uidl(mut s) = dovecot_form(m.uid, m.uid_validity);
-                    push_folder(&mut s, m.folder);
-                    Uidl(s)
-                }
+                // A format made from facts gives Dovecot's form here.
+                None => self.for_folder(m.folder, m.uid, m.uid_validity),
             })
             .collect()
     }
@@ -412,12 +405,6 @@ impl UidlFormat {
     }
 }
 
-fn dovecot_form(uid: u32, uid_validity: u32) -> Uidl {
-    let mut out = Vec::with_capacity(16);
-    write_dovecot_form(&mut out, uid, uid_validity);
-    Uidl(String::from_utf8_lossy(&out).into_owned())
-}
-
 fn write_dovecot_form(out: &mut Vec<u8>, uid: u32, uid_validity: u32) {
     push_hex(out, uid, 8);
     push_hex(out, uid_validity, 8);
@@ -444,9 +431,11 @@ fn push_hex(out: &mut Vec<u8>, value: u32, width: usize) {
     out.extend_from_slice(&buf[from..]);
 }
 
-fn push_folder(s: &mut String, folder: usize) {
+/// `-<index>` for every configured folder after the first.
+fn push_folder(out: &mut Vec<u8>, folder: usize) {
     if folder > 0 {
-        let _ = write!(s, "-{folder}");
+        out.push(b'-');
+        out.extend_from_slice(itoa::Buffer::new().format(folder).as_bytes());
     }
 }
 
@@ -478,7 +467,9 @@ mod tests {
         let f = UidlFormat::dovecot();
         assert_eq!(f.format(1, 0x5f3c2a10), Uidl("000000015f3c2a10".into()));
         assert_eq!(f.format(0xabcdef12, 1), Uidl("abcdef1200000001".into()));
-        assert_eq!(dovecot_form(0xabcdef12, 1), f.format(0xabcdef12, 1));
+        // The formats made from facts fall back to the same form.
+        let digest = UidlFormat::parse("header-digest").expect("named format");
+        assert_eq!(digest.format(0xabcdef12, 1), f.format(0xabcdef12, 1));
     }
 
     #[test]
