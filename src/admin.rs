@@ -47,6 +47,7 @@ pub fn hash_password(out: &mut dyn Write) -> Result<(), String> {
 /// Runs the device authorization grant for `name` and stores its tokens.
 pub fn oauth_consent(config: &Config, name: &str, out: &mut dyn Write) -> Result<(), String> {
     let source = config
+        .backend
         .oauth
         .get(name)
         .ok_or_else(|| format!("no [oauth.{name}] in the configuration"))?;
@@ -57,26 +58,26 @@ pub fn oauth_consent(config: &Config, name: &str, out: &mut dyn Write) -> Result
         Some(privilege::resolve(&config.user, config.group.as_deref()).map_err(|e| e.to_string())?)
     } else {
         if let (Ok(dir), Ok(me)) = (
-            std::fs::metadata(&config.state_dir),
+            std::fs::metadata(&config.backend.state_dir),
             std::fs::metadata("/proc/self"),
         ) && dir.uid() != me.uid()
         {
             return Err(format!(
                 "{} belongs to uid {}, this is uid {}: run it as root or as the service's user, \
                  e.g. sudo -u pop3server pop3server --oauth-consent {name}",
-                config.state_dir.display(),
+                config.backend.state_dir.display(),
                 dir.uid(),
                 me.uid()
             ));
         }
         None
     };
-    let store = Store::new(&config.state_dir, source);
+    let store = Store::new(&config.backend.state_dir, source);
     let result = consent::run(source, &store, out, &std::thread::sleep).map_err(|e| e.to_string());
     if let Some(id) = &session_user
-        && config.state_dir.exists()
+        && config.backend.state_dir.exists()
     {
-        let handed = privilege::hand_over(id, &config.state_dir).map_err(|e| e.to_string());
+        let handed = privilege::hand_over(id, &config.backend.state_dir).map_err(|e| e.to_string());
         return result.and(handed);
     }
     result

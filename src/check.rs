@@ -6,12 +6,12 @@ use std::io::Write;
 use std::path::Path;
 
 use crate::backend::imap::{connect_hosts, describe};
-use crate::config::{BackendTls, CheckRequest, Config};
+use crate::config::{CheckRequest, Config};
 use crate::devices::Devices;
 use crate::imap::{Client, ImapError, Login};
 use crate::oauth;
 use crate::oauth::store::Store;
-use crate::route::Host;
+use crate::route::{BackendTls, Host};
 use crate::secret::Secret;
 
 /// Runs the check; the error is the one-line diagnosis.
@@ -29,7 +29,7 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
     if let Some(path) = &config.routes_file {
         say(out, &format!("routing table: {}", path.display()));
     }
-    let routes = &config.routes;
+    let routes = &config.backend.routes;
     // The user --route names, or the one --user logs in as where a table
     // could send it elsewhere.
     let routed = request
@@ -90,7 +90,7 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
             &format!("host {host}: {}; trying the next host", diagnose(host, e)),
         )
     };
-    let connected = connect_hosts(config, backend, skipped);
+    let connected = connect_hosts(&config.backend, backend, skipped);
     let (mut client, host) = connected.map_err(|(e, host)| match host {
         Some(host) => diagnose(host, &e),
         None => e.to_string(),
@@ -132,7 +132,7 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
             }
             Err(e) => return Err(diagnose(host, &e)),
         }
-        for folder in &config.folders {
+        for folder in &config.backend.folders {
             let selected = client.select(folder, true).map_err(|e| match e {
                 ImapError::Refused { info, .. } => {
                     format!("folder {folder} cannot be opened: {}", info.text)
@@ -169,7 +169,7 @@ fn device_login(
     let device = devices
         .authenticate(user.as_bytes(), password)
         .ok_or_else(|| format!("device {user}: no such device, or not its password"))?;
-    let source = config.oauth.get(&device.oauth).ok_or_else(|| {
+    let source = config.backend.oauth.get(&device.oauth).ok_or_else(|| {
         format!(
             "device {user}: oauth = {:?} names no [oauth.NAME] of the configuration",
             device.oauth
@@ -182,7 +182,7 @@ fn device_login(
             device.mailbox, source.name
         ),
     );
-    let token = Store::new(&config.state_dir, source)
+    let token = Store::new(&config.backend.state_dir, source)
         .access_token(None)
         .map_err(|e| format!("device {user}: no token: {e}"))?;
     let left = token.expires_at.saturating_sub(

@@ -13,11 +13,17 @@ use clap::Parser;
 use ipnet::IpNet;
 use serde::Deserialize;
 
-use crate::backend::TokenMechanism;
+use crate::backend::settings::Settings as BackendSettings;
 use crate::clusterlock;
 use crate::fingerprint::Fingerprint;
 use crate::limits;
-use crate::route::{self, FileBackend, FileRoutes, FileRule, Routes};
+use crate::logging::LogTarget;
+use crate::oauth::settings::FileOAuthSource;
+use crate::pop3::session::SessionConfig;
+use crate::preload::Wanted;
+use crate::privilege::Account;
+use crate::route::{self, BackendTls, FileBackend, FileRoutes, FileRule, Routes};
+use crate::tls::TlsFiles;
 use crate::uidl::UidlFormat;
 
 pub const DEFAULT_CONFIG_PATH: &str = "/etc/pop3server/pop3server.toml";
@@ -27,53 +33,22 @@ pub const DEFAULT_CACHE_DIR: &str = "/var/cache/pop3server";
 /// The account a session started as root switches to; the packages create it.
 pub const DEFAULT_USER: &str = "pop3server";
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum BackendTls {
-    None,
-    StartTls,
-    Implicit,
-}
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum LogTarget {
-    Auto,
-    Syslog,
-    Journald,
-    Stderr,
-}
-
+/// Everything the program was told, assembled from the modules' own
+/// settings. Only the top of the house (main, the driver, `--check`, the
+/// admin commands) sees it whole; every other module takes its part.
 #[derive(Debug, Clone)]
 pub struct Config {
-    pub backend_host: String,
-    pub backend_port: u16,
-    pub backend_tls: BackendTls,
-    pub backend_ca_file: Option<PathBuf>,
     /// The configuration file read, if one was.
     pub config_file: Option<PathBuf>,
-    /// Accept exactly this backend certificate (see `tls::Verify::Pinned`).
-    pub backend_tls_fingerprint: Option<Fingerprint>,
-    pub backend_tls_verify: bool,
-    /// Send IMAP ID with the client's address (RFC 2971).
-    pub backend_send_id: bool,
+    /// Where the routing table was read from, if not the main file.
+    pub routes_file: Option<PathBuf>,
+    pub backend: BackendSettings,
+    /// The session's settings; `stls_available` is the driver's to set.
+    pub session: SessionConfig,
     /// Connect to the backend as the client connects (before our
     /// greeting), while the client is still on its way to the login.
     pub backend_connect_early: bool,
-    /// After a RETR, ask the backend for the messages that follow, ahead
-    /// (see `limits::PREFETCH_BATCH_BYTES`).
-    pub backend_prefetch: bool,
-    /// The IMAP folders that form the maildrop, in message-number order.
-    pub folders: Vec<String>,
-    pub uidl_format: UidlFormat,
-    pub mark_seen: bool,
-    pub read_only: bool,
-    pub lock_dir: PathBuf,
     pub idle_timeout: Duration,
-    pub backend_connect_timeout: Duration,
-    pub backend_timeout: Duration,
-    pub login_failure_delay: Duration,
-    pub max_login_failures: u32,
-    /// Bad commands in a row after which the connection is closed.
-    pub max_bad_commands: u32,
     pub listen: Vec<SocketAddr>,
     /// The load balancers whose connections start with a PROXY protocol
     /// header (see `transport::proxy`); empty: none.
@@ -81,11 +56,9 @@ pub struct Config {
     pub max_children: usize,
     pub log: LogTarget,
     pub debug: bool,
-    pub implementation: Option<String>,
     /// Certificate chain and key (PEM) for STLS and implicit TLS.
     pub tls: Option<TlsFiles>,
     pub implicit_tls: bool,
-    pub allow_plaintext_auth: bool,
     /// Forced per-connection mode on stdin/stdout (`--inetd`).
     pub inetd: bool,
     /// `--check`: test the backend and exit.
@@ -93,13 +66,8 @@ pub struct Config {
     /// Local device accounts (see `devices`): USER/PASS is checked here and
     /// the backend login uses the device's OAuth2 token source.
     pub devices_file: Option<PathBuf>,
-    /// Where state shared by the session processes lives (OAuth2 tokens).
-    pub state_dir: PathBuf,
-    /// The snapshot cache (message sizes by UID, see `sizecache`), if on.
-    pub snapshot_cache: bool,
-    pub cache_dir: PathBuf,
-    /// The `[oauth.NAME]` token sources.
-    pub oauth: BTreeMap<String, OAuthSource>,
+    /// File holding the password of the cluster lock's Redis (first line).
+    pub cluster_lock_password_file: Option<PathBuf>,
     /// The account a session started as root switches to before it reads
     /// from the client (see `privilege`).
     pub user: String,
@@ -107,15 +75,6 @@ pub struct Config {
     pub group: Option<String>,
     /// What to do instead of serving a session, if anything.
     pub task: Option<Task>,
-    /// The lock that spans front-ends (Redis or Valkey), if configured.
-    pub cluster_lock: Option<clusterlock::Settings>,
-    /// File holding the password of the cluster lock's Redis (first line).
-    pub cluster_lock_password_file: Option<PathBuf>,
-    /// Which backend serves which user; `backends[0]` is the one of the
-    /// top-level `backend_*` keys.
-    pub routes: Routes,
-    /// Where the routing table was read from, if not the main file.
-    pub routes_file: Option<PathBuf>,
 }
 
 /// A one-off task of the command line.
@@ -127,37 +86,6 @@ pub enum Task {
     OAuthConsent(String),
 }
 
-/// How a token source gets its tokens (RFC 6749).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum OAuthGrant {
-    /// App-only access (Microsoft 365: scope
-    /// `https://outlook.office365.com/.default`): no human involved.
-    ClientCredentials,
-    /// Delegated access: a refresh token from a one-time consent
-    /// (`--oauth-consent NAME`), rotated as the provider sends new ones.
-    RefreshToken,
-}
-
-/// One `[oauth.NAME]` table.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct OAuthSource {
-    pub name: String,
-    pub grant: OAuthGrant,
-    pub token_url: String,
-    /// For `--oauth-consent` (refresh-token sources).
-    pub device_authorization_url: Option<String>,
-    pub client_id: String,
-    /// File holding the client secret (first line); none for public clients.
-    pub client_secret_file: Option<PathBuf>,
-    pub scope: String,
-    /// The SASL mechanism that carries the token to IMAP.
-    pub mechanism: TokenMechanism,
-    /// CA certificates for the token endpoint instead of the system store.
-    pub ca_file: Option<PathBuf>,
-    /// HTTP(S) proxy for the token endpoint, e.g. `http://proxy:3128`.
-    pub proxy: Option<String>,
-}
-
 /// What `--check` should try beyond connecting.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct CheckRequest {
@@ -165,12 +93,6 @@ pub struct CheckRequest {
     pub password_file: Option<PathBuf>,
     /// `--route USER`: show the route of USER and connect to its backend.
     pub route: Option<String>,
-}
-
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct TlsFiles {
-    pub cert: PathBuf,
-    pub key: PathBuf,
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -243,20 +165,6 @@ pub struct FileConfig {
     default_backend: Option<String>,
     backend: Option<BTreeMap<String, FileBackend>>,
     route: Option<Vec<FileRule>>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct FileOAuthSource {
-    grant: String,
-    token_url: String,
-    device_authorization_url: Option<String>,
-    client_id: String,
-    client_secret_file: Option<PathBuf>,
-    scope: String,
-    mechanism: Option<String>,
-    ca_file: Option<PathBuf>,
-    proxy: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -496,6 +404,29 @@ pub struct Flags {
 }
 
 impl Config {
+    /// Who a session becomes when it leaves root, and what it writes to.
+    pub fn account(&self) -> Account {
+        let backend = &self.backend;
+        Account {
+            user: self.user.clone(),
+            group: self.group.clone(),
+            lock_dir: backend.lock_dir.clone(),
+            cache_dir: backend.snapshot_cache.then(|| backend.cache_dir.clone()),
+            state_dir: (self.devices_file.is_some() || !backend.oauth.is_empty())
+                .then(|| backend.state_dir.clone()),
+        }
+    }
+
+    /// The files a session reads before its first client byte.
+    pub fn wanted_files(&self) -> Wanted<'_> {
+        Wanted {
+            tls: self.tls.as_ref(),
+            devices_file: self.devices_file.as_deref(),
+            cluster_lock_password_file: self.cluster_lock_password_file.as_deref(),
+            oauth: &self.backend.oauth,
+        }
+    }
+
     /// Parses flags, reads the file they name (or the default one), merges.
     pub fn from_args<I, T>(args: I) -> Result<Config, ConfigSetupError>
     where
@@ -543,20 +474,18 @@ impl Config {
             &flags.backend_protocol,
             &file.backend_tls,
         ) {
-            (Some(v), _, _) => parse_tls(v).map_err(|r| flag_err("--backend-tls", r))?,
+            (Some(v), _, _) => BackendTls::parse(v).map_err(|r| flag_err("--backend-tls", r))?,
             (None, Some(b), _) => match b.to_ascii_uppercase().as_str() {
                 "IMAP" => BackendTls::None,
                 "IMAPS" => BackendTls::Implicit,
                 _ => return Err(flag_err("-b", format!("{b:?} is not IMAP or IMAPS"))),
             },
-            (None, None, Some(v)) => parse_tls(v).map_err(|r| file_err("backend_tls", r))?,
+            (None, None, Some(v)) => {
+                BackendTls::parse(v).map_err(|r| file_err("backend_tls", r))?
+            }
             (None, None, None) => BackendTls::StartTls,
         };
-        let default_port = if backend_tls == BackendTls::Implicit {
-            993
-        } else {
-            143
-        };
+        let default_port = backend_tls.default_port();
 
         // A bad value is reported where it came from: the flag or the file.
         let value_err = |from_flag: bool, key: &str, reason: String| {
@@ -608,8 +537,8 @@ impl Config {
         }
 
         let log = match (&flags.log, &file.log) {
-            (Some(l), _) => parse_log(l).map_err(|r| flag_err("--log", r))?,
-            (None, Some(l)) => parse_log(l).map_err(|r| file_err("log", r))?,
+            (Some(l), _) => LogTarget::parse(l).map_err(|r| flag_err("--log", r))?,
+            (None, Some(l)) => LogTarget::parse(l).map_err(|r| file_err("log", r))?,
             (None, None) => LogTarget::Auto,
         };
 
@@ -757,7 +686,8 @@ impl Config {
         }
         let backend_host = flags
             .backend_host
-            .or(file.backend_host)
+            .clone()
+            .or(file.backend_host.clone())
             .unwrap_or_else(|| "127.0.0.1".into());
         if backend_host.is_empty() {
             return Err(value_err(
@@ -836,18 +766,17 @@ impl Config {
         if let Some(name) = flags.default_backend.clone() {
             tables.default_backend = Some(name);
         }
-        let routes =
-            Routes::from_file(default_backend, tables, parse_tls).map_err(|(key, reason)| {
-                if default_flag && key == "default_backend" {
-                    flag_err("--default-backend", reason)
-                } else {
-                    ConfigError {
-                        source: tables_source.clone(),
-                        key,
-                        reason,
-                    }
+        let routes = Routes::from_file(default_backend, tables).map_err(|(key, reason)| {
+            if default_flag && key == "default_backend" {
+                flag_err("--default-backend", reason)
+            } else {
+                ConfigError {
+                    source: tables_source.clone(),
+                    key,
+                    reason,
                 }
-            })?;
+            }
+        })?;
         let implementation = flags.implementation.or(file.implementation);
         if implementation
             .as_deref()
@@ -893,8 +822,9 @@ impl Config {
 
         let mut oauth = BTreeMap::new();
         for (name, src) in file.oauth.into_iter().flatten() {
-            let source =
-                oauth_source(&name, src).map_err(|r| file_err(&format!("oauth.{name}"), r))?;
+            let source = src
+                .validate(&name)
+                .map_err(|r| file_err(&format!("oauth.{name}"), r))?;
             oauth.insert(name, source);
         }
         let devices_file = flags.devices_file.or(file.devices_file);
@@ -908,9 +838,7 @@ impl Config {
             Some(Task::HashPassword)
         } else if let Some(name) = flags.oauth_consent {
             match oauth.get(&name) {
-                Some(s)
-                    if s.grant == OAuthGrant::RefreshToken
-                        && s.device_authorization_url.is_some() => {}
+                Some(s) if s.has_device_consent() => {}
                 Some(_) => {
                     return Err(flag_err(
                         "--oauth-consent",
@@ -931,77 +859,75 @@ impl Config {
             None
         };
 
+        let folders_for_session = folders.clone();
+        let read_only = flags.read_only.or(file.read_only).unwrap_or(false);
         Ok(Config {
-            routes,
-            routes_file,
-            cluster_lock,
-            cluster_lock_password_file,
-            devices_file,
-            snapshot_cache: flags.snapshot_cache.or(file.snapshot_cache).unwrap_or(true),
-            cache_dir: flags
-                .cache_dir
-                .or(file.cache_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
-            state_dir: flags
-                .state_dir
-                .or(file.state_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
-            oauth,
-            // File keys only: `--user` is the user of `--check`.
-            user: file.user.unwrap_or_else(|| DEFAULT_USER.to_string()),
-            group: file.group,
-            task,
-            backend_ca_file: flags.backend_ca_file.or(file.backend_ca_file),
-            backend_tls_fingerprint,
             config_file: None,
-            backend_tls_verify: flags
-                .backend_tls_verify
-                .or(file.backend_tls_verify)
-                .unwrap_or(true),
-            backend_send_id: flags
-                .backend_send_id
-                .or(file.backend_send_id)
-                .unwrap_or(false),
+            routes_file,
+            backend: BackendSettings {
+                routes,
+                folders,
+                read_only,
+                connect_timeout: backend_connect_timeout,
+                timeout: backend_timeout,
+                send_id: flags
+                    .backend_send_id
+                    .or(file.backend_send_id)
+                    .unwrap_or(false),
+                lock_dir: flags
+                    .lock_dir
+                    .or(file.lock_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR)),
+                cluster_lock,
+                snapshot_cache: flags.snapshot_cache.or(file.snapshot_cache).unwrap_or(true),
+                cache_dir: flags
+                    .cache_dir
+                    .or(file.cache_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_CACHE_DIR)),
+                state_dir: flags
+                    .state_dir
+                    .or(file.state_dir)
+                    .unwrap_or_else(|| PathBuf::from(DEFAULT_STATE_DIR)),
+                device_logins: devices_file.is_some(),
+                oauth,
+            },
+            session: SessionConfig {
+                uidl_format,
+                login_failure_delay,
+                max_login_failures,
+                max_bad_commands,
+                read_only,
+                mark_seen: flags.mark_seen.or(file.mark_seen).unwrap_or(true),
+                implementation,
+                allow_plaintext_auth: flags
+                    .allow_plaintext_auth
+                    .or(file.allow_plaintext_auth)
+                    .unwrap_or(false),
+                stls_available: false,
+                folders: folders_for_session,
+                prefetch: flags
+                    .backend_prefetch
+                    .or(file.backend_prefetch)
+                    .unwrap_or(true),
+            },
             backend_connect_early: flags
                 .backend_connect_early
                 .or(file.backend_connect_early)
                 .unwrap_or(true),
-            backend_prefetch: flags
-                .backend_prefetch
-                .or(file.backend_prefetch)
-                .unwrap_or(true),
+            cluster_lock_password_file,
+            devices_file,
+            // File keys only: `--user` is the user of `--check`.
+            user: file.user.unwrap_or_else(|| DEFAULT_USER.to_string()),
+            group: file.group,
+            task,
             tls,
             implicit_tls,
-            allow_plaintext_auth: flags
-                .allow_plaintext_auth
-                .or(file.allow_plaintext_auth)
-                .unwrap_or(false),
-            backend_port: flags
-                .backend_port
-                .or(file.backend_port)
-                .unwrap_or(default_port),
-            backend_host,
-            backend_tls,
-            folders,
-            uidl_format,
-            mark_seen: flags.mark_seen.or(file.mark_seen).unwrap_or(true),
-            read_only: flags.read_only.or(file.read_only).unwrap_or(false),
-            lock_dir: flags
-                .lock_dir
-                .or(file.lock_dir)
-                .unwrap_or_else(|| PathBuf::from(DEFAULT_LOCK_DIR)),
             idle_timeout,
-            backend_connect_timeout,
-            backend_timeout,
-            login_failure_delay,
-            max_login_failures,
-            max_bad_commands,
             listen,
             proxy_protocol_from,
             max_children,
             log,
             debug: flags.debug || file.debug.unwrap_or(false),
-            implementation,
             inetd: flags.inetd,
             check: flags.check.then_some(CheckRequest {
                 user: flags.user,
@@ -1241,77 +1167,6 @@ fn cluster_lock(
     }))
 }
 
-/// Checks one `[oauth.NAME]` table; the error says what is wrong with it.
-fn oauth_source(name: &str, src: FileOAuthSource) -> Result<OAuthSource, String> {
-    if name.is_empty()
-        || !name
-            .bytes()
-            .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
-    {
-        return Err("token source names are letters, digits, - and _ (they name files)".into());
-    }
-    let grant = match src.grant.as_str() {
-        "client_credentials" => OAuthGrant::ClientCredentials,
-        "refresh_token" => OAuthGrant::RefreshToken,
-        other => {
-            return Err(format!(
-                "grant {other:?} is not client_credentials or refresh_token"
-            ));
-        }
-    };
-    let mechanism = match src.mechanism.as_deref().unwrap_or("xoauth2") {
-        "xoauth2" => TokenMechanism::XOAuth2,
-        "oauthbearer" => TokenMechanism::OAuthBearer,
-        other => return Err(format!("mechanism {other:?} is not xoauth2 or oauthbearer")),
-    };
-    for url in std::iter::once(&src.token_url).chain(&src.device_authorization_url) {
-        if !url.starts_with("https://") {
-            return Err(format!(
-                "{url:?}: token endpoints are reached over https:// only (the client secret travels there)"
-            ));
-        }
-    }
-    if grant == OAuthGrant::ClientCredentials && src.client_secret_file.is_none() {
-        return Err("grant client_credentials needs client_secret_file".into());
-    }
-    if src.client_id.is_empty() || src.scope.is_empty() {
-        return Err("client_id and scope must not be empty".into());
-    }
-    Ok(OAuthSource {
-        name: name.to_string(),
-        grant,
-        token_url: src.token_url,
-        device_authorization_url: src.device_authorization_url,
-        client_id: src.client_id,
-        client_secret_file: src.client_secret_file,
-        scope: src.scope,
-        mechanism,
-        ca_file: src.ca_file,
-        proxy: src.proxy,
-    })
-}
-
-fn parse_tls(v: &str) -> Result<BackendTls, String> {
-    match v {
-        "none" => Ok(BackendTls::None),
-        "starttls" => Ok(BackendTls::StartTls),
-        "implicit" => Ok(BackendTls::Implicit),
-        _ => Err(format!("{v:?} is not one of none, starttls, implicit")),
-    }
-}
-
-fn parse_log(v: &str) -> Result<LogTarget, String> {
-    match v {
-        "auto" => Ok(LogTarget::Auto),
-        "syslog" => Ok(LogTarget::Syslog),
-        "journald" => Ok(LogTarget::Journald),
-        "stderr" => Ok(LogTarget::Stderr),
-        _ => Err(format!(
-            "{v:?} is not one of auto, syslog, journald, stderr"
-        )),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1325,6 +1180,10 @@ mod tests {
                     reason: e.to_string(),
                 })?;
         Config::merge(parse_file(file, "test.toml")?, "test.toml", flags)
+    }
+
+    fn default_backend(c: &Config) -> &route::Backend {
+        &c.backend.routes.backends[0]
     }
 
     #[test]
@@ -1384,9 +1243,9 @@ mod tests {
     #[test]
     fn a_bare_boolean_flag_switches_it_on_and_a_value_still_works() {
         let c = config("", &["--read-only", "--mark-seen", "false"]).expect("flags");
-        assert!(c.read_only && !c.mark_seen);
+        assert!(c.session.read_only && !c.session.mark_seen);
         let c = config("", &["--backend-prefetch=false", "--snapshot-cache"]).expect("flags");
-        assert!(!c.backend_prefetch && c.snapshot_cache);
+        assert!(!c.session.prefetch && c.backend.snapshot_cache);
         assert!(config("", &["--read-only", "maybe"]).is_err());
     }
 
@@ -1449,20 +1308,21 @@ mod tests {
     #[test]
     fn defaults() {
         let c = config("", &[]).expect("defaults are valid");
-        assert_eq!(
-            (c.backend_host.as_str(), c.backend_port),
-            ("127.0.0.1", 143)
-        );
-        assert_eq!(c.folders, ["INBOX"]);
+        assert_eq!(default_backend(&c).hosts[0].to_string(), "127.0.0.1:143");
+        assert_eq!(c.backend.folders, ["INBOX"]);
         assert_eq!(c.idle_timeout, Duration::from_secs(600));
-        assert_eq!(c.lock_dir, PathBuf::from("/run/pop3server"));
-        assert!(c.mark_seen && c.listen.is_empty() && !c.inetd);
-        assert_eq!(c.backend_tls, BackendTls::StartTls);
+        assert_eq!(c.backend.lock_dir, PathBuf::from("/run/pop3server"));
+        assert!(c.session.mark_seen && c.listen.is_empty() && !c.inetd);
+        assert_eq!(default_backend(&c).tls, BackendTls::StartTls);
         assert!(
-            c.backend_tls_verify && !c.allow_plaintext_auth && !c.implicit_tls && c.tls.is_none()
+            default_backend(&c).verify
+                && !c.session.allow_plaintext_auth
+                && !c.implicit_tls
+                && c.tls.is_none()
         );
         let c = config("", &["-b", "IMAPS"]).expect("IMAPS");
-        assert_eq!((c.backend_tls, c.backend_port), (BackendTls::Implicit, 993));
+        let b = default_backend(&c);
+        assert_eq!((b.tls, b.hosts[0].port), (BackendTls::Implicit, 993));
     }
 
     #[test]
@@ -1479,7 +1339,7 @@ mod tests {
             ],
         )
         .expect("seed flags");
-        assert_eq!(c.backend_tls, BackendTls::None);
+        assert_eq!(default_backend(&c).tls, BackendTls::None);
         assert_eq!(c.listen, vec!["0.0.0.0:10110".parse().expect("addr")]);
         let c = config("", &["-l", "127.0.0.1", "-p", "10110", "-d"]).expect("seed flags");
         assert_eq!(c.listen, vec!["127.0.0.1:10110".parse().expect("addr")]);
@@ -1493,7 +1353,7 @@ mod tests {
             &["--idle-timeout", "60"],
         )
         .expect("ok");
-        assert_eq!(c.backend_host, "imap.example");
+        assert_eq!(default_backend(&c).hosts[0].host, "imap.example");
         assert_eq!(c.idle_timeout, Duration::from_secs(60));
     }
 
@@ -1525,7 +1385,7 @@ mod tests {
             "--folders"
         );
         let two = config("", &["--folders", "INBOX,Junk"]).expect("two folders");
-        assert_eq!(two.folders, ["INBOX", "Junk"]);
+        assert_eq!(two.backend.folders, ["INBOX", "Junk"]);
         let long = format!(
             "uidl_format = \"{}%u\"\nfolders = [\"A\", \"B\"]\n",
             "x".repeat(59)
@@ -1536,13 +1396,19 @@ mod tests {
         );
         for name in ["cyrus", "courier", "uw", "gmail", "header-digest"] {
             let c = config(&format!("uidl_format = \"{name}\"\n"), &[]).expect(name);
-            assert_eq!(c.uidl_format, UidlFormat::parse(name).expect(name));
+            assert_eq!(c.session.uidl_format, UidlFormat::parse(name).expect(name));
         }
         let many = config(
             "",
             &["--uidl-format", "header-digest", "--folders", "A,B,C"],
         );
-        assert!(many.expect("three folders").uidl_format.needs().is_some());
+        assert!(
+            many.expect("three folders")
+                .session
+                .uidl_format
+                .needs()
+                .is_some()
+        );
         assert_eq!(
             config("", &["--max-children", "0"])
                 .expect_err("zero")

@@ -56,19 +56,10 @@ impl End {
 /// The client went away (or stopped reading) while we wrote.
 struct ClientGone(io::Error);
 
-pub fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
+fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
     SessionConfig {
-        uidl_format: config.uidl_format.clone(),
-        login_failure_delay: config.login_failure_delay,
-        max_login_failures: config.max_login_failures,
-        max_bad_commands: config.max_bad_commands,
-        read_only: config.read_only,
-        mark_seen: config.mark_seen,
-        implementation: config.implementation.clone(),
-        allow_plaintext_auth: config.allow_plaintext_auth,
         stls_available,
-        folders: config.folders.clone(),
-        prefetch: config.backend_prefetch,
+        ..config.session.clone()
     }
 }
 
@@ -115,7 +106,7 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
         out: Vec::with_capacity(CLIENT_WRITE_BUFFER),
         sent: 0,
         tls_config,
-        backend: ImapBackend::new(config, files, conn.peer),
+        backend: ImapBackend::new(&config.backend, files, conn.peer),
         lock_lost: None,
         health_check,
     };

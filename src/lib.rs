@@ -52,6 +52,7 @@ pub mod preload;
 pub mod privilege;
 pub mod redis;
 pub mod route;
+pub mod sasl;
 pub mod secret;
 pub mod sizecache;
 #[cfg(test)]

@@ -10,7 +10,28 @@ use std::sync::Mutex;
 
 use log::{Level, LevelFilter, Log, Metadata, Record};
 
-use crate::config::LogTarget;
+/// Where log lines go (the `log` setting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LogTarget {
+    Auto,
+    Syslog,
+    Journald,
+    Stderr,
+}
+
+impl LogTarget {
+    pub fn parse(v: &str) -> Result<LogTarget, String> {
+        match v {
+            "auto" => Ok(LogTarget::Auto),
+            "syslog" => Ok(LogTarget::Syslog),
+            "journald" => Ok(LogTarget::Journald),
+            "stderr" => Ok(LogTarget::Stderr),
+            _ => Err(format!(
+                "{v:?} is not one of auto, syslog, journald, stderr"
+            )),
+        }
+    }
+}
 
 /// `auto` made concrete: journald when stderr is systemd's journal stream,
 /// syslog for a per-connection process, stderr otherwise.

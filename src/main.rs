@@ -163,8 +163,8 @@ fn run() -> Result<ExitCode, String> {
 /// due), then the session runs. A process that cannot leave
 /// root serves nobody.
 fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
-    let files = Preloaded::read(config, privilege::is_root());
-    if let Err(e) = privilege::leave_root(config) {
+    let files = Preloaded::read(config.wanted_files(), privilege::is_root());
+    if let Err(e) = privilege::leave_root(&config.account()) {
         log::error!("{e}");
         // An implicit-TLS client expects a handshake, not a plaintext line.
         if !config.implicit_tls {
@@ -191,7 +191,7 @@ fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
 /// error goes to syslog and the client gets a POP3 error, not a usage text.
 fn config_error(message: &str) -> String {
     if transport::stdin_is_socket() && !logging::stderr_is_journal() {
-        logging::init(pop3server::config::LogTarget::Syslog, false);
+        logging::init(logging::LogTarget::Syslog, false);
         log::error!("configuration error: {message}");
         let _ = std::io::stdout()
             .write_all(b"-ERR [SYS/TEMP] Server configuration error, see the server log\r\n");

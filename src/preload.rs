@@ -8,17 +8,27 @@
 
 use std::cell::OnceCell;
 use std::collections::BTreeMap;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use log::error;
 use rustls::ServerConfig;
 
-use crate::config::Config;
 use crate::devices::Devices;
 use crate::oauth::http;
+use crate::oauth::settings::OAuthSource;
 use crate::secret::Secret;
-use crate::tls;
+use crate::tls::{self, TlsFiles};
+
+/// The files a session may need, as configured.
+#[derive(Debug, Clone, Copy)]
+pub struct Wanted<'a> {
+    pub tls: Option<&'a TlsFiles>,
+    pub devices_file: Option<&'a Path>,
+    pub cluster_lock_password_file: Option<&'a Path>,
+    /// The token sources, whose client secrets may be root's.
+    pub oauth: &'a BTreeMap<String, OAuthSource>,
+}
 
 #[derive(Default)]
 pub struct Preloaded {
@@ -38,8 +48,8 @@ pub struct Preloaded {
 impl Preloaded {
     /// `leaving_root`: this process switches to the session user before the
     /// client's first byte, so the root-only files must be read now.
-    pub fn read(config: &Config, leaving_root: bool) -> Preloaded {
-        let tls = match config.tls.as_ref().map(tls::server_config) {
+    pub fn read(config: Wanted<'_>, leaving_root: bool) -> Preloaded {
+        let tls = match config.tls.map(tls::server_config) {
             Some(Ok(c)) => Some(c),
             Some(Err(e)) => {
                 error!("TLS disabled for this connection: {e}");
@@ -47,13 +57,13 @@ impl Preloaded {
             }
             None => None,
         };
-        let cluster_lock_password = config.cluster_lock_password_file.as_ref().map(|path| {
+        let cluster_lock_password = config.cluster_lock_password_file.map(|path| {
             Secret::first_line_of(path)
                 .map_err(|e| format!("cluster_lock_password_file {}: {e}", path.display()))
         });
         let files = Preloaded {
             tls,
-            devices_file: config.devices_file.clone(),
+            devices_file: config.devices_file.map(Path::to_path_buf),
             devices: OnceCell::new(),
             client_secrets: BTreeMap::new(),
             cluster_lock_password,
@@ -124,21 +134,27 @@ mod tests {
         fs::set_permissions(&devices, fs::Permissions::from_mode(0o600)).expect("mode");
         let secret = dir.join("secret");
         fs::write(&secret, "s3cret\n").expect("secret");
-        let conf = dir.join("pop3server.toml");
+        let source = dir.join("sources.toml");
         fs::write(
-            &conf,
+            &source,
             format!(
-                "devices_file = {devices:?}\n[oauth.src]\ngrant = \"client_credentials\"\n\
-                 token_url = \"https://idp.example/token\"\nclient_id = \"c\"\n\
-                 client_secret_file = {secret:?}\nscope = \"s\"\n"
+                "grant = \"client_credentials\"\ntoken_url = \"https://idp.example/token\"\n\
+                 client_id = \"c\"\nclient_secret_file = {secret:?}\nscope = \"s\"\n"
             ),
         )
-        .expect("config");
-        let config = Config::from_args(["pop3server", "--config", conf.to_str().expect("path")])
-            .unwrap_or_else(|_| panic!("config"));
+        .expect("source");
+        let table: crate::oauth::settings::FileOAuthSource =
+            toml::from_str(&fs::read_to_string(&source).expect("read")).expect("table");
+        let oauth = BTreeMap::from([("src".to_string(), table.validate("src").expect("valid"))]);
+        let wanted = Wanted {
+            tls: None,
+            devices_file: Some(&devices),
+            cluster_lock_password_file: None,
+            oauth: &oauth,
+        };
 
-        let ahead = Preloaded::read(&config, true);
-        let lazy = Preloaded::read(&config, false);
+        let ahead = Preloaded::read(wanted, true);
+        let lazy = Preloaded::read(wanted, false);
         assert!(matches!(ahead.client_secret("src"), Some(Ok(Some(s))) if s.expose() == b"s3cret"));
         assert!(
             lazy.client_secret("src").is_none(),

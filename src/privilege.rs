@@ -15,8 +15,6 @@ use std::path::{Path, PathBuf};
 use caps::CapSet;
 use nix::unistd::{Gid, Group, Uid, User};
 
-use crate::config::Config;
-
 /// The account sessions run as, looked up in the user database.
 #[derive(Debug, Clone)]
 pub struct Identity {
@@ -87,6 +85,20 @@ impl fmt::Display for PrivilegeError {
 
 impl std::error::Error for PrivilegeError {}
 
+/// Who a session process becomes, and the directories it writes to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Account {
+    pub user: String,
+    /// The user's primary group when `None`.
+    pub group: Option<String>,
+    pub lock_dir: PathBuf,
+    /// The snapshot cache, if it is on.
+    pub cache_dir: Option<PathBuf>,
+    /// The token state, only where device logins or token sources use it:
+    /// other setups never touch (or create) it.
+    pub state_dir: Option<PathBuf>,
+}
+
 /// Whether this process has root's privileges and must shed them.
 pub fn is_root() -> bool {
     nix::unistd::geteuid().is_root()
@@ -96,23 +108,21 @@ pub fn is_root() -> bool {
 /// write to (locks, the snapshot cache, device state) to the configured
 /// user and becomes that user. Returns who it
 /// became, or `None` when it was not root to begin with.
-pub fn leave_root(config: &Config) -> Result<Option<Identity>, PrivilegeError> {
+pub fn leave_root(account: &Account) -> Result<Option<Identity>, PrivilegeError> {
     if !is_root() {
         return Ok(None);
     }
-    let id = resolve(&config.user, config.group.as_deref())?;
-    adopt_dir(&id, &config.lock_dir, 0o750)?;
+    let id = resolve(&account.user, account.group.as_deref())?;
+    adopt_dir(&id, &account.lock_dir, 0o750)?;
     // The cache only saves time: a session goes on without it (and says
     // why when it cannot write it).
-    if config.snapshot_cache
-        && let Err(e) = adopt_dir(&id, &config.cache_dir, 0o700)
+    if let Some(cache_dir) = &account.cache_dir
+        && let Err(e) = adopt_dir(&id, cache_dir, 0o700)
     {
         log::warn!("snapshot cache: {e}");
     }
-    // The state directory only matters to device logins; other setups
-    // never touch (or create) it.
-    if config.devices_file.is_some() || !config.oauth.is_empty() {
-        adopt_dir(&id, &config.state_dir, 0o700)?;
+    if let Some(state_dir) = &account.state_dir {
+        adopt_dir(&id, state_dir, 0o700)?;
     }
     switch_to(&id)?;
     Ok(Some(id))

@@ -12,7 +12,6 @@ use std::path::PathBuf;
 use regex_lite::Regex;
 use serde::Deserialize;
 
-use crate::config::BackendTls;
 use crate::fingerprint::Fingerprint;
 
 /// The name of the backend the top-level `backend_*` keys describe.
@@ -20,6 +19,36 @@ pub const DEFAULT_BACKEND: &str = "default";
 
 /// `default_backend = "none"`: users no rule matches are refused.
 pub const NO_BACKEND: &str = "none";
+
+/// How the connection to a backend is secured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BackendTls {
+    None,
+    StartTls,
+    Implicit,
+}
+
+impl BackendTls {
+    /// The setting's words (`backend_tls`, `[backend.NAME] tls`).
+    pub fn parse(v: &str) -> Result<BackendTls, String> {
+        match v {
+            "none" => Ok(BackendTls::None),
+            "starttls" => Ok(BackendTls::StartTls),
+            "implicit" => Ok(BackendTls::Implicit),
+            _ => Err(format!("{v:?} is not one of none, starttls, implicit")),
+        }
+    }
+
+    /// IMAP's port for this kind of connection (RFC 8314: 993 for
+    /// implicit TLS).
+    pub fn default_port(self) -> u16 {
+        if self == BackendTls::Implicit {
+            993
+        } else {
+            143
+        }
+    }
+}
 
 /// One backend: where and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -144,11 +173,7 @@ impl Routes {
 
     /// Validates the file's tables on top of the default backend; an error
     /// is (key, reason), the key as the admin wrote it (`route[2].backend`).
-    pub fn from_file(
-        default: Backend,
-        file: FileRoutes,
-        parse_tls: impl Fn(&str) -> Result<BackendTls, String>,
-    ) -> Result<Routes, (String, String)> {
+    pub fn from_file(default: Backend, file: FileRoutes) -> Result<Routes, (String, String)> {
         let mut backends = vec![default];
         for (name, b) in file.backend.into_iter().flatten() {
             let key = format!("backend.{name}");
@@ -160,14 +185,10 @@ impl Routes {
                 )));
             }
             let tls = match &b.tls {
-                Some(t) => parse_tls(t).map_err(|r| (format!("{key}.tls"), r))?,
+                Some(t) => BackendTls::parse(t).map_err(|r| (format!("{key}.tls"), r))?,
                 None => BackendTls::StartTls,
             };
-            let port = b.port.unwrap_or(if tls == BackendTls::Implicit {
-                993
-            } else {
-                143
-            });
+            let port = b.port.unwrap_or(tls.default_port());
             if b.hosts.is_empty() {
                 return Err(bad("hosts must list at least one host".into()));
             }
@@ -400,18 +421,9 @@ mod tests {
         }
     }
 
-    fn tls(t: &str) -> Result<BackendTls, String> {
-        match t {
-            "none" => Ok(BackendTls::None),
-            "starttls" => Ok(BackendTls::StartTls),
-            "implicit" => Ok(BackendTls::Implicit),
-            _ => Err(format!("{t:?} is not none, starttls or implicit")),
-        }
-    }
-
     fn table(text: &str) -> Result<Routes, (String, String)> {
         let file: FileRoutes = toml::from_str(text).expect("toml");
-        Routes::from_file(backend("default"), file, tls)
+        Routes::from_file(backend("default"), file)
     }
 
     const TABLE: &str = r#"
@@ -530,7 +542,7 @@ mod tests {
             (
                 "[backend.b]\nhosts = [\"h\"]\ntls = \"tls\"\n",
                 "backend.b.tls",
-                "not none, starttls or implicit",
+                "is not one of none, starttls, implicit",
             ),
             (
                 "default_backend = \"nowhere\"\n",

@@ -5,7 +5,7 @@
 //! the transports' and the IMAP client's business, not this module's.
 
 use std::fmt;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use std::time::Duration;
@@ -21,7 +21,6 @@ use rustls::{
 };
 use x509_cert::der::Decode;
 
-use crate::config::TlsFiles;
 pub use crate::fingerprint::Fingerprint;
 
 #[derive(Debug)]
@@ -37,6 +36,13 @@ impl std::error::Error for TlsSetupError {}
 
 /// Loads the certificate chain and key; a missing, unreadable or empty file,
 /// or a key that does not match the certificate, is an error naming the file.
+/// Certificate chain and key (PEM) for STLS and implicit TLS.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+}
+
 pub fn server_config(files: &TlsFiles) -> Result<Arc<ServerConfig>, TlsSetupError> {
     let certs = read_certs(&files.cert)?;
     let key = PrivateKeyDer::from_pem_file(&files.key).map_err(|e| {

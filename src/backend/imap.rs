@@ -10,12 +10,12 @@ use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 
+use super::settings::Settings;
 use super::{
     Credentials, ExpungeAnswer, FactsAnswer, FactsRequest, Failure, FailureKind, LockAnswer,
     LoginAnswer, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
 use crate::clusterlock::{self, Acquired, Fallback, Lease, LeaseError};
-use crate::config::{BackendTls, Config};
 use crate::imap::{
     BodyStream, Client, Endpoint, Expunged, GMAIL_CAPABILITY, ImapError, Login, Security, Selected,
 };
@@ -27,14 +27,14 @@ use crate::oauth::store::Store;
 use crate::oauth::{self, TokenError};
 use crate::penalty;
 use crate::preload::Preloaded;
-use crate::route::{self, Backend, Host};
+use crate::route::{self, Backend, BackendTls, Host};
 use crate::secret::Secret;
 use crate::sizecache::{DigestCache, SizeCache};
 use crate::tls;
 use crate::uidl::{self, Fact, FactKind, HeaderDigest};
 
 pub struct ImapBackend<'a> {
-    config: &'a Config,
+    settings: &'a Settings,
     /// Files read before root was left (devices, client secrets).
     files: &'a Preloaded,
     /// The POP3 client's address, for IMAP `ID` (backend_send_id).
@@ -93,9 +93,9 @@ enum Relogin {
 }
 
 impl<'a> ImapBackend<'a> {
-    pub fn new(config: &'a Config, files: &'a Preloaded, peer: Option<SocketAddr>) -> Self {
+    pub fn new(settings: &'a Settings, files: &'a Preloaded, peer: Option<SocketAddr>) -> Self {
         ImapBackend {
-            config,
+            settings,
             files,
             peer,
             client: None,
@@ -156,7 +156,7 @@ impl<'a> ImapBackend<'a> {
     }
 
     pub fn login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer> {
-        if let (Some(_), Credentials::Password { .. }) = (&self.config.devices_file, &credentials) {
+        if let (true, Credentials::Password { .. }) = (self.settings.device_logins, &credentials) {
             return self.device_login(credentials);
         }
         let user = credentials.maildrop_user().unwrap_or_default();
@@ -259,14 +259,14 @@ impl<'a> ImapBackend<'a> {
             });
         };
         if let Some(ip) = self.peer.map(|p| p.ip()) {
-            penalty::clear(&self.config.lock_dir, ip);
+            penalty::clear(&self.settings.lock_dir, ip);
         }
         if self.route(device.mailbox.as_bytes()).is_none() {
             return Ok(LoginAnswer::Unrouted);
         }
         // The token is for this mailbox: no rewrite.
         self.mailbox = Some(device.mailbox.clone().into_bytes());
-        let config = self.config;
+        let config = self.settings;
         let Some(source) = config.oauth.get(&device.oauth) else {
             error!(
                 "device {}: oauth = {:?} names no [oauth.NAME] of the configuration",
@@ -319,10 +319,10 @@ impl<'a> ImapBackend<'a> {
         let Some(ip) = self.peer.map(|p| p.ip()) else {
             return Duration::ZERO;
         };
-        penalty::record_failure(&self.config.lock_dir, ip).unwrap_or_else(|e| {
+        penalty::record_failure(&self.settings.lock_dir, ip).unwrap_or_else(|e| {
             warn!(
                 "cannot record a failed login in {}: {e}",
-                self.config.lock_dir.display()
+                self.settings.lock_dir.display()
             );
             Duration::ZERO
         })
@@ -332,11 +332,11 @@ impl<'a> ImapBackend<'a> {
     /// local one first, as it is free and catches a second session on this
     /// host without a round trip.
     pub fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
-        let backend = &self.config.routes.backends[self.backend.unwrap_or(0)].name;
+        let backend = &self.settings.routes.backends[self.backend.unwrap_or(0)].name;
         let name = lock::lock_name(backend, self.mailbox.as_deref().unwrap_or(user));
-        match lock::try_lock(&self.config.lock_dir, &name) {
+        match lock::try_lock(&self.settings.lock_dir, &name) {
             Ok(guard) => {
-                if let Some(settings) = &self.config.cluster_lock {
+                if let Some(settings) = &self.settings.cluster_lock {
                     let password = self.files.cluster_lock_password().map_err(|why| {
                         error!("cluster lock: {why}");
                         Failure::new(FailureKind::Local, why)
@@ -393,7 +393,7 @@ impl<'a> ImapBackend<'a> {
         let Some(lease) = self.lease.as_mut() else {
             return Ok(());
         };
-        let Some(settings) = &self.config.cluster_lock else {
+        let Some(settings) = &self.settings.cluster_lock else {
             return Ok(());
         };
         match lease.renew() {
@@ -432,11 +432,11 @@ impl<'a> ImapBackend<'a> {
     /// from the snapshot cache and the UID list where the cache has sizes,
     /// else one size per message from the backend.
     pub fn open_folder(&mut self, folder: usize) -> Outcome<FolderSnapshot> {
-        let cache = match (&self.lock_name, self.config.snapshot_cache) {
+        let cache = match (&self.lock_name, self.settings.snapshot_cache) {
             (Some(lock), true) => Some(SizeCache::new(
-                &self.config.cache_dir,
+                &self.settings.cache_dir,
                 lock,
-                &self.config.folders[folder],
+                &self.settings.folders[folder],
             )),
             _ => None,
         };
@@ -491,7 +491,7 @@ impl<'a> ImapBackend<'a> {
         if !self.enter(request.folder, request.uid_validity)? {
             return Ok(FactsAnswer::FolderChanged);
         }
-        let config = self.config;
+        let config = self.settings;
         let name = &config.folders[request.folder];
         let client = self.client()?;
         let fetched = match request.kind {
@@ -520,7 +520,7 @@ impl<'a> ImapBackend<'a> {
     /// backend for the rest, in one `UID FETCH`; the cache is then
     /// rewritten with exactly this folder's digests if they changed.
     fn header_digests(&mut self, request: &FactsRequest) -> Outcome<FactsAnswer> {
-        let config = self.config;
+        let config = self.settings;
         let name = &config.folders[request.folder];
         let cache = match (&self.lock_name, config.snapshot_cache) {
             (Some(lock), true) => Some(DigestCache::new(&config.cache_dir, lock, name)),
@@ -744,7 +744,7 @@ impl<'a> ImapBackend<'a> {
             warn!("cannot log in again to finish QUIT: {e}");
             return first;
         }
-        let name = &self.config.folders[expunge.folder];
+        let name = &self.settings.folders[expunge.folder];
         warn!(
             "the backend connection was lost: logged in again to delete the messages in {name:?}"
         );
@@ -795,7 +795,7 @@ impl<'a> ImapBackend<'a> {
     }
 
     fn expunge_once(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
-        let config = self.config;
+        let config = self.settings;
         let name = &config.folders[expunge.folder];
         if !self.enter(expunge.folder, expunge.uid_validity)? {
             warn!("folder {name:?} changed UIDVALIDITY during the session: nothing deleted there");
@@ -835,10 +835,10 @@ impl<'a> ImapBackend<'a> {
             return;
         }
         // Only where every user, or the unmatched ones, go anyway.
-        let Some(index) = self.config.routes.before_login() else {
+        let Some(index) = self.settings.routes.before_login() else {
             return;
         };
-        let config = self.config.clone();
+        let config = self.settings.clone();
         let peer = self.peer;
         let spawned = std::thread::Builder::new()
             .name("backend-connect".into())
@@ -857,7 +857,7 @@ impl<'a> ImapBackend<'a> {
     /// never reopened once lost (the login and the selected folder went
     /// with it).
     fn client(&mut self) -> Outcome<&mut Client> {
-        let Some(want) = self.backend.or(self.config.routes.before_login()) else {
+        let Some(want) = self.backend.or(self.settings.routes.before_login()) else {
             return Err(Failure::new(
                 FailureKind::Local,
                 "no backend before the login (default_backend = none)",
@@ -896,9 +896,9 @@ impl<'a> ImapBackend<'a> {
                     "the backend connection was lost earlier",
                 ));
             }
-            let connected = connect(self.config, want);
+            let connected = connect(self.settings, want);
             let mut client = connected.map_err(|e| self.failure("connect", e))?;
-            send_id(self.config, self.peer, &mut client);
+            send_id(self.settings, self.peer, &mut client);
             self.client = Some(client);
             self.connected_to = Some(want);
         }
@@ -918,12 +918,12 @@ impl<'a> ImapBackend<'a> {
         folder: usize,
         with_uids: bool,
     ) -> Outcome<(crate::imap::Selected, Option<Vec<u32>>)> {
-        let config = self.config;
+        let config = self.settings;
         let name = &config.folders[folder];
         // Owed in the folder selected now, which this select leaves.
         self.pay_seen()?;
         self.selected = None;
-        let read_only = self.config.read_only;
+        let read_only = self.settings.read_only;
         let client = self.client()?;
         let answer = if with_uids {
             client.select_with_uids(name, read_only)
@@ -947,7 +947,7 @@ impl<'a> ImapBackend<'a> {
     /// Classifies and logs an IMAP error. After anything but a refused
     /// command the connection is dropped.
     fn failure(&mut self, what: &str, e: ImapError) -> Failure {
-        let routes = &self.config.routes;
+        let routes = &self.settings.routes;
         let index = self.backend.or(routes.before_login()).unwrap_or(0);
         let at = describe(&routes.backends[index]);
         let kind = match &e {
@@ -983,7 +983,7 @@ impl<'a> ImapBackend<'a> {
 
     /// The route of `user`, which becomes this session's backend.
     fn route(&mut self, user: &[u8]) -> Option<route::Route> {
-        let routes = &self.config.routes;
+        let routes = &self.settings.routes;
         let route = routes.route(user)?;
         if route.rule.is_some() {
             debug!(
@@ -1020,7 +1020,7 @@ pub fn describe(backend: &Backend) -> String {
 /// one cannot be reached or its TLS fails, never after a refused
 /// certificate (the configuration, or an attack) and never later in the
 /// session (an authentication failure is the user's answer).
-pub fn connect(config: &Config, index: usize) -> Result<Client, ImapError> {
+pub fn connect(config: &Settings, index: usize) -> Result<Client, ImapError> {
     let backend = &config.routes.backends[index];
     let skipped = |host: &Host, e: &ImapError| {
         warn!(
@@ -1037,7 +1037,7 @@ pub fn connect(config: &Config, index: usize) -> Result<Client, ImapError> {
 /// of each host given up for the next. The host connected to, or the one
 /// whose error is returned (none if the backend has no hosts).
 pub fn connect_hosts<'c>(
-    config: &Config,
+    config: &Settings,
     backend: &'c Backend,
     mut skipped: impl FnMut(&Host, &ImapError),
 ) -> Result<(Client, &'c Host), (ImapError, Option<&'c Host>)> {
@@ -1078,7 +1078,7 @@ fn token_error(device: &str, e: &TokenError) {
 }
 
 /// Where and how to reach one host of a backend, TLS settings included.
-pub fn endpoint(config: &Config, backend: &Backend, host: &Host) -> Result<Endpoint, ImapError> {
+pub fn endpoint(config: &Settings, backend: &Backend, host: &Host) -> Result<Endpoint, ImapError> {
     let verify = if let Some(pin) = backend.fingerprint {
         tls::Verify::Pinned(pin)
     } else if !backend.verify {
@@ -1116,14 +1116,14 @@ pub fn endpoint(config: &Config, backend: &Backend, host: &Host) -> Result<Endpo
     Ok(Endpoint {
         host: host.host.clone(),
         port: host.port,
-        connect_timeout: config.backend_connect_timeout,
-        timeout: config.backend_timeout,
+        connect_timeout: config.connect_timeout,
+        timeout: config.timeout,
         security,
     })
 }
 
-fn send_id(config: &Config, peer: Option<SocketAddr>, client: &mut Client) {
-    if config.backend_send_id
+fn send_id(config: &Settings, peer: Option<SocketAddr>, client: &mut Client) {
+    if config.send_id
         && let Some(peer) = peer
         && let Err(e) = client.send_client_id(peer)
     {

@@ -10,6 +10,7 @@
 //! garbage-speaking backend ends it.
 
 pub mod imap;
+pub mod settings;
 
 use std::fmt;
 use std::time::Duration;
@@ -17,6 +18,8 @@ use std::time::Duration;
 use crate::maildrop::FolderDeletions;
 use crate::secret::Secret;
 use crate::uidl::{Fact, FactKind};
+
+pub use crate::sasl::TokenMechanism;
 
 /// What the backend is asked to log in with.
 #[derive(Debug)]
@@ -33,43 +36,6 @@ pub enum Credentials {
         mechanism: TokenMechanism,
         response: Secret,
     },
-}
-
-/// The SASL mechanisms whose responses are passed through to the backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TokenMechanism {
-    XOAuth2,
-    OAuthBearer,
-}
-
-impl TokenMechanism {
-    pub fn name(self) -> &'static str {
-        match self {
-            TokenMechanism::XOAuth2 => "XOAUTH2",
-            TokenMechanism::OAuthBearer => "OAUTHBEARER",
-        }
-    }
-
-    /// The user a SASL response of this mechanism is for: `user=` of
-    /// XOAUTH2, `a=` of the OAUTHBEARER GS2 header (RFC 7628 section 3.1,
-    /// `=2C` and `=3D` decoded).
-    pub fn user_of(self, response: &[u8]) -> Option<Vec<u8>> {
-        let user = match self {
-            TokenMechanism::XOAuth2 => response
-                .split(|&b| b == 1)
-                .find_map(|kv| kv.strip_prefix(b"user="))?
-                .to_vec(),
-            TokenMechanism::OAuthBearer => {
-                let header = response.split(|&b| b == 1).next()?;
-                let authzid = header
-                    .split(|&b| b == b',')
-                    .find_map(|f| f.strip_prefix(b"a="))?;
-                let text = String::from_utf8(authzid.to_vec()).ok()?;
-                text.replace("=2C", ",").replace("=3D", "=").into_bytes()
-            }
-        };
-        (!user.is_empty()).then_some(user)
-    }
 }
 
 impl Credentials {

@@ -10,14 +10,16 @@
 //!   token written to disk (fsync, rename) before it is used.
 //! - `consent`: the one-time device authorization grant of
 //!   `--oauth-consent NAME`.
+//! - `settings`: the `[oauth.NAME]` tables, as written and validated.
 
 pub mod consent;
 pub mod http;
+pub mod settings;
 pub mod store;
 
 use std::fmt;
 
-use crate::backend::TokenMechanism;
+use crate::sasl::TokenMechanism;
 use crate::secret::Secret;
 
 /// Why no token could be had.
