@@ -99,6 +99,10 @@ cargo --version
 step "cargo fmt --check"
 cargo fmt --all -- --check
 
+step "layering (scripts/check-layers.py)"
+"$PYTHON" scripts/check-layers.py --self-test
+"$PYTHON" scripts/check-layers.py
+
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings
 

@@ -139,7 +139,7 @@ pub struct FileRoutes {
     pub default_backend: Option<String>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileBackend {
     hosts: Vec<String>,
@@ -150,7 +150,7 @@ pub struct FileBackend {
     tls_verify: Option<bool>,
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileRule {
     user: Option<String>,

@@ -47,7 +47,7 @@ impl OAuthSource {
 }
 
 /// One `[oauth.NAME]` table as the file writes it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct FileOAuthSource {
     grant: String,

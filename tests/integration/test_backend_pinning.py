@@ -131,7 +131,7 @@ def test_a_malformed_or_contradicted_pin_is_a_configuration_error(tmp_path):
     r = subprocess.run([server_bin(), "--config", str(conf), "--check"], capture_output=True,
                        timeout=30)
     out = (r.stdout + r.stderr).decode(errors="replace")
-    assert r.returncode != 0 and "%s: backend_tls_fingerprint: " % conf in out, out
+    assert r.returncode != 0 and "%s:1: backend_tls_fingerprint: " % conf in out, out
 
 
 def test_a_refused_connection_names_the_address_once(tmp_path):

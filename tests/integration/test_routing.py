@@ -198,7 +198,7 @@ def test_table_in_both_places_or_broken_is_a_configuration_error(dovecot, tmp_pa
     r = subprocess.run([server_bin(), "--config", conf, "--check"], capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 2
-    assert '%s: route[1].backend: "eest" is not a backend (there are: default)' % routes \
+    assert '%s:3: route[1].backend: "eest" is not a backend (there are: default)' % routes \
         in r.stderr, r.stderr
     conf = write_config(tmp_path / "q.toml", dovecot, table(["h"]),
                         extra='routes_file = "%s"' % routes)
