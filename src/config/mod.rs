@@ -300,11 +300,7 @@ mod tests {
                 &[],
                 "test.toml:3: idle_timeout: must be between 1 and 86400 seconds",
             ),
-            (
-                "idle_timeout = 0\n",
-                &["--idle-timeout", "5"],
-                "",
-            ),
+            ("idle_timeout = 0\n", &["--idle-timeout", "5"], ""),
             (
                 "log = \"stderr\"\n[oauth.m]\ngrant = \"implicit\"\ntoken_url = \"https://i/t\"\n\
                  client_id = \"c\"\nscope = \"s\"\n",
@@ -333,7 +329,10 @@ mod tests {
         let e = config("", &["-l", "127.0.0.1"]).expect_err("-l alone");
         assert_eq!(e.to_string(), "command line: -l: needs -p PORT as well");
         let e = config("", &["-b", "POP"]).expect_err("-b");
-        assert_eq!(e.to_string(), "command line: -b: \"POP\" is not IMAP or IMAPS");
+        assert_eq!(
+            e.to_string(),
+            "command line: -b: \"POP\" is not IMAP or IMAPS"
+        );
     }
 
     #[test]
