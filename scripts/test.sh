@@ -102,6 +102,7 @@ cargo fmt --all -- --check
 step "layering (scripts/check-layers.py)"
 "$PYTHON" scripts/check-layers.py --self-test
 "$PYTHON" scripts/check-layers.py
+"$PYTHON" scripts/check-troubleshooting.py
 
 step "cargo clippy"
 cargo clippy --all-targets -- -D warnings

@@ -58,6 +58,12 @@ COMMON_FILES = {
     "/etc/fail2ban/filter.d/pop3server.conf",
     "/usr/share/man/man8/pop3server.8.gz",
     "/usr/share/doc/pop3server/README.md",
+    "/usr/share/doc/pop3server/docs/install.md",
+    "/usr/share/doc/pop3server/docs/devices-and-oauth2.md",
+    "/usr/share/doc/pop3server/docs/front-ends.md",
+    "/usr/share/doc/pop3server/docs/uidl-migration.md",
+    "/usr/share/doc/pop3server/docs/behaviour.md",
+    "/usr/share/doc/pop3server/docs/troubleshooting.md",
     "/usr/share/doc/pop3server/inetd.conf.example",
     "/usr/share/doc/pop3server/xinetd.example",
 }
