@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use super::ImapError;
 use crate::limits::{BACKEND_READ_CHUNK, BACKEND_READ_START};
+use crate::logging::printable;
 use crate::timeout::is_timeout;
 use crate::tls::Fingerprint;
 
@@ -154,7 +155,7 @@ impl Conn {
                 }
                 // Lines only: literals (message bodies) are read apart and
                 // never shown; the line before one ends in its length.
-                log::debug!("IMAP S: {}", super::trace_text(&line));
+                log::debug!("IMAP S: {}", trace_text(&line));
                 return Ok(line);
             }
             line.extend_from_slice(avail);
@@ -204,6 +205,16 @@ impl Conn {
                 }
             })
     }
+}
+
+/// A line of the backend exchange for the debug trace (`-d`): printable,
+/// and cut short, since a line may be a megabyte of UIDs.
+pub(super) fn trace_text(bytes: &[u8]) -> String {
+    const SHOWN: usize = 300;
+    if bytes.len() <= SHOWN {
+        return printable(bytes);
+    }
+    format!("{}... ({} bytes)", printable(&bytes[..SHOWN]), bytes.len())
 }
 
 #[cfg(test)]
