@@ -1,16 +1,20 @@
 //! `pop3server --check`: a health probe of the configured backend for admins
 //! and monitoring (Nagios-style: exit 0 only if everything worked). Says on
-//! stdout what it verified; a failure is one line naming the cause.
+//! stdout what it verified; a failure is one line naming the cause. With
+//! `--user` it logs in as a session would, by the session's own login
+//! (`backend::login::log_in`: the routing, a device's token and its
+//! refresh when the backend refuses it), over a connection of its own that
+//! reports each step.
 
 use std::io::Write;
-use std::path::Path;
 
-use crate::backend::imap::{connect_hosts, describe};
+use crate::backend::Credentials;
+use crate::backend::connection::{Timeouts, connect_hosts, describe};
+use crate::backend::login::{self, Link, Passed, Relogin, Stop, Verdict};
 use crate::config::{CheckRequest, Config};
-use crate::devices::Devices;
-use crate::imap::{Client, ImapError, Login};
-use crate::oauth;
-use crate::oauth::store::Store;
+use crate::imap::{Client, ImapError};
+use crate::logging::printable;
+use crate::preload::{Preloaded, Wanted};
 use crate::route::{BackendTls, Host};
 use crate::secret::Secret;
 
@@ -30,20 +34,13 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         say(out, &format!("routing table: {}", path.display()));
     }
     let routes = &config.backend.routes;
-    // The user --route names, or the one --user logs in as where a table
-    // could send it elsewhere.
-    let routed = request
-        .route
-        .as_ref()
-        .or(request.user.as_ref().filter(|_| !routes.rules.is_empty()));
-    let (index, login) = match routed {
+    // --route USER: the route is shown, and without --user it is where the
+    // check connects.
+    let routed = match &request.route {
         Some(user) => {
-            let route = routes.route(user.as_bytes()).ok_or_else(|| {
-                format!(
-                    "route of {user}: no [[route]] rule matches and default_backend is none: \
-                     this user cannot log in"
-                )
-            })?;
+            let route = routes
+                .route(user.as_bytes())
+                .ok_or_else(|| unrouted(user))?;
             let login = String::from_utf8_lossy(&route.login).into_owned();
             say(
                 out,
@@ -53,11 +50,214 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
                     routes.describe(&route)
                 ),
             );
-            (route.backend, Some(login))
+            Some(route.backend)
         }
-        None => (routes.before_login().unwrap_or(0), None),
+        None => None,
     };
-    let backend = &routes.backends[index];
+    let password = match (&request.user, &request.password_file) {
+        (Some(_), Some(path)) => Some(read_password(path)?),
+        (Some(_), None) => return Err("--user needs --password-file".into()),
+        _ => None,
+    };
+    let mut probe = Probe {
+        config,
+        out,
+        connected: None,
+    };
+    match (&request.user, password) {
+        (Some(user), Some(password)) => {
+            log_in(config, user, password, &mut probe)?;
+            let Some((client, host)) = &mut probe.connected else {
+                return Err("no backend connection after the login".into());
+            };
+            for folder in &config.backend.folders {
+                let selected = client.select(folder, true).map_err(|e| match e {
+                    ImapError::Refused { info, .. } => {
+                        format!("folder {folder} cannot be opened: {}", info.text)
+                    }
+                    e => diagnose(host, &e),
+                })?;
+                say(
+                    probe.out,
+                    &format!("folder {folder}: {} messages", selected.exists),
+                );
+            }
+        }
+        _ => {
+            probe.client(routed.unwrap_or(routes.before_login().unwrap_or(0)))?;
+        }
+    }
+    if let Some((client, _)) = probe.connected.take() {
+        client.logout();
+    }
+    say(probe.out, "OK");
+    Ok(())
+}
+
+/// The session's login, step by step on stdout; the first step that fails
+/// is the diagnosis.
+fn log_in(
+    config: &Config,
+    user: &str,
+    password: Secret,
+    probe: &mut Probe<'_>,
+) -> Result<(), String> {
+    // What a session that keeps its identity reads: the devices file, and
+    // each token source its client secret, when a login needs them.
+    let files = Preloaded::read(
+        Wanted {
+            tls: None,
+            devices_file: config.devices_file.as_deref(),
+            cluster_lock_password_file: None,
+            oauth: &config.backend.oauth,
+        },
+        false,
+    );
+    if let Some(path) = &config.devices_file {
+        let devices = files.devices()?;
+        say(
+            probe.out,
+            &format!("devices: {} in {}", devices.iter().count(), path.display()),
+        );
+    }
+    let context = login::Context {
+        settings: &config.backend,
+        files: &files,
+        // No client address: a failure is not counted against anyone.
+        peer: None,
+    };
+    let credentials = Credentials::Password {
+        login: user.as_bytes().to_vec(),
+        authzid: None,
+        password,
+    };
+    let verdict = match login::log_in(&context, credentials, probe).result {
+        Ok(verdict) => verdict,
+        Err(Stop::Link(diagnosis) | Stop::Devices(diagnosis)) => return Err(diagnosis),
+        Err(Stop::Imap(e)) => {
+            return Err(match &probe.connected {
+                Some((_, host)) => diagnose(host, &e),
+                None => e.to_string(),
+            });
+        }
+    };
+    let logged_in_as = match verdict {
+        Verdict::LoggedIn(Relogin::Password { login, .. }) => {
+            String::from_utf8_lossy(&login).into_owned()
+        }
+        Verdict::LoggedIn(Relogin::Token { .. }) | Verdict::DeviceLoggedIn { .. } => user.into(),
+        Verdict::Rejected(why) => {
+            return Err(format!("authentication failed for user {user}: {why}"));
+        }
+        Verdict::Unavailable(text) => {
+            return Err(format!("backend cannot log in {user} now: {text}"));
+        }
+        Verdict::Unrouted { user } => return Err(unrouted(&printable(&user))),
+        Verdict::NoDevice { .. } => {
+            return Err(format!(
+                "device {user}: no such device, or not its password"
+            ));
+        }
+        Verdict::NoSource { device, oauth } => {
+            return Err(format!(
+                "device {device}: oauth = {oauth:?} names no [oauth.NAME] of the configuration"
+            ));
+        }
+        Verdict::NoToken { device, error } => {
+            return Err(format!("device {device}: no token: {error}"));
+        }
+        Verdict::TokenRefused { mailbox, .. } => {
+            return Err(format!(
+                "the backend refused the token for mailbox {mailbox}, and a fresh one too: \
+                 check that the app may access it"
+            ));
+        }
+    };
+    say(probe.out, &format!("login: ok as {logged_in_as}"));
+    Ok(())
+}
+
+fn unrouted(user: &str) -> String {
+    format!(
+        "route of {user}: no [[route]] rule matches and default_backend is none: \
+         this user cannot log in"
+    )
+}
+
+/// The check's connection, which says what it verified as it goes.
+struct Probe<'c> {
+    config: &'c Config,
+    out: &'c mut dyn Write,
+    /// The connection, once made, and the host it went to.
+    connected: Option<(Client, &'c Host)>,
+}
+
+impl Link for Probe<'_> {
+    type Error = String;
+
+    /// One connection per check: the login asks for its backend once.
+    fn client(&mut self, backend: usize) -> Result<&mut Client, String> {
+        if self.connected.is_none() {
+            self.connected = Some(connect(self.config, backend, self.out)?);
+        }
+        match &mut self.connected {
+            Some((client, _)) => Ok(client),
+            None => Err("no backend connection".into()),
+        }
+    }
+
+    fn passed(&mut self, step: Passed<'_>) {
+        let line = match step {
+            Passed::Routed { user, route } => {
+                let routes = &self.config.backend.routes;
+                // Without a table everyone goes to the one backend.
+                if routes.rules.is_empty() {
+                    return;
+                }
+                // A device logs in as its mailbox, which no rule rewrites.
+                let login = if self.config.backend.device_logins {
+                    user
+                } else {
+                    &route.login
+                };
+                format!(
+                    "route: {} -> backend {} by {}, IMAP login {}",
+                    printable(user),
+                    routes.backends[route.backend].name,
+                    routes.describe(route),
+                    printable(login)
+                )
+            }
+            Passed::Device { device, source } => format!(
+                "device {}: password ok, mailbox {}, token source [oauth.{}]",
+                device.name, device.mailbox, source.name
+            ),
+            Passed::Token { token, again } => {
+                let left = token.expires_at.saturating_sub(
+                    std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_secs()),
+                );
+                let which = if again {
+                    "the backend refused it; a fresh one: ok"
+                } else {
+                    "ok"
+                };
+                format!("token: {which}, valid for {} more minutes", left / 60)
+            }
+        };
+        say(self.out, &line);
+    }
+}
+
+/// Connects to backend `index` as sessions do (each host given up for the
+/// next is a line), and says what it found there.
+fn connect<'c>(
+    config: &'c Config,
+    index: usize,
+    out: &mut dyn Write,
+) -> Result<(Client, &'c Host), String> {
+    let backend = &config.backend.routes.backends[index];
     let tls = match backend.tls {
         BackendTls::None => "none (plaintext)",
         BackendTls::StartTls => "STARTTLS",
@@ -78,20 +278,14 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         out,
         &format!("backend: {} TLS: {tls}{verify}", describe(backend)),
     );
-    let password = match (&request.user, &request.password_file) {
-        (Some(_), Some(path)) => Some(read_password(path)?),
-        (Some(_), None) => return Err("--user needs --password-file".into()),
-        _ => None,
-    };
-    // As sessions do: each host given up for the next is a line.
     let skipped = |host: &Host, e: &ImapError| {
         say(
             out,
             &format!("host {host}: {}; trying the next host", diagnose(host, e)),
         )
     };
-    let connected = connect_hosts(&config.backend, backend, skipped);
-    let (mut client, host) = connected.map_err(|(e, host)| match host {
+    let connected = connect_hosts(Timeouts::of(&config.backend), backend, skipped);
+    let (client, host) = connected.map_err(|(e, host)| match host {
         Some(host) => diagnose(host, &e),
         None => e.to_string(),
     })?;
@@ -113,96 +307,7 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         out,
         &format!("capabilities: {}", client.capabilities().join(" ")),
     );
-    if let (Some(user), Some(password)) = (&request.user, password) {
-        let imap_user = match (&request.route, &login) {
-            (None, Some(rewritten)) => rewritten.as_str(),
-            _ => user.as_str(),
-        };
-        let login = match &config.devices_file {
-            Some(path) => device_login(config, path, user, &password, &mut client, out)?,
-            None => client.login(imap_user.as_bytes(), None, &password),
-        };
-        match login {
-            Ok(Login::Ok) => say(out, &format!("login: ok as {imap_user}")),
-            Ok(Login::Rejected(why)) => {
-                return Err(format!("authentication failed for user {user}: {why}"));
-            }
-            Ok(Login::TemporaryFailure(text)) => {
-                return Err(format!("backend cannot log in {user} now: {text}"));
-            }
-            Err(e) => return Err(diagnose(host, &e)),
-        }
-        for folder in &config.backend.folders {
-            let selected = client.select(folder, true).map_err(|e| match e {
-                ImapError::Refused { info, .. } => {
-                    format!("folder {folder} cannot be opened: {}", info.text)
-                }
-                e => diagnose(host, &e),
-            })?;
-            say(
-                out,
-                &format!("folder {folder}: {} messages", selected.exists),
-            );
-        }
-    }
-    client.logout();
-    say(out, "OK");
-    Ok(())
-}
-
-/// The device chain, step by step: the local account, its token, the
-/// backend login with the token. Each step says what it checked; the first
-/// that fails is the diagnosis.
-fn device_login(
-    config: &Config,
-    path: &Path,
-    user: &str,
-    password: &Secret,
-    client: &mut Client,
-    out: &mut dyn Write,
-) -> Result<Result<Login, ImapError>, String> {
-    let devices = Devices::load(path)?;
-    say(
-        out,
-        &format!("devices: {} in {}", devices.iter().count(), path.display()),
-    );
-    let device = devices
-        .authenticate(user.as_bytes(), password)
-        .ok_or_else(|| format!("device {user}: no such device, or not its password"))?;
-    let source = config.backend.oauth.get(&device.oauth).ok_or_else(|| {
-        format!(
-            "device {user}: oauth = {:?} names no [oauth.NAME] of the configuration",
-            device.oauth
-        )
-    })?;
-    say(
-        out,
-        &format!(
-            "device {user}: password ok, mailbox {}, token source [oauth.{}]",
-            device.mailbox, source.name
-        ),
-    );
-    let token = Store::new(&config.backend.state_dir, source)
-        .access_token(None)
-        .map_err(|e| format!("device {user}: no token: {e}"))?;
-    let left = token.expires_at.saturating_sub(
-        std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map_or(0, |d| d.as_secs()),
-    );
-    say(
-        out,
-        &format!("token: ok, valid for {} more minutes", left / 60),
-    );
-    let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token.access_token);
-    let login = client.login_token(source.mechanism.name(), &response);
-    if let Ok(Login::Rejected(_)) = login {
-        return Err(format!(
-            "the backend refused the token for mailbox {}: check that the app may access it",
-            device.mailbox
-        ));
-    }
-    Ok(login)
+    Ok((client, host))
 }
 
 fn say(out: &mut dyn Write, line: &str) {

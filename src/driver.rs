@@ -1,17 +1,19 @@
 //! The thin I/O loop of one session: reads client bytes, hands lines to the
 //! `Session`, writes what it says, runs TLS handshakes, carries its backend
-//! requests to the `ImapBackend` and the answers back, and logs one summary
-//! line at the end. It makes no protocol decisions.
+//! requests to a [`Backend`] (the IMAP one in service, a fake in the tests
+//! below) and the answers back, and logs one summary line at the end. It
+//! makes no protocol decisions, and what ends a session comes back to it
+//! as a value: an `End`, never a flag set on the side.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, info, warn};
 use rustls::ServerConfig;
 
-use crate::backend::Request;
 use crate::backend::imap::ImapBackend;
+use crate::backend::{Backend, Request};
 use crate::buffers;
 use crate::config::Config;
 use crate::limits::{CLIENT_READ_CHUNK, CLIENT_WRITE_BUFFER, MAX_SASL_LINE};
@@ -23,7 +25,7 @@ use crate::pop3::reply::Reply;
 use crate::pop3::session::{Response, Session, SessionConfig, Step};
 use crate::preload::Preloaded;
 use crate::timeout::is_timeout;
-use crate::transport::{ClientConn, ClientStream, proxy};
+use crate::transport::{ClientConn, ClientError, ClientStream};
 
 /// How a session ended, for the summary line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -56,24 +58,38 @@ impl End {
 /// The client went away (or stopped reading) while we wrote.
 struct ClientGone(io::Error);
 
-fn session_config(config: &Config, stls_available: bool) -> SessionConfig {
-    SessionConfig {
-        stls_available,
-        ..config.session.clone()
+/// What the loop needs of the configuration.
+struct Settings {
+    /// The session's; `stls_available` is set here, by whether a
+    /// certificate was loaded.
+    session: SessionConfig,
+    implicit_tls: bool,
+    /// How long a whole command line (or a TLS handshake) may take.
+    idle_timeout: Duration,
+    /// `backend_connect_early`.
+    connect_early: bool,
+}
+
+impl Settings {
+    fn of(config: &Config) -> Self {
+        Settings {
+            session: config.session.clone(),
+            implicit_tls: config.implicit_tls,
+            idle_timeout: config.idle_timeout,
+            connect_early: config.backend_connect_early,
+        }
     }
 }
 
-struct Driver<'a> {
-    config: &'a Config,
+struct Driver<'s, B> {
+    settings: &'s Settings,
     session: Session,
     client: ClientStream,
     lines: LineReader,
     out: Vec<u8>,
     sent: u64,
     tls_config: Option<Arc<ServerConfig>>,
-    backend: ImapBackend<'a>,
-    /// Set when `carry` found the cluster lock lost: the session is over.
-    lock_lost: Option<End>,
+    backend: B,
     /// A balancer's health check (PROXY v2 LOCAL): greeting only.
     health_check: bool,
 }
@@ -81,20 +97,33 @@ struct Driver<'a> {
 /// Runs one session to its end and logs its summary. `files` were read
 /// for this connection (see `preload`).
 pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
+    let backend = ImapBackend::new(&config.backend, files, conn.peer);
+    serve_with(&Settings::of(config), files.tls.clone(), backend, conn)
+}
+
+/// `serve` with any backend.
+fn serve_with<B: Backend>(
+    settings: &Settings,
+    tls_config: Option<Arc<ServerConfig>>,
+    backend: B,
+    conn: ClientConn,
+) -> End {
     let started = Instant::now();
     let peer_text = conn
         .peer
         .map(|p| p.to_string())
         .unwrap_or_else(|| "unknown".into());
-    let tls_config = files.tls.clone();
     // A balancer on this host relaying a client it does not name is no
     // loopback client (see `ClientConn::peer_is_client`).
     let loopback = conn.peer_is_client() && conn.peer.is_some_and(|p| p.ip().is_loopback());
     let (proxied, health_check) = (conn.proxied, conn.is_health_check());
     let mut driver = Driver {
-        config,
+        settings,
         session: Session::new(
-            session_config(config, tls_config.is_some()),
+            SessionConfig {
+                stls_available: tls_config.is_some(),
+                ..settings.session.clone()
+            },
             Connection {
                 tls: false,
                 loopback,
@@ -106,8 +135,7 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
         out: Vec::with_capacity(CLIENT_WRITE_BUFFER),
         sent: 0,
         tls_config,
-        backend: ImapBackend::new(&config.backend, files, conn.peer),
-        lock_lost: None,
+        backend,
         health_check,
     };
     match proxied {
@@ -166,10 +194,10 @@ pub fn serve(config: &Config, files: &Preloaded, conn: ClientConn) -> End {
     end
 }
 
-impl Driver<'_> {
+impl<B: Backend> Driver<'_, B> {
     /// The TLS handshake of implicit TLS, then the greeting.
     fn greet(&mut self) -> Result<(), End> {
-        if self.config.implicit_tls {
+        if self.settings.implicit_tls {
             self.start_tls()?;
         }
         let greeting = self.session.greeting();
@@ -180,10 +208,10 @@ impl Driver<'_> {
 
     fn run(&mut self) -> End {
         // The backend connection is made while the client is on its way to
-        // the login (see `ImapBackend::connect_early`); begun before our
+        // the login (see `Backend::connect_early`); begun before our
         // greeting, it also overlaps with the TLS handshake of POP3S and
         // with the write of the greeting.
-        if self.config.backend_connect_early {
+        if self.settings.connect_early {
             self.backend.connect_early();
         }
         if let Err(end) = self.greet() {
@@ -193,7 +221,7 @@ impl Driver<'_> {
         // A whole command line must arrive within the idle timeout, counted
         // from when it is awaited: a client that sends a byte now and then
         // does not hold the process and its backend connection for ever.
-        let mut line_deadline = Instant::now() + self.config.idle_timeout;
+        let mut line_deadline = Instant::now() + self.settings.idle_timeout;
         // Whether the last read brought bytes: only then can a line have
         // ended, and the next one be awaited afresh. A read that only woke
         // up to renew the lease must not restart the idle timeout.
@@ -213,11 +241,7 @@ impl Driver<'_> {
                         _ => debug!("POP3 C: <line over the length limit>"),
                     }
                 }
-                let stepped = self.step(line);
-                if let Some(end) = self.lock_lost {
-                    return end;
-                }
-                match stepped {
+                match self.step(line) {
                     Ok(None) => {}
                     Ok(Some(end)) => return end,
                     Err(ClientGone(e)) => {
@@ -230,7 +254,7 @@ impl Driver<'_> {
                 return End::Disconnect;
             }
             if got_bytes && !self.lines.has_partial() {
-                line_deadline = Instant::now() + self.config.idle_timeout;
+                line_deadline = Instant::now() + self.settings.idle_timeout;
             }
             got_bytes = false;
             // A cluster lock lease is renewed while the client thinks.
@@ -243,22 +267,22 @@ impl Driver<'_> {
                     self.lines.push(&buf[..n]);
                     got_bytes = true;
                 }
-                Err(e) if is_timeout(&e) && renewal.is_some() => {
+                Err(ClientError::Io(e)) if is_timeout(&e) && renewal.is_some() => {
                     if let Err(end) = self.keep_lease(false) {
                         return end;
                     }
                 }
-                Err(e) if is_timeout(&e) => {
+                Err(ClientError::Io(e)) if is_timeout(&e) => {
                     let _ = self.send(&Reply::err("Disconnected for inactivity"));
                     let _ = self.flush();
                     return End::Timeout;
                 }
-                Err(e) if e.kind() == io::ErrorKind::Interrupted => {}
-                Err(e) => {
-                    if let Some(header) = proxy::unexpected_header(&e) {
-                        warn!("{header}");
-                        return End::Refused;
-                    }
+                Err(ClientError::Io(e)) if e.kind() == io::ErrorKind::Interrupted => {}
+                Err(ClientError::UnexpectedHeader(header)) => {
+                    warn!("{header}");
+                    return End::Refused;
+                }
+                Err(ClientError::Io(e)) => {
                     debug!("client read failed: {e}");
                     return End::Disconnect;
                 }
@@ -282,7 +306,10 @@ impl Driver<'_> {
                 Step::Backend(request) => {
                     // The client sees what is ready while the backend works.
                     self.flush()?;
-                    self.carry(request)
+                    match self.carry(request) {
+                        Ok(step) => step,
+                        Err(end) => return Ok(Some(end)),
+                    }
                 }
                 Step::Write { bytes, next } => {
                     debug!("POP3 S: <message data, {} bytes>", bytes.len());
@@ -297,13 +324,19 @@ impl Driver<'_> {
                         // message while this one goes to the client: the
                         // request only writes a command, it waits for nothing.
                         Some(request @ Request::Prefetch(_)) => {
-                            let step = self.carry(request);
+                            let step = match self.carry(request) {
+                                Ok(step) => step,
+                                Err(end) => return Ok(Some(end)),
+                            };
                             self.flush()?;
                             step
                         }
                         Some(request) => {
                             self.flush()?;
-                            self.carry(request)
+                            match self.carry(request) {
+                                Ok(step) => step,
+                                Err(end) => return Ok(Some(end)),
+                            }
                         }
                         None => {
                             if self.out.len() >= CLIENT_WRITE_BUFFER {
@@ -332,10 +365,10 @@ impl Driver<'_> {
         if !due {
             return Ok(());
         }
-        let Err(why) = self.backend.keep_lease() else {
+        let Err(lost) = self.backend.keep_lease() else {
             return Ok(());
         };
-        let step = self.session.on_lock_lost(&why);
+        let step = self.session.on_lock_lost(&lost.0);
         if let Step::Respond(response) = step {
             let _ = self.send(&response.reply);
         }
@@ -343,17 +376,16 @@ impl Driver<'_> {
         Err(End::LockLost)
     }
 
-    /// Hands a request to the backend and its answer to the session.
-    fn carry(&mut self, request: Request) -> Step {
+    /// Hands a request to the backend and its answer to the session: the
+    /// session's next step, or, if the cluster lock was found lost first,
+    /// the end of the session (its last reply is sent).
+    fn carry(&mut self, request: Request) -> Result<Step, End> {
         // Between the pieces of a message too: a long download to a slow
         // client must not outlive the lease.
         let before_update = matches!(request, Request::Expunge(_));
-        if let Err(end) = self.keep_lease(before_update) {
-            self.lock_lost = Some(end);
-            return Step::Done;
-        }
+        self.keep_lease(before_update)?;
         let (backend, session) = (&mut self.backend, &mut self.session);
-        match request {
+        Ok(match request {
             Request::Capabilities => session.on_capabilities(backend.capabilities()),
             Request::Login(credentials) => session.on_login(backend.login(credentials)),
             Request::Lock { user } => session.on_lock(backend.lock(&user)),
@@ -362,7 +394,7 @@ impl Driver<'_> {
             Request::Prefetch(next) => session.on_prefetch(backend.prefetch(next)),
             Request::Expunge(deletions) => session.on_expunge(backend.expunge(&deletions)),
             Request::UidlFacts(facts) => session.on_uidl_facts(backend.uidl_facts(&facts)),
-        }
+        })
     }
 
     /// The TLS handshake (implicit TLS or after STLS); the session learns
@@ -373,19 +405,19 @@ impl Driver<'_> {
             return Err(End::TlsFailed);
         };
         self.client
-            .set_read_deadline(Instant::now() + self.config.idle_timeout);
+            .set_read_deadline(Instant::now() + self.settings.idle_timeout);
         match self.client.start_tls(config) {
             Ok(()) => {
                 self.session.on_tls_started();
                 Ok(())
             }
-            Err(e) if is_timeout(&e) => Err(End::Timeout),
-            Err(e) => {
-                // Instead of the ClientHello of implicit TLS.
-                if let Some(header) = proxy::unexpected_header(&e) {
-                    warn!("{header}");
-                    return Err(End::Refused);
-                }
+            Err(ClientError::Io(e)) if is_timeout(&e) => Err(End::Timeout),
+            // Instead of the ClientHello of implicit TLS.
+            Err(ClientError::UnexpectedHeader(header)) => {
+                warn!("{header}");
+                Err(End::Refused)
+            }
+            Err(ClientError::Io(e)) => {
                 // A TCP check closes right after its LOCAL header, every
                 // few seconds: no line at info for each.
                 if self.health_check {
@@ -439,5 +471,444 @@ impl Driver<'_> {
             self.out.clear();
         }
         self.client.flush().map_err(ClientGone)
+    }
+}
+
+/// Transcripts of whole sessions over a socketpair, against a fake
+/// backend that says what it was asked: client lines in, exact server
+/// lines out.
+#[cfg(test)]
+mod tests {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::net::UnixStream;
+    use std::sync::Mutex;
+    use std::thread::JoinHandle;
+
+    use super::*;
+    use crate::backend::{
+        Credentials, ExpungeAnswer, FactsAnswer, FactsRequest, Failure, FailureKind, LeaseLost,
+        LockAnswer, LoginAnswer, Outcome, PieceAnswer, PieceRequest, PrefetchRequest,
+    };
+    use crate::maildrop::{BackendMessage, FolderDeletions, FolderSnapshot, UidlFormat};
+
+    /// No test waits longer than this for a line.
+    const PATIENCE: Duration = Duration::from_secs(10);
+
+    /// What happened, in order: bytes that reached the client's socket and
+    /// calls the backend got.
+    #[derive(Debug, Clone, PartialEq, Eq)]
+    enum Event {
+        Wrote(Vec<u8>),
+        Asked(String),
+    }
+
+    type Log = Arc<Mutex<Vec<Event>>>;
+
+    fn note(log: &Log, event: Event) {
+        log.lock().expect("log").push(event);
+    }
+
+    const MESSAGES: [&[u8]; 2] = [
+        b"Subject: one\r\n\r\nHello\r\n",
+        b"Subject: two\r\n\r\n.dot\r\n",
+    ];
+
+    /// INBOX with `MESSAGES` (UIDs 1 and 2), and what to do differently.
+    #[derive(Default)]
+    struct Fake {
+        log: Log,
+        /// OPEN of the folder is refused.
+        refuse_folder: bool,
+        /// After the folder is open, the lease is due in this long and
+        /// cannot be renewed.
+        lease_lost_after: Option<Duration>,
+        lease_due: Option<Instant>,
+        /// The client hangs up while the first piece is fetched.
+        hangs_up_mid_retr: bool,
+        /// The client's end of the connection, for that.
+        hang_up: Option<UnixStream>,
+    }
+
+    impl Fake {
+        fn asked(&self, call: String) {
+            note(&self.log, Event::Asked(call));
+        }
+    }
+
+    impl Backend for Fake {
+        fn connect_early(&mut self) {
+            self.asked("connect_early".into());
+        }
+
+        fn capabilities(&mut self) -> Outcome<Vec<String>> {
+            self.asked("capabilities".into());
+            Ok(vec!["IMAP4rev1".into()])
+        }
+
+        fn login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer> {
+            let user = credentials.maildrop_user().unwrap_or_default();
+            self.asked(format!("login {}", String::from_utf8_lossy(&user)));
+            Ok(LoginAnswer::LoggedIn)
+        }
+
+        fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
+            self.asked(format!("lock {}", String::from_utf8_lossy(user)));
+            Ok(LockAnswer::Locked)
+        }
+
+        fn open_folder(&mut self, folder: usize) -> Outcome<FolderSnapshot> {
+            self.asked(format!("open_folder {folder}"));
+            if self.refuse_folder {
+                return Err(Failure::new(
+                    FailureKind::Refused,
+                    "[NONEXISTENT] Unknown Mailbox: INBOX",
+                ));
+            }
+            self.lease_due = self.lease_lost_after.map(|after| Instant::now() + after);
+            let messages = (1..)
+                .zip(MESSAGES)
+                .map(|(uid, m)| BackendMessage {
+                    uid,
+                    size: m.len() as u64,
+                })
+                .collect();
+            Ok(FolderSnapshot {
+                uid_validity: 7,
+                messages,
+            })
+        }
+
+        fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer> {
+            self.asked(format!("piece {}@{}", piece.uid, piece.offset));
+            if let Some(client) = self.hang_up.take() {
+                let _ = client.shutdown(std::net::Shutdown::Both);
+            }
+            let message = MESSAGES[piece.uid as usize - 1];
+            let start = (piece.offset as usize).min(message.len());
+            let end = (start + piece.len as usize).min(message.len());
+            Ok(PieceAnswer::Bytes(message[start..end].to_vec()))
+        }
+
+        fn prefetch(&mut self, next: PrefetchRequest) -> Outcome<()> {
+            self.asked(format!("prefetch {:?}", next.uids));
+            Ok(())
+        }
+
+        fn expunge(&mut self, deletions: &FolderDeletions) -> Outcome<ExpungeAnswer> {
+            self.asked(format!("expunge {:?}", deletions.uids));
+            Ok(ExpungeAnswer::Expunged)
+        }
+
+        fn uidl_facts(&mut self, _: &FactsRequest) -> Outcome<FactsAnswer> {
+            self.asked("uidl_facts".into());
+            Ok(FactsAnswer::Facts(Vec::new()))
+        }
+
+        fn lease_due(&self) -> Option<Instant> {
+            self.lease_due
+        }
+
+        fn keep_lease(&mut self) -> Result<(), LeaseLost> {
+            self.asked("keep_lease".into());
+            Err(LeaseLost(
+                "(cluster lock in Redis 127.0.0.1:6379: the lease expired)".into(),
+            ))
+        }
+
+        fn release_lock(&mut self) {
+            self.asked("release_lock".into());
+        }
+
+        fn failed(&self) -> bool {
+            false
+        }
+
+        fn finish(&mut self) {
+            self.asked("finish".into());
+        }
+    }
+
+    /// The session's side of the socketpair: what it writes is noted too.
+    struct Noted {
+        socket: UnixStream,
+        log: Log,
+    }
+
+    impl Write for Noted {
+        fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+            let n = self.socket.write(buf)?;
+            note(&self.log, Event::Wrote(buf[..n].to_vec()));
+            Ok(n)
+        }
+
+        fn flush(&mut self) -> io::Result<()> {
+            self.socket.flush()
+        }
+    }
+
+    fn settings() -> Settings {
+        Settings {
+            session: SessionConfig {
+                uidl_format: UidlFormat::dovecot(),
+                login_failure_delay: Duration::ZERO,
+                max_login_failures: 3,
+                max_bad_commands: 20,
+                read_only: false,
+                mark_seen: true,
+                implementation: None,
+                allow_plaintext_auth: false,
+                stls_available: false,
+                folders: vec!["INBOX".into()],
+                prefetch: false,
+            },
+            implicit_tls: false,
+            idle_timeout: PATIENCE,
+            connect_early: false,
+        }
+    }
+
+    /// The client of a session that runs in a thread of its own.
+    struct Client {
+        socket: UnixStream,
+        lines: BufReader<UnixStream>,
+        session: JoinHandle<End>,
+        log: Log,
+    }
+
+    impl Client {
+        fn connect(mut fake: Fake, settings: Settings, tls: Option<Arc<ServerConfig>>) -> Client {
+            let (socket, server) = UnixStream::pair().expect("socketpair");
+            socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
+            if fake.hangs_up_mid_retr {
+                fake.hang_up = Some(socket.try_clone().expect("clone"));
+            }
+            let log = Arc::clone(&fake.log);
+            let writer = Noted {
+                socket: server.try_clone().expect("clone"),
+                log: Arc::clone(&log),
+            };
+            // A loopback client: plaintext logins are allowed.
+            let peer = "127.0.0.1:4711".parse().ok();
+            let conn = ClientConn::new(Box::new(server), Box::new(writer), peer);
+            let session = std::thread::spawn(move || serve_with(&settings, tls, fake, conn));
+            let lines = BufReader::new(socket.try_clone().expect("clone"));
+            Client {
+                socket,
+                lines,
+                session,
+                log,
+            }
+        }
+
+        fn says(&mut self, line: &str) {
+            self.socket
+                .write_all(format!("{line}\r\n").as_bytes())
+                .expect("client write");
+        }
+
+        fn hears(&mut self, expected: &str) {
+            let mut line = String::new();
+            self.lines.read_line(&mut line).expect("a line in time");
+            assert_eq!(line, format!("{expected}\r\n"));
+        }
+
+        /// Everything up to the end of the stream, which must come.
+        fn hears_the_end(&mut self) -> String {
+            let mut rest = String::new();
+            self.lines
+                .read_to_string(&mut rest)
+                .expect("the end in time");
+            rest
+        }
+
+        fn logs_in(&mut self) {
+            self.hears("+OK POP3 server ready");
+            self.says("USER alice");
+            self.hears("+OK Send PASS");
+            self.says("PASS secret");
+            let size: usize = MESSAGES.iter().map(|m| m.len()).sum();
+            self.hears(&format!("+OK Logged in, 2 messages ({size} octets)"));
+        }
+
+        /// How the session ended, and what the backend was asked.
+        fn ended(self) -> (End, Vec<String>) {
+            let end = self.session.join().expect("session thread");
+            let asked = self
+                .log
+                .lock()
+                .expect("log")
+                .iter()
+                .filter_map(|e| match e {
+                    Event::Asked(call) => Some(call.clone()),
+                    Event::Wrote(_) => None,
+                })
+                .collect();
+            (end, asked)
+        }
+    }
+
+    #[test]
+    fn a_folder_the_backend_refuses_ends_the_login_with_sys_perm() {
+        let fake = Fake {
+            refuse_folder: true,
+            ..Fake::default()
+        };
+        let mut c = Client::connect(fake, settings(), None);
+        c.hears("+OK POP3 server ready");
+        c.says("USER alice");
+        c.hears("+OK Send PASS");
+        c.says("PASS secret");
+        c.hears("-ERR [SYS/PERM] Cannot open folder INBOX");
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::Refused);
+        assert_eq!(
+            asked,
+            [
+                "login alice",
+                "lock alice",
+                "open_folder 0",
+                "release_lock",
+                "finish"
+            ]
+        );
+    }
+
+    #[test]
+    fn a_lease_lost_at_quit_deletes_nothing_and_says_so() {
+        let fake = Fake {
+            lease_lost_after: Some(Duration::from_secs(3600)),
+            ..Fake::default()
+        };
+        let mut c = Client::connect(fake, settings(), None);
+        c.logs_in();
+        c.says("DELE 1");
+        c.hears("+OK Message 1 deleted");
+        c.says("QUIT");
+        c.hears(
+            "-ERR [SYS/TEMP] Lost the maildrop lock, so the session ends here and no message \
+             was deleted; try again",
+        );
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::LockLost);
+        assert!(asked.contains(&"keep_lease".to_string()), "{asked:?}");
+        assert!(!asked.iter().any(|a| a.starts_with("expunge")), "{asked:?}");
+    }
+
+    #[test]
+    fn a_lease_lost_while_the_client_thinks_ends_the_session() {
+        let fake = Fake {
+            lease_lost_after: Some(Duration::from_millis(200)),
+            ..Fake::default()
+        };
+        let mut c = Client::connect(fake, settings(), None);
+        c.logs_in();
+        // Nothing more from the client: the renewal falls due meanwhile.
+        c.hears(
+            "-ERR [SYS/TEMP] Lost the maildrop lock, so the session ends here and no message \
+             was deleted; try again",
+        );
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::LockLost);
+        assert_eq!(asked.last().map(String::as_str), Some("finish"));
+    }
+
+    #[test]
+    fn a_proxy_header_instead_of_a_command_is_refused() {
+        let mut c = Client::connect(Fake::default(), settings(), None);
+        c.hears("+OK POP3 server ready");
+        c.says("PROXY TCP4 192.0.2.7 127.0.0.1 51234 110");
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::Refused);
+        assert_eq!(asked, ["finish"]);
+    }
+
+    /// A certificate nobody gets: the handshake must never get that far.
+    #[derive(Debug)]
+    struct NoCertificate;
+
+    impl rustls::server::ResolvesServerCert for NoCertificate {
+        fn resolve(
+            &self,
+            _: rustls::server::ClientHello<'_>,
+        ) -> Option<Arc<rustls::sign::CertifiedKey>> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_proxy_header_instead_of_a_client_hello_is_refused() {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let tls = ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .expect("TLS versions")
+            .with_no_client_auth()
+            .with_cert_resolver(Arc::new(NoCertificate));
+        let settings = Settings {
+            implicit_tls: true,
+            ..settings()
+        };
+        let mut c = Client::connect(Fake::default(), settings, Some(Arc::new(tls)));
+        c.says("PROXY TCP4 192.0.2.7 127.0.0.1 51234 995");
+        // No greeting: the handshake that should have come first did not.
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::Refused);
+        assert_eq!(asked, ["finish"]);
+    }
+
+    #[test]
+    fn a_client_that_hangs_up_mid_retr_leaves_its_deletions_undone() {
+        let fake = Fake {
+            hangs_up_mid_retr: true,
+            ..Fake::default()
+        };
+        let mut c = Client::connect(fake, settings(), None);
+        c.logs_in();
+        c.says("DELE 2");
+        c.hears("+OK Message 2 deleted");
+        c.says("RETR 1");
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::Disconnect);
+        assert!(asked.contains(&"piece 1@0".to_string()), "{asked:?}");
+        assert!(!asked.iter().any(|a| a.starts_with("expunge")), "{asked:?}");
+    }
+
+    #[test]
+    fn the_fetch_ahead_is_asked_for_before_the_message_goes_out() {
+        let settings = Settings {
+            session: SessionConfig {
+                prefetch: true,
+                ..settings().session
+            },
+            ..settings()
+        };
+        let mut c = Client::connect(Fake::default(), settings, None);
+        c.logs_in();
+        c.says("RETR 1");
+        c.hears(&format!("+OK {} octets", MESSAGES[0].len()));
+        c.hears("Subject: one");
+        c.hears("");
+        c.hears("Hello");
+        c.hears(".");
+        c.says("QUIT");
+        c.hears("+OK Logging out, 0 messages deleted");
+        assert_eq!(c.hears_the_end(), "");
+        let log = c.log.lock().expect("log").clone();
+        let prefetch = log
+            .iter()
+            .position(|e| *e == Event::Asked("prefetch [2]".into()))
+            .expect("asked for message 2 ahead");
+        let sent = log
+            .iter()
+            .position(|e| matches!(e, Event::Wrote(b) if b.windows(5).any(|w| w == b"Hello")))
+            .expect("message 1 sent");
+        assert!(prefetch < sent, "{log:?}");
+        let (end, _) = c.ended();
+        assert_eq!(end, End::Quit);
     }
 }

@@ -1,21 +1,33 @@
 //! The boundary between the POP3 session and the mail store: what the session
 //! asks for (log in, lock, open a folder, read a piece of a message, ask
-//! for one ahead, expunge) and the typed answers it gets back. The session decides
+//! for one ahead, expunge), the typed answers it gets back, and the
+//! [`Backend`] trait the driver carries them through. The session decides
 //! what each answer means for the client; [`imap::ImapBackend`] carries the
-//! requests out over an IMAP connection and the lock directory.
+//! requests out over an IMAP connection and the lock directory. Nothing
+//! here speaks IMAP or POP3.
 //!
 //! A failure says what kind it is, because that is what the POP3 reply
 //! depends on: a command the backend refused (`NO`/`BAD`) leaves the
 //! connection usable and the session goes on; a lost, timed-out or
 //! garbage-speaking backend ends it.
+//!
+//! The IMAP implementation lives in rooms: `connection` (the one IMAP
+//! connection: early, failover, re-login, error classification), `login`
+//! (routing, device tokens, penalties; shared with `--check`), `lock` (the
+//! local and the cluster lock), `snapshot` (the snapshot cache's merges),
+//! and `imap`, which composes them and streams the messages.
 
+pub mod connection;
 pub mod imap;
+pub mod lock;
+pub mod login;
 pub mod settings;
+pub mod snapshot;
 
 use std::fmt;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use crate::maildrop::FolderDeletions;
+use crate::maildrop::{FolderDeletions, FolderSnapshot};
 use crate::secret::Secret;
 use crate::uidl::{Fact, FactKind};
 
@@ -214,6 +226,14 @@ pub struct Failure {
     pub text: String,
 }
 
+impl FailureKind {
+    /// Whether the connection may still be used after a failure of this
+    /// kind: only a refused command leaves it as it was.
+    pub fn leaves_connection_usable(self) -> bool {
+        self == FailureKind::Refused
+    }
+}
+
 impl Failure {
     pub fn new(kind: FailureKind, text: impl Into<String>) -> Self {
         Failure {
@@ -230,3 +250,39 @@ impl fmt::Display for Failure {
 }
 
 pub type Outcome<T> = Result<T, Failure>;
+
+/// The cluster lock's lease is gone, or Redis cannot confirm it and it may
+/// have expired: the session must end without UPDATE. The text says why,
+/// for the log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseLost(pub String);
+
+/// What the driver asks of the mail store: one method per [`Request`],
+/// whose answer goes to the matching `Session::on_*`, and the upkeep around
+/// them (the lease, the end of the session). [`imap::ImapBackend`] is the
+/// implementation in service; the driver's tests have a fake.
+pub trait Backend {
+    /// Starts connecting while the client is still on its way to the login
+    /// (`backend_connect_early`); a failure is only noted.
+    fn connect_early(&mut self);
+    fn capabilities(&mut self) -> Outcome<Vec<String>>;
+    fn login(&mut self, credentials: Credentials) -> Outcome<LoginAnswer>;
+    /// Takes the maildrop lock of `user` for the rest of the process.
+    fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer>;
+    fn open_folder(&mut self, folder: usize) -> Outcome<FolderSnapshot>;
+    fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer>;
+    /// Asks for messages ahead without waiting for them.
+    fn prefetch(&mut self, next: PrefetchRequest) -> Outcome<()>;
+    fn expunge(&mut self, deletions: &FolderDeletions) -> Outcome<ExpungeAnswer>;
+    fn uidl_facts(&mut self, request: &FactsRequest) -> Outcome<FactsAnswer>;
+    /// When the cluster lock's lease must next be renewed, if one is held.
+    fn lease_due(&self) -> Option<Instant>;
+    /// Renews the lease; `Err` ends the session without UPDATE.
+    fn keep_lease(&mut self) -> Result<(), LeaseLost>;
+    /// Gives up the maildrop; the mailbox is not changed after this.
+    fn release_lock(&mut self);
+    /// A backend connection failed during the session (for the summary).
+    fn failed(&self) -> bool;
+    /// Ends the backend session and releases the lock.
+    fn finish(&mut self);
+}

@@ -7,6 +7,7 @@
 pub mod listener;
 pub mod proxy;
 
+use std::fmt;
 use std::fs::File;
 use std::io::{self, Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream};
@@ -29,7 +30,7 @@ pub struct ClientConn {
 }
 
 impl ClientConn {
-    fn new(
+    pub(crate) fn new(
         reader: Box<dyn ClientRead>,
         writer: Box<dyn Write + Send>,
         peer: Option<SocketAddr>,
@@ -90,6 +91,44 @@ impl ClientRead for TcpStream {
 impl ClientRead for File {
     fn set_read_timeout(&self, _: Duration) -> io::Result<()> {
         Ok(())
+    }
+}
+
+/// One end of a socketpair: the driver's tests talk to a session through
+/// the other.
+#[cfg(test)]
+impl ClientRead for std::os::unix::net::UnixStream {
+    fn set_read_timeout(&self, timeout: Duration) -> io::Result<()> {
+        std::os::unix::net::UnixStream::set_read_timeout(self, Some(timeout))
+    }
+
+    fn shutdown_write(&self) -> io::Result<()> {
+        self.shutdown(std::net::Shutdown::Write)
+    }
+}
+
+/// Why reading from the client, or its TLS handshake, failed.
+#[derive(Debug)]
+pub enum ClientError {
+    /// A PROXY protocol header where none may be (see `FirstBytes`): the
+    /// connection is refused, whatever came with it.
+    UnexpectedHeader(proxy::UnexpectedHeader),
+    /// The socket's own error: a timeout, a reset, a failed handshake.
+    Io(io::Error),
+}
+
+impl From<io::Error> for ClientError {
+    fn from(e: io::Error) -> Self {
+        ClientError::Io(e)
+    }
+}
+
+impl fmt::Display for ClientError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ClientError::UnexpectedHeader(header) => header.fmt(f),
+            ClientError::Io(e) => e.fmt(f),
+        }
     }
 }
 
@@ -172,20 +211,17 @@ impl Duplex {
     /// While the first bytes could still start a PROXY header they are
     /// held back (a client that sends a lone CR LF waits for its next
     /// bytes to be answered); once they cannot, they are read as usual.
-    fn read_checking(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+    fn read_checking(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
         loop {
             let Some(check) = &self.first_bytes else {
-                return self.read_unchecked(buf);
+                return Ok(self.read_unchecked(buf)?);
             };
             match proxy::start(&check.held) {
                 proxy::Start::Header => {
-                    return Err(io::Error::new(
-                        io::ErrorKind::InvalidData,
-                        proxy::UnexpectedHeader {
-                            peer: check.peer,
-                            via: check.via,
-                        },
-                    ));
+                    return Err(ClientError::UnexpectedHeader(proxy::UnexpectedHeader {
+                        peer: check.peer,
+                        via: check.via,
+                    }));
                 }
                 proxy::Start::Other => {
                     self.release_held();
@@ -197,11 +233,39 @@ impl Duplex {
             if n == 0 {
                 // The end of the stream: what was held is all there is.
                 self.release_held();
-                return self.read_unchecked(buf);
+                return Ok(self.read_unchecked(buf)?);
             }
             if let Some(check) = &mut self.first_bytes {
                 check.held.extend_from_slice(&buf[..n]);
             }
+        }
+    }
+
+    /// Decides the check of the first bytes before a TLS handshake reads
+    /// them: a header there is told as what it is, not as a handshake
+    /// that failed. What was read stays to be read again.
+    fn settle_first_bytes(&mut self) -> Result<(), ClientError> {
+        if self.first_bytes.is_none() {
+            return Ok(());
+        }
+        // A ClientHello is decided by its first byte; a header signature
+        // by its first 12 at most.
+        let mut first = [0u8; 64];
+        let n = self.read_checking(&mut first)?;
+        self.unread(&first[..n]);
+        Ok(())
+    }
+
+    /// A read for the session, the check of the first bytes included.
+    fn read_client(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        // Nothing to read into: not the end of the stream for the check.
+        if buf.is_empty() {
+            return Ok(0);
+        }
+        if self.first_bytes.is_some() {
+            self.read_checking(buf)
+        } else {
+            Ok(self.read_unchecked(buf)?)
         }
     }
 
@@ -212,17 +276,17 @@ impl Duplex {
     }
 }
 
+/// What TLS reads through. The check of the first bytes is settled before
+/// a handshake starts (see `ClientStream::start_tls`), so a header never
+/// reaches TLS; were it to, it would be one more failed read.
 impl Read for Duplex {
     fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        // Nothing to read into: not the end of the stream for the check.
-        if buf.is_empty() {
-            return Ok(0);
-        }
-        if self.first_bytes.is_some() {
-            self.read_checking(buf)
-        } else {
-            self.read_unchecked(buf)
-        }
+        self.read_client(buf).map_err(|e| match e {
+            ClientError::Io(e) => e,
+            header @ ClientError::UnexpectedHeader(_) => {
+                io::Error::new(io::ErrorKind::InvalidData, header.to_string())
+            }
+        })
     }
 }
 
@@ -248,6 +312,15 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
+    /// Reads what the client sent; `Ok(0)` at the end of the stream.
+    pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
+        match self {
+            ClientStream::Plain(d) => d.read_client(buf),
+            ClientStream::Tls(t) => Ok(t.read(buf)?),
+            ClientStream::Broken => Ok(0),
+        }
+    }
+
     /// From now on reads must be over by `deadline` (the idle timeout for
     /// one whole command line, counted from when it was awaited).
     pub fn set_read_deadline(&mut self, deadline: Instant) {
@@ -259,11 +332,13 @@ impl ClientStream {
     }
 
     /// Runs the server side of a TLS handshake to its end on the plain
-    /// stream. Reads and writes keep the socket's idle timeout.
-    pub fn start_tls(&mut self, config: Arc<ServerConfig>) -> io::Result<()> {
+    /// stream. Reads and writes keep the socket's idle timeout. A PROXY
+    /// header instead of a ClientHello is `ClientError::UnexpectedHeader`.
+    pub fn start_tls(&mut self, config: Arc<ServerConfig>) -> Result<(), ClientError> {
         let ClientStream::Plain(mut duplex) = std::mem::replace(self, ClientStream::Broken) else {
-            return Err(io::Error::other("TLS is already active"));
+            return Err(io::Error::other("TLS is already active").into());
         };
+        duplex.settle_first_bytes()?;
         let mut conn = ServerConnection::new(config).map_err(io::Error::other)?;
         while conn.is_handshaking() {
             conn.complete_io(&mut duplex)?;
@@ -286,16 +361,6 @@ impl ClientStream {
         };
         if let Err(e) = duplex.reader.shutdown_write() {
             log::debug!("cannot shut down the client connection: {e}");
-        }
-    }
-}
-
-impl Read for ClientStream {
-    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
-        match self {
-            ClientStream::Plain(d) => d.read(buf),
-            ClientStream::Tls(t) => t.read(buf),
-            ClientStream::Broken => Ok(0),
         }
     }
 }

@@ -258,8 +258,9 @@ pub fn start(first: &[u8]) -> Start {
 
 /// A PROXY header where none may be: from a source that
 /// `proxy_protocol_from` does not list, or a second one behind an accepted
-/// header (which the balancer relayed from its client). Carried in an
-/// `io::Error` from the read that found it.
+/// header (which the balancer relayed from its client). What the client
+/// stream's read (or TLS handshake) that found it fails with, as
+/// `ClientError::UnexpectedHeader`.
 #[derive(Debug)]
 pub struct UnexpectedHeader {
     /// The real peer; the relayed client after an accepted header.
@@ -291,11 +292,6 @@ impl fmt::Display for UnexpectedHeader {
 }
 
 impl std::error::Error for UnexpectedHeader {}
-
-/// The `UnexpectedHeader` a client read failed with, if that is why.
-pub fn unexpected_header(e: &io::Error) -> Option<&UnexpectedHeader> {
-    e.get_ref()?.downcast_ref()
-}
 
 /// Why a connection from a trusted source ended at its header.
 #[derive(Debug)]
@@ -423,6 +419,7 @@ pub fn accept(conn: &mut ClientConn, trusted: &[IpNet], idle: Duration) -> Resul
 
 #[cfg(test)]
 mod tests {
+    use super::super::ClientError;
     use super::*;
 
     fn nets(list: &[&str]) -> Vec<IpNet> {
@@ -741,16 +738,24 @@ mod tests {
     }
 
     /// Everything the session would read, up to the end or an error.
-    fn session_reads(conn: &mut ClientConn) -> io::Result<Vec<u8>> {
+    fn session_reads(conn: &mut ClientConn) -> Result<Vec<u8>, ClientError> {
         let mut all = Vec::new();
         let mut buf = [0u8; 7];
         loop {
-            match io::Read::read(&mut conn.stream, &mut buf) {
+            match conn.stream.read(&mut buf) {
                 Ok(0) => return Ok(all),
                 Ok(n) => all.extend_from_slice(&buf[..n]),
-                Err(e) if is_timeout(&e) => return Ok(all),
+                Err(ClientError::Io(e)) if is_timeout(&e) => return Ok(all),
                 Err(e) => return Err(e),
             }
+        }
+    }
+
+    /// The header a read was refused for.
+    fn unexpected_header(e: &ClientError) -> Option<&UnexpectedHeader> {
+        match e {
+            ClientError::UnexpectedHeader(h) => Some(h),
+            ClientError::Io(_) => None,
         }
     }
 
