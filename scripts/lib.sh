@@ -48,7 +48,7 @@ ensure_session_user() {
 # The binary that ships (the packages, and what the demo, the benchmark and
 # the integration tests run) is static, linked with musl: a session process
 # starts in about half the time of a glibc-linked one (no dynamic loader,
-# no symbol binding), see README "A static binary". Development builds
+# no symbol binding), see docs/install.md, "A static binary". Development builds
 # (cargo build, cargo test) stay on the default target.
 RELEASE_TARGET="$(uname -m)-unknown-linux-musl"
 RELEASE_BIN="target/$RELEASE_TARGET/release/pop3server"

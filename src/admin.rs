@@ -7,8 +7,8 @@ use std::os::unix::fs::MetadataExt;
 
 use crate::config::Config;
 use crate::devices;
-use crate::oauth::consent;
-use crate::oauth::store::Store;
+use crate::devices::oauth::consent;
+use crate::devices::oauth::store::Store;
 use crate::privilege;
 use crate::secret::Secret;
 

@@ -16,7 +16,7 @@ use pop3server::transport::{self, ClientConn, Systemd, listener::Listener};
 
 // The static (musl) build, as shipped: dlmalloc instead of musl's malloc,
 // which maps and unmaps memory as a short process allocates and frees
-// (see the README, "Dependencies, and why").
+// (see ARCHITECTURE.md, "Dependencies, and why").
 #[cfg(target_env = "musl")]
 #[global_allocator]
 static ALLOCATOR: dlmalloc::GlobalDlmalloc = dlmalloc::GlobalDlmalloc;

@@ -15,8 +15,8 @@ use log::error;
 use rustls::ServerConfig;
 
 use crate::devices::Devices;
-use crate::oauth::http;
-use crate::oauth::settings::OAuthSource;
+use crate::devices::oauth::http;
+use crate::devices::oauth::settings::OAuthSource;
 use crate::secret::Secret;
 use crate::tls::{self, TlsFiles};
 
@@ -143,7 +143,7 @@ mod tests {
             ),
         )
         .expect("source");
-        let table: crate::oauth::settings::FileOAuthSource =
+        let table: crate::devices::oauth::settings::FileOAuthSource =
             toml::from_str(&fs::read_to_string(&source).expect("read")).expect("table");
         let oauth = BTreeMap::from([("src".to_string(), table.validate("src").expect("valid"))]);
         let wanted = Wanted {

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use regex_lite::Regex;
 use serde::Deserialize;
 
-use crate::fingerprint::Fingerprint;
+use crate::tls::fingerprint::Fingerprint;
 
 /// The name of the backend the top-level `backend_*` keys describe.
 pub const DEFAULT_BACKEND: &str = "default";

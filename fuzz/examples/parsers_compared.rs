@@ -1,7 +1,7 @@
 //! Throughput of our IMAP response parser and of imap-codec 1.0 on the two
 //! responses that matter for speed: the snapshot of a 10,000-message
 //! mailbox (`* n FETCH (UID n RFC822.SIZE s)`) and one 256 KiB body piece.
-//! Also which real server responses each takes. Evidence for the README's
+//! Also which real server responses each takes. Evidence for ARCHITECTURE.md's
 //! decision on imap-codec; run in fuzz/ with
 //! `RUSTFLAGS="--cfg fuzzing" cargo run --release --example parsers_compared`.
 

@@ -5,7 +5,7 @@
 //! none shifts every later response), tags and status, and UID, size and
 //! body of FETCH data. Where only one of them accepts a response the run
 //! stops there: imap-codec is stricter in places (and we are on purpose:
-//! see the README on why our parser stayed).
+//! see ARCHITECTURE.md on why our parser stayed).
 #![no_main]
 
 use imap_codec::ResponseCodec;

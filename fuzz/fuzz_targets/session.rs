@@ -14,7 +14,7 @@ use pop3server::maildrop::{BackendMessage, FolderSnapshot};
 use pop3server::pop3::auth::Connection;
 use pop3server::pop3::lines::{Line, LineReader};
 use pop3server::pop3::session::{Session, SessionConfig, Step};
-use pop3server::uidl::{Fact, FactKind, UidlFormat, header_digest};
+use pop3server::maildrop::uidl::{Fact, FactKind, UidlFormat, header_digest};
 
 fn config(uidl_format: &str) -> SessionConfig {
     SessionConfig {

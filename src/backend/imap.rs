@@ -22,10 +22,10 @@ use super::{
 };
 use crate::imap::{BodyStream, Client, Expunged, GMAIL_CAPABILITY, ImapError, Login, Selected};
 use crate::lock;
+use crate::maildrop::sizecache::{DigestCache, SizeCache};
+use crate::maildrop::uidl::{Fact, FactKind};
 use crate::maildrop::{FolderDeletions, FolderSnapshot};
 use crate::preload::Preloaded;
-use crate::sizecache::{DigestCache, SizeCache};
-use crate::uidl::{Fact, FactKind};
 
 pub struct ImapBackend<'a> {
     settings: &'a Settings,

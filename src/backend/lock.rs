@@ -1,6 +1,6 @@
 //! The maildrop lock of a session: the local `flock` (see `crate::lock`),
 //! then, if configured, the lease in Redis that spans front-ends (see
-//! `clusterlock`), renewed while the session lasts and given up before its
+//! `lock::cluster`), renewed while the session lasts and given up before its
 //! last reply. It decides what an unreachable Redis means
 //! (`cluster_lock_fallback`) and logs it; it knows nothing of IMAP, of
 //! the session's mailbox changes or of what the client is told.
@@ -11,13 +11,13 @@ use std::time::Instant;
 use log::{error, warn};
 
 use super::{Failure, FailureKind, LeaseLost, LockAnswer, Outcome};
-use crate::clusterlock::{self, Acquired, Fallback, Lease, LeaseError};
+use crate::lock::cluster::{self, Acquired, Fallback, Lease, LeaseError};
 use crate::lock::{self, LockError, LockGuard};
 use crate::secret::Secret;
 
 pub struct MaildropLock<'a> {
     lock_dir: &'a Path,
-    cluster: Option<&'a clusterlock::Settings>,
+    cluster: Option<&'a cluster::Settings>,
     /// Held for the rest of the process once taken.
     guard: Option<LockGuard>,
     /// The cluster-wide lease, renewed through `keep_lease`.
@@ -28,7 +28,7 @@ pub struct MaildropLock<'a> {
 }
 
 impl<'a> MaildropLock<'a> {
-    pub fn new(lock_dir: &'a Path, cluster: Option<&'a clusterlock::Settings>) -> Self {
+    pub fn new(lock_dir: &'a Path, cluster: Option<&'a cluster::Settings>) -> Self {
         MaildropLock {
             lock_dir,
             cluster,
@@ -75,7 +75,7 @@ impl<'a> MaildropLock<'a> {
                 error!("cluster lock: {why}");
                 Failure::new(FailureKind::Local, why)
             })?;
-            match clusterlock::acquire(settings, password, &name) {
+            match cluster::acquire(settings, password, &name) {
                 Ok(Acquired::Held(lease)) => self.lease = Some(lease),
                 Ok(Acquired::InUse) => return Ok(LockAnswer::InUse),
                 Err(e) if settings.fallback == Fallback::Local => warn!(

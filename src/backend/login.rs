@@ -16,12 +16,12 @@ use log::{debug, error, warn};
 use super::settings::Settings;
 use super::{Credentials, LoginAnswer};
 use crate::devices::Device;
+use crate::devices::oauth::settings::OAuthSource;
+use crate::devices::oauth::store::{Store, Token};
+use crate::devices::oauth::{self, TokenError};
+use crate::devices::penalty;
 use crate::imap::{Client, ImapError, Login};
 use crate::logging::printable;
-use crate::oauth::settings::OAuthSource;
-use crate::oauth::store::{Store, Token};
-use crate::oauth::{self, TokenError};
-use crate::penalty;
 use crate::preload::Preloaded;
 use crate::route::{Route, Routes};
 use crate::secret::Secret;
@@ -446,8 +446,8 @@ mod tests {
     use base64::engine::general_purpose::STANDARD as BASE64;
 
     use super::*;
+    use crate::devices::oauth::settings::OAuthGrant;
     use crate::imap::Transport;
-    use crate::oauth::settings::OAuthGrant;
     use crate::preload::Wanted;
     use crate::route::{Backend, BackendTls, Host};
     use crate::sasl::TokenMechanism;

@@ -27,9 +27,9 @@ pub mod snapshot;
 use std::fmt;
 use std::time::{Duration, Instant};
 
+use crate::maildrop::uidl::{Fact, FactKind};
 use crate::maildrop::{FolderDeletions, FolderSnapshot};
 use crate::secret::Secret;
-use crate::uidl::{Fact, FactKind};
 
 pub use crate::sasl::TokenMechanism;
 

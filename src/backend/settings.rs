@@ -7,8 +7,8 @@ use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::time::Duration;
 
-use crate::clusterlock;
-use crate::oauth::settings::OAuthSource;
+use crate::devices::oauth::settings::OAuthSource;
+use crate::lock::cluster;
 use crate::route::Routes;
 
 #[derive(Debug, Clone)]
@@ -28,7 +28,7 @@ pub struct Settings {
     /// The per-user lock files, and the login penalties by address.
     pub lock_dir: PathBuf,
     /// The lock that spans front-ends (Redis or Valkey), if configured.
-    pub cluster_lock: Option<clusterlock::Settings>,
+    pub cluster_lock: Option<cluster::Settings>,
     /// The snapshot cache (message sizes by UID, see `sizecache`), if on.
     pub snapshot_cache: bool,
     pub cache_dir: PathBuf,

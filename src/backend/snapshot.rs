@@ -9,8 +9,8 @@ use log::{debug, warn};
 
 use crate::imap::{Client, ImapError, Selected};
 use crate::maildrop::BackendMessage;
-use crate::sizecache::{DigestCache, SizeCache};
-use crate::uidl::{self, HeaderDigest};
+use crate::maildrop::sizecache::{DigestCache, SizeCache};
+use crate::maildrop::uidl::{self, HeaderDigest};
 
 /// For each of `uids`, its size from `cached` if the cache has it. Both
 /// sorted by UID.

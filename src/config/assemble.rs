@@ -16,16 +16,16 @@ use super::{
     DEFAULT_USER, Task,
 };
 use crate::backend::settings::Settings as BackendSettings;
-use crate::clusterlock;
-use crate::fingerprint::Fingerprint;
+use crate::devices::oauth::settings::OAuthSource;
 use crate::limits;
+use crate::lock::cluster;
 use crate::logging::LogTarget;
-use crate::oauth::settings::OAuthSource;
+use crate::maildrop::uidl::UidlFormat;
 use crate::pop3::session::SessionConfig;
 use crate::route::{self, BackendTls, FileRoutes, Routes};
 use crate::tls::TlsFiles;
+use crate::tls::fingerprint::Fingerprint;
 use crate::transport::proxy::parse_network;
-use crate::uidl::UidlFormat;
 
 /// Every module's settings from `layers`.
 pub fn config(layers: &Layers) -> Result<Config, ConfigError> {
@@ -429,7 +429,7 @@ fn client_tls(layers: &Layers) -> Result<(Option<TlsFiles>, bool), ConfigError> 
 }
 
 /// The cluster lock's settings, if `cluster_lock_redis` is set.
-fn cluster_lock(layers: &Layers) -> Result<Option<clusterlock::Settings>, ConfigError> {
+fn cluster_lock(layers: &Layers) -> Result<Option<cluster::Settings>, ConfigError> {
     let Some(address) = layers.get::<String>("cluster_lock_redis")? else {
         for key in [
             "cluster_lock_user",
@@ -476,14 +476,14 @@ fn cluster_lock(layers: &Layers) -> Result<Option<clusterlock::Settings>, Config
     let fallback = parsed(
         layers,
         "cluster_lock_fallback",
-        clusterlock::Fallback::Refuse,
+        cluster::Fallback::Refuse,
         |word| match word {
-            "refuse" => Ok(clusterlock::Fallback::Refuse),
-            "local" => Ok(clusterlock::Fallback::Local),
+            "refuse" => Ok(cluster::Fallback::Refuse),
+            "local" => Ok(cluster::Fallback::Local),
             other => Err(format!("{other:?} is not refuse or local")),
         },
     )?;
-    Ok(Some(clusterlock::Settings {
+    Ok(Some(cluster::Settings {
         address: address.value,
         user: layers.value_or("cluster_lock_user", None)?,
         ttl: Duration::from_secs(ttl.value),

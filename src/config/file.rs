@@ -13,7 +13,7 @@ use serde::de::DeserializeOwned;
 
 use super::ConfigError;
 use super::settings::{self, Kind, SETTINGS, TABLES};
-use crate::oauth::settings::FileOAuthSource;
+use crate::devices::oauth::settings::FileOAuthSource;
 use crate::route::{FileBackend, FileRule};
 
 /// One file's settings, with its text kept to name the line of a mistake.

@@ -202,8 +202,8 @@ impl Config {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::maildrop::uidl::UidlFormat;
     use crate::route::{self, BackendTls};
-    use crate::uidl::UidlFormat;
 
     fn config(file: &str, args: &[&str]) -> Result<Config, ConfigError> {
         let flags = flags::Flags::parse(std::iter::once("pop3server").chain(args.iter().copied()))

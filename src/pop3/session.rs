@@ -637,7 +637,7 @@ impl Session {
         Step::Respond(Response::last(Reply::ok(text)))
     }
 
-    /// The cluster-wide lock was lost (see `clusterlock`): another front-end
+    /// The cluster-wide lock was lost (see `lock::cluster`): another front-end
     /// may now serve this maildrop, so this session ends at once, without
     /// UPDATE. In the middle of a message the connection is cut: a last
     /// line there would read as part of the message.
@@ -734,7 +734,7 @@ mod tests {
     use crate::backend::{Credentials, PieceRequest, PrefetchRequest, Read, TokenMechanism};
     use crate::limits::{FETCH_CHUNK, PREFETCH_BATCH_MESSAGES, PREFETCH_MAX_MESSAGE};
     use crate::maildrop::BackendMessage;
-    use crate::uidl::{Fact, FactKind, HeaderDigest, header_digest};
+    use crate::maildrop::uidl::{Fact, FactKind, HeaderDigest, header_digest};
     use base64::Engine as _;
     use base64::engine::general_purpose::STANDARD as BASE64;
 

@@ -3,8 +3,16 @@
 //! deletion marks kept in memory until QUIT, and UIDL strings (with the
 //! per-message facts some formats need, fetched at the first UIDL).
 
-use crate::uidl::UidlInput;
-pub use crate::uidl::{Fact, FactKind, Uidl, UidlFormat};
+//!
+//! Beside it, what makes the maildrop's strings and what keeps it between
+//! sessions: [`uidl`] (the UIDL formats) and [`sizecache`] (sizes and
+//! header digests by UID, kept on disk).
+
+pub mod sizecache;
+pub mod uidl;
+
+use uidl::UidlInput;
+pub use uidl::{Fact, FactKind, Uidl, UidlFormat};
 
 /// A POP3 message number: 1..=n for the session, fixed at login.
 pub type MsgNum = u32;

@@ -21,7 +21,9 @@ use rustls::{
 };
 use x509_cert::der::Decode;
 
-pub use crate::fingerprint::Fingerprint;
+pub mod fingerprint;
+
+pub use fingerprint::Fingerprint;
 
 #[derive(Debug)]
 pub struct TlsSetupError(pub String);

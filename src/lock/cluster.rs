@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 use ring::rand::{SecureRandom, SystemRandom};
 
 use crate::limits::CLUSTER_LOCK_TIMEOUT;
-use crate::redis::{Redis, RedisError, Value};
+use crate::lock::redis::{Redis, RedisError, Value};
 use crate::secret::Secret;
 
 /// Where the leases live and for how long they are taken.

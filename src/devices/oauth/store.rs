@@ -20,8 +20,8 @@ use serde::{Deserialize, Serialize};
 
 use super::TokenError;
 use super::http::{self, Answer, TokenAnswer};
+use crate::devices::oauth::settings::{OAuthGrant, OAuthSource};
 use crate::limits::{TOKEN_EXPIRY_MARGIN, TOKEN_LOCK_WAIT};
-use crate::oauth::settings::{OAuthGrant, OAuthSource};
 use crate::secret::Secret;
 
 /// What the file holds.

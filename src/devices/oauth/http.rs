@@ -11,8 +11,8 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::{Agent, Proxy};
 
 use super::TokenError;
+use crate::devices::oauth::settings::OAuthSource;
 use crate::limits::{MAX_TOKEN_RESPONSE, TOKEN_HTTP_TIMEOUT};
-use crate::oauth::settings::OAuthSource;
 use crate::secret::Secret;
 
 /// A successful token response (RFC 6749 section 5.1).

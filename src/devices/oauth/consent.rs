@@ -14,8 +14,8 @@ use serde::Deserialize;
 use super::TokenError;
 use super::http::{self, Answer, TokenAnswer};
 use super::store::Store;
+use crate::devices::oauth::settings::OAuthSource;
 use crate::limits::MAX_CONSENT_WAIT;
-use crate::oauth::settings::OAuthSource;
 use crate::secret::Secret;
 
 /// RFC 8628 section 3.2 (Google says `verification_url`).

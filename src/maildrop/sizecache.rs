@@ -29,7 +29,7 @@ use crate::decimal::parse_u64;
 use crate::limits::{
     DIGEST_CACHE_MAX_LINE, HEADER_DIGEST_BYTES, MAX_MESSAGES, SIZE_CACHE_MAX_LINE,
 };
-use crate::uidl::HeaderDigest;
+use crate::maildrop::uidl::HeaderDigest;
 
 const MAGIC: &str = "pop3server-sizes 1";
 /// The version names the digest's definition too (`uidl::header_digest`):
@@ -347,8 +347,8 @@ mod tests {
             SizeCache::new(&dir, "lock", "INBOX").path(),
             "a file of its own"
         );
-        let a = crate::uidl::header_digest(b"Subject: a\r\n");
-        let b = crate::uidl::header_digest(b"Subject: b\r\n");
+        let a = crate::maildrop::uidl::header_digest(b"Subject: a\r\n");
+        let b = crate::maildrop::uidl::header_digest(b"Subject: b\r\n");
         cache.store(7, &[(1, a), (4, b)]).expect("store");
         assert_eq!(cache.load(7).expect("load"), vec![(1, a), (4, b)]);
         assert!(cache.load(8).is_err());

@@ -3,7 +3,7 @@
 //! `pop3_uidl_format`, or from what a migration must keep: Gmail's message
 //! id, or a digest of the message's header.
 //!
-//! The formats a migration needs (see the README, "UIDLs for migration"):
+//! The formats a migration needs (see docs/uidl-migration.md):
 //! named templates for the servers whose POP3 UIDLs are made of UID and
 //! UIDVALIDITY (`dovecot`, `cyrus`, `courier`, `uw`); `gmail`, Gmail's own
 //! POP3 UIDL (`GmailId` and the hex of `X-GM-MSGID`); and `header-digest`,

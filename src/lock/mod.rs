@@ -2,7 +2,11 @@
 //! `<lock_dir>/<md5 of backend name and user>`, held until the guard
 //! (normally the process) ends, so a killed session never leaves a stale
 //! lock. The user's name never becomes part of a path. The same name keys
-//! the cluster-wide lease (`clusterlock`) and the snapshot cache.
+//! the cluster-wide lease ([`cluster`], over the small Redis client
+//! [`redis`]) and the snapshot cache.
+
+pub mod cluster;
+pub mod redis;
 
 use std::fs::{self, File, OpenOptions, TryLockError};
 use std::io;
