@@ -32,7 +32,7 @@ pub fn config(layers: &Layers) -> Result<Config, ConfigError> {
     let flags = &layers.flags;
     let routes = routes(layers, default_backend(layers)?)?;
     let oauth = oauth(layers)?;
-    let devices_file = layers.get::<PathBuf>("devices_file")?;
+    let devices_file = layers.path("devices_file")?;
     if let Some(devices) = &devices_file
         && oauth.is_empty()
     {
@@ -65,7 +65,7 @@ pub fn config(layers: &Layers) -> Result<Config, ConfigError> {
             route: flags.string("route"),
         }),
         devices_file,
-        cluster_lock_password_file: layers.value_or("cluster_lock_password_file", None)?,
+        cluster_lock_password_file: layers.path("cluster_lock_password_file")?.map(|p| p.value),
         // File keys only: `--user` is the user of `--check`.
         user: layers.value_or("user", DEFAULT_USER.to_string())?,
         group: layers.value_or("group", None)?,
@@ -79,7 +79,11 @@ fn backend(
     oauth: BTreeMap<String, OAuthSource>,
     device_logins: bool,
 ) -> Result<BackendSettings, ConfigError> {
-    let dir = |key: &str, default: &str| layers.value_or(key, PathBuf::from(default));
+    let dir = |key: &str, default: &str| -> Result<PathBuf, ConfigError> {
+        Ok(layers
+            .path(key)?
+            .map_or_else(|| PathBuf::from(default), |p| p.value))
+    };
     Ok(BackendSettings {
         routes,
         folders: folders(layers)?,
@@ -187,7 +191,7 @@ fn default_backend(layers: &Layers) -> Result<route::Backend, ConfigError> {
             port: layers.value_or("backend_port", tls.default_port())?,
         }],
         tls,
-        ca_file: layers.value_or("backend_ca_file", None)?,
+        ca_file: layers.path("backend_ca_file")?.map(|p| p.value),
         fingerprint,
         verify: verify.is_none_or(|v| v.value),
     })
@@ -200,7 +204,7 @@ fn routes(
     default: route::Backend,
 ) -> Result<(Routes, Option<PathBuf>), ConfigError> {
     let main = &layers.file;
-    let routes_file = layers.get::<PathBuf>("routes_file")?;
+    let routes_file = layers.path("routes_file")?;
     let mut tables = FileRoutes {
         backend: main.tables.backend.clone(),
         route: main.tables.route.clone(),
@@ -210,10 +214,17 @@ fn routes(
     let mut table_file: Option<FileLayer> = None;
     if let Some(path) = &routes_file {
         if tables.backend.is_some() || tables.route.is_some() || tables.default_backend.is_some() {
+            let holder = if path.origin.is_flag() {
+                main.source.as_str()
+            } else {
+                "this file"
+            };
             return Err(path.fail(
                 "routes_file",
-                "is set, and this file has [backend.NAME], [[route]] or default_backend too: \
-                 keep the routing table in one place",
+                format!(
+                    "is set, and {holder} has [backend.NAME], [[route]] or default_backend too: \
+                     keep the routing table in one place"
+                ),
             ));
         }
         let source = path.value.display().to_string();
@@ -399,8 +410,8 @@ fn proxy_protocol_from(layers: &Layers) -> Result<Vec<IpNet>, ConfigError> {
 
 /// The certificate and key for STLS and implicit TLS: both or neither.
 fn client_tls(layers: &Layers) -> Result<(Option<TlsFiles>, bool), ConfigError> {
-    let cert = layers.get::<PathBuf>("tls_cert")?;
-    let key = layers.get::<PathBuf>("tls_key")?;
+    let cert = layers.path("tls_cert")?;
+    let key = layers.path("tls_key")?;
     let tls = match (cert, key) {
         (Some(cert), Some(key)) => Some(TlsFiles {
             cert: cert.value,
@@ -437,8 +448,8 @@ fn cluster_lock(layers: &Layers) -> Result<Option<cluster::Settings>, ConfigErro
             "cluster_lock_ttl",
             "cluster_lock_fallback",
         ] {
-            if let Some(stray) = layers.get::<toml::Value>(key)? {
-                return Err(stray.fail(
+            if let Some(stray) = layers.set_by(key) {
+                return Err(stray.error(
                     key,
                     "has no effect without cluster_lock_redis = \"HOST:PORT\"",
                 ));

@@ -84,7 +84,7 @@ impl FileLayer {
                 Kind::Secs => self.get::<u64>(key).map(drop),
                 Kind::Count => self.get::<u32>(key).map(drop),
                 Kind::Port => self.get::<u16>(key).map(drop),
-                Kind::Text | Kind::Path => self.get::<String>(key).map(drop),
+                Kind::Text | Kind::Path => self.text(key),
                 Kind::List => self.get::<Vec<String>>(key).map(drop),
                 Kind::Addresses => self.get::<OneOrMany>(key).map(drop),
             }?;
@@ -120,9 +120,26 @@ impl FileLayer {
         let Some(value) = self.values.get(key) else {
             return Ok(None);
         };
-        T::deserialize(value.clone())
-            .map(Some)
-            .map_err(|e| ConfigError::new(self.at(key), key, explain_value(key, e.message())))
+        T::deserialize(value.clone()).map(Some).map_err(|e| {
+            ConfigError::new(self.at(key), key, explain_value(key, e.message(), value))
+        })
+    }
+
+    /// A string, and not a date or time, which TOML writes without quotes
+    /// and serde would take for one.
+    fn text(&self, key: &str) -> Result<(), ConfigError> {
+        if let Some(toml::Value::Datetime(d)) = self.values.get(key) {
+            return Err(ConfigError::new(
+                self.at(key),
+                key,
+                format!("expected a string in quotes, not the date or time {d}"),
+            ));
+        }
+        self.get::<String>(key).map(drop)
+    }
+
+    pub fn has(&self, key: &str) -> bool {
+        self.values.contains_key(key)
     }
 
     /// Where an error about `key` (a dotted path such as `oauth.m365` or
@@ -165,39 +182,61 @@ pub fn parse_in<T: DeserializeOwned>(text: &str, source: &str) -> Result<T, Conf
 
 /// The line (1-based) of `key` in `text`: `name` at the top, `a.b` as key
 /// `b` under `[a]`, `a.b` as the header `[a.b]`, `route[2].x` as key `x`
-/// under the second `[[route]]`. A plain scan: TOML written as the
-/// example file writes it; anything fancier gets no line.
+/// under the second `[[route]]`; a top-level name also as the first part
+/// of a header or dotted key (`[oauth2.m365]`, `bogus.x = 1`). A plain
+/// scan: TOML written as the example file writes it; anything fancier
+/// (a key inside a multi-line value) gets no line or the first match.
 pub fn locate(text: &str, key: &str) -> Option<usize> {
     let mut table = String::new();
     let mut arrays: BTreeMap<String, usize> = BTreeMap::new();
+    let first_part = |name: &str| {
+        name.split(['.', '['])
+            .next()
+            .unwrap_or("")
+            .trim()
+            .to_string()
+    };
     for (n, line) in text.lines().enumerate() {
         let line = line.trim();
-        if let Some(name) = line.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
-            let name = name.trim().to_string();
-            let count = arrays.entry(name.clone()).or_insert(0);
-            *count += 1;
-            table = format!("{name}[{count}]");
-        } else if let Some(name) = line.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
-            table = name.trim().to_string();
+        if line.starts_with('#') {
+            continue;
+        }
+        if line.starts_with('[') {
+            // A comment may follow the header.
+            let header = line.split('#').next().unwrap_or("").trim();
+            if let Some(name) = header.strip_prefix("[[").and_then(|l| l.strip_suffix("]]")) {
+                let name = unquote(name);
+                let count = arrays.entry(name.clone()).or_insert(0);
+                *count += 1;
+                table = format!("{name}[{count}]");
+            } else if let Some(name) = header.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+                table = unquote(name);
+            } else {
+                continue;
+            }
+            if table == key || (!key.contains(['.', '[']) && first_part(&table) == key) {
+                return Some(n + 1);
+            }
         } else if let Some((name, _)) = line.split_once('=') {
-            let name = name.trim().trim_matches('"');
+            let name = unquote(name);
             let full = if table.is_empty() {
-                name.to_string()
+                name.clone()
             } else {
                 format!("{table}.{name}")
             };
-            if full == key && !line.starts_with('#') {
+            let top_level_part =
+                table.is_empty() && !key.contains(['.', '[']) && first_part(&name) == key;
+            if full == key || top_level_part {
                 return Some(n + 1);
             }
-            continue;
-        } else {
-            continue;
-        }
-        if table == key {
-            return Some(n + 1);
         }
     }
     None
+}
+
+/// A key or table name as written, its quotes taken off.
+fn unquote(name: &str) -> String {
+    name.trim().trim_matches(['"', '\'']).to_string()
 }
 
 /// One line for a TOML or type error: file and line, the setting, what is
@@ -239,7 +278,7 @@ pub fn explain_toml(text: &str, source: &str, e: &toml::de::Error) -> ConfigErro
         let candidates: Vec<&str> = known.split('`').skip(1).step_by(2).collect();
         unknown_setting(unknown, &candidates)
     } else if message.starts_with("invalid type: ") || message.starts_with("invalid value: ") {
-        explain_value(name, message)
+        explain_type(name, message)
     } else if message == "duplicate key" {
         "set twice: keep one of the two lines".to_string()
     } else if !value.is_empty() && !value.starts_with(['"', '\'', '[', '{']) {
@@ -262,8 +301,26 @@ fn unknown_setting(unknown: &str, known: &[&str]) -> String {
     }
 }
 
+/// Why `value` is not what `key` takes.
+fn explain_value(key: &str, message: &str, value: &toml::Value) -> String {
+    if message.starts_with("invalid type: ") || message.starts_with("invalid value: ") {
+        return explain_type(key, message);
+    }
+    match value {
+        // One of several forms (`listen`: a string or a list): a bare
+        // word or number is most likely a string without its quotes.
+        toml::Value::Integer(_)
+        | toml::Value::Float(_)
+        | toml::Value::Boolean(_)
+        | toml::Value::Datetime(_) => format!(
+            "{value} is not a TOML value: a string must be in quotes, e.g. {key} = \"{value}\""
+        ),
+        _ => message.replace('\n', " "),
+    }
+}
+
 /// serde's "invalid type: string "abc", expected u16" in an admin's words.
-fn explain_value(key: &str, message: &str) -> String {
+fn explain_type(key: &str, message: &str) -> String {
     let rest = message
         .strip_prefix("invalid type: ")
         .or_else(|| message.strip_prefix("invalid value: "))
@@ -320,5 +377,30 @@ mod tests {
         assert_eq!(locate(text, "route[2].backend"), Some(10));
         assert_eq!(locate(text, "route[1].backend"), None);
         assert_eq!(locate(text, "scope"), None);
+        let text = "[backend.b]\nhosts = [\"h\"]\n[[route]]  # sales\nuser = \"a\"\nbackend = \"c\"\n\
+                    [[route]]\nuser = \"z\"\nbackend = \"b\"\n";
+        assert_eq!(locate(text, "route[1].backend"), Some(5));
+        assert_eq!(locate(text, "route[2].backend"), Some(8));
+        let text = "'idle_timeout' = \"x\"\nbogus.x = 1\n[oauth2.m365]\n[[routes]]\n";
+        assert_eq!(locate(text, "idle_timeout"), Some(1));
+        assert_eq!(locate(text, "bogus"), Some(2));
+        assert_eq!(locate(text, "oauth2"), Some(3));
+        assert_eq!(locate(text, "routes"), Some(4));
+    }
+
+    #[test]
+    fn a_value_of_the_wrong_form_is_explained() {
+        let e = FileLayer::parse("\nlisten = 110\n".into(), "t.toml").expect_err("listen");
+        assert_eq!(
+            e.to_string(),
+            "t.toml:2: listen: 110 is not a TOML value: a string must be in quotes, e.g. \
+             listen = \"110\""
+        );
+        let e =
+            FileLayer::parse("implementation = 2024-06-01\n".into(), "t.toml").expect_err("date");
+        assert_eq!(
+            e.to_string(),
+            "t.toml:1: implementation: expected a string in quotes, not the date or time 2024-06-01"
+        );
     }
 }

@@ -62,11 +62,11 @@ impl Flags {
         let one = raw.last().cloned().unwrap_or_default();
         Some(match setting.kind {
             Kind::Bool => toml::Value::Boolean(one == "true"),
-            Kind::Secs | Kind::Count | Kind::Port => match one.parse::<i64>() {
-                Ok(n) => toml::Value::Integer(n),
-                // Beyond what TOML holds: left as text, refused as text.
-                Err(_) => toml::Value::String(one),
-            },
+            // clap took it as a whole number of its type; beyond what
+            // TOML holds it is out of every range, and is refused as such.
+            Kind::Secs | Kind::Count | Kind::Port => {
+                toml::Value::Integer(one.parse::<i64>().unwrap_or(i64::MAX))
+            }
             Kind::List | Kind::Addresses => {
                 toml::Value::Array(raw.into_iter().map(toml::Value::String).collect())
             }
@@ -74,10 +74,16 @@ impl Flags {
         })
     }
 
+    /// Whether the flag `id` was on the command line.
+    pub fn given(&self, id: &str) -> bool {
+        self.matches.value_source(id) == Some(ValueSource::CommandLine)
+    }
+
     pub fn string(&self, id: &str) -> Option<String> {
         self.matches.get_one::<String>(id).cloned()
     }
 
+    /// A path flag as given (not through text: a path need not be UTF-8).
     pub fn path(&self, id: &str) -> Option<PathBuf> {
         self.matches.get_one::<PathBuf>(id).cloned()
     }
@@ -123,9 +129,10 @@ fn setting_arg(setting: &Setting) -> Arg {
     if let Some(short) = setting.short {
         arg = arg.short(short);
     }
-    if let Some((visible, hidden)) = setting.aliases.split_first() {
-        arg = arg.visible_alias(*visible).aliases(hidden.iter().copied());
+    if let Some(visible) = setting.visible_alias {
+        arg = arg.visible_alias(visible);
     }
+    arg = arg.aliases(setting.aliases.iter().copied());
     if setting.kind == Kind::Switch {
         return arg.action(ArgAction::SetTrue);
     }
@@ -139,8 +146,9 @@ fn setting_arg(setting: &Setting) -> Arg {
         Kind::Count => value_parser!(u32).into(),
         Kind::Port => value_parser!(u16).into(),
         Kind::Path => value_parser!(PathBuf),
+        // Repeated, the flag adds to its list, as it always did.
         Kind::List => {
-            arg = arg.value_delimiter(',');
+            arg = arg.value_delimiter(',').action(ArgAction::Append);
             value_parser!(String)
         }
         Kind::Addresses => {

@@ -3,12 +3,14 @@
 //! a range) is blamed where it was written: `command line: --x: ...` or
 //! `FILE:LINE: x: ...`.
 
+use std::path::PathBuf;
+
 use serde::de::DeserializeOwned;
 
 use super::ConfigError;
 use super::file::FileLayer;
 use super::flags::Flags;
-use super::settings;
+use super::settings::{self, Kind};
 
 /// Where a value came from.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -61,6 +63,10 @@ impl Layers {
     pub fn get<T: DeserializeOwned>(&self, key: &str) -> Result<Option<Sourced<T>>, ConfigError> {
         let setting = settings::find(key)
             .ok_or_else(|| ConfigError::new("pop3server", key, "no such setting (a bug)"))?;
+        debug_assert!(
+            setting.kind != Kind::Path,
+            "{key}: read paths with Layers::path"
+        );
         if let Some(value) = self.flags.value(setting) {
             let flag = setting.flag_name().unwrap_or_else(|| key.to_string());
             return T::deserialize(value)
@@ -73,6 +79,25 @@ impl Layers {
                 .map_err(|e| ConfigError::new("command line", &flag, e.message()));
         }
         let value = self.file.get::<T>(key)?;
+        Ok(value.map(|value| Sourced {
+            value,
+            origin: self.file_origin(key),
+        }))
+    }
+
+    /// A path setting: a flag's path as given (a path need not be UTF-8,
+    /// and `get` goes through text), else the file's.
+    pub fn path(&self, key: &str) -> Result<Option<Sourced<PathBuf>>, ConfigError> {
+        let setting = settings::find(key)
+            .ok_or_else(|| ConfigError::new("pop3server", key, "no such setting (a bug)"))?;
+        if let (true, Some(path)) = (setting.flag, self.flags.path(key)) {
+            let flag = setting.flag_name().unwrap_or_else(|| key.to_string());
+            return Ok(Some(Sourced {
+                value: path,
+                origin: Origin::Flag(flag),
+            }));
+        }
+        let value = self.file.get::<PathBuf>(key)?;
         Ok(value.map(|value| Sourced {
             value,
             origin: self.file_origin(key),
@@ -94,6 +119,15 @@ impl Layers {
     /// Only the value, where no later check can find it wrong.
     pub fn value_or<T: DeserializeOwned>(&self, key: &str, default: T) -> Result<T, ConfigError> {
         Ok(self.get_or(key, default)?.value)
+    }
+
+    /// Where `key` was set, if it was: by its flag, or in the file.
+    pub fn set_by(&self, key: &str) -> Option<Origin> {
+        let setting = settings::find(key)?;
+        if setting.flag && self.flags.given(setting.key) {
+            return setting.flag_name().map(Origin::Flag);
+        }
+        self.file.has(key).then(|| self.file_origin(key))
     }
 
     /// Where the file sets `key` (a dotted path for tables).

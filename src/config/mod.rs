@@ -316,7 +316,7 @@ mod tests {
             (
                 "[[route]]\nuser = \"a\"\nbackend = \"default\"\n",
                 &["--routes-file", "/r.toml"],
-                "command line: --routes-file: is set, and this file has [backend.NAME], [[route]] \
+                "command line: --routes-file: is set, and test.toml has [backend.NAME], [[route]] \
                  or default_backend too: keep the routing table in one place",
             ),
         ];
@@ -333,6 +333,32 @@ mod tests {
             e.to_string(),
             "command line: -b: \"POP\" is not IMAP or IMAPS"
         );
+    }
+
+    /// As with the flags of the derive this code replaced: a list flag given
+    /// twice adds to its list; a number beyond any range is out of range.
+    #[test]
+    fn repeated_list_flags_add_up_and_huge_numbers_are_out_of_range() {
+        let c = config("", &["--folders", "INBOX", "--folders", "Archive,Sent"]).expect("lists");
+        assert_eq!(c.backend.folders, ["INBOX", "Archive", "Sent"]);
+        let c = config(
+            "",
+            &[
+                "--proxy-protocol-from",
+                "10.0.0.1",
+                "--proxy-protocol-from",
+                "10.0.0.2",
+            ],
+        )
+        .expect("two balancers");
+        assert_eq!(c.proxy_protocol_from.len(), 2);
+        let e = config("", &["--idle-timeout", "9223372036854775808"]).expect_err("huge");
+        assert_eq!(
+            e.to_string(),
+            "command line: --idle-timeout: must be between 1 and 86400 seconds"
+        );
+        let c = config("", &["--backend_port", "1143", "--backend_address", "h"]).expect("old");
+        assert_eq!(default_backend(&c).hosts[0].to_string(), "h:1143");
     }
 
     #[test]

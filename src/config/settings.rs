@@ -39,7 +39,9 @@ pub struct Setting {
     /// whose flags would be taken for `--check`'s user.
     pub flag: bool,
     pub short: Option<char>,
-    /// Older spellings that keep old command lines working.
+    /// An older spelling shown in `--help`, and others that are not: they
+    /// keep old command lines working.
+    pub visible_alias: Option<&'static str>,
     pub aliases: &'static [&'static str],
 }
 
@@ -80,13 +82,15 @@ const fn setting(
         help,
         flag: true,
         short: None,
+        visible_alias: None,
         aliases: &[],
     }
 }
 
 pub const SETTINGS: &[Setting] = &[
     Setting {
-        aliases: &["backend_address", "backend_host"],
+        visible_alias: Some("backend_address"),
+        aliases: &["backend_host"],
         ..setting(
             "backend_host",
             Kind::Text,
