@@ -180,6 +180,61 @@ pub const MAX_TOKEN_RESPONSE: u64 = 64 * 1024;
 /// whatever the provider says its code is valid for.
 pub const MAX_CONSENT_WAIT: Duration = Duration::from_secs(30 * 60);
 
+/// How long a browser consent (`grant = "authorization_code"`) waits for
+/// the sign-in unless `consent_timeout` says otherwise: long enough to find
+/// the right account and approve, short enough that a forgotten run ends.
+pub const DEFAULT_CONSENT_TIMEOUT: Duration = Duration::from_secs(10 * 60);
+
+/// The browser consent (`--oauth-consent` of an `authorization_code`
+/// source): how long a connection to the redirect port may take to send its request
+/// head, and to take the answer: a browser sends at once; a speculative
+/// connection that sends nothing waits in its own thread, not in the way.
+pub const REDIRECT_REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest request line accepted on the redirect port, and longest line
+/// pasted on standard input: the redirect's address is a few hundred
+/// bytes.
+pub const MAX_REDIRECT_LINE: usize = 8 * 1024;
+
+/// Longest request head read on the redirect port: the headers are read to
+/// their end before answering (closing a socket with unread bytes resets
+/// the connection, and the browser would show an error instead of the
+/// page), and a browser's headers, cookies for 127.0.0.1 included, are a
+/// few KiB.
+pub const MAX_REDIRECT_HEAD: usize = 32 * 1024;
+
+/// How often the wait looks for new connections while nothing arrives:
+/// the delay a browser's redirect may see; idle, the loop costs nothing.
+pub const REDIRECT_WAIT_POLL: Duration = Duration::from_millis(50);
+
+/// Connections served during one consent: a browser makes a few (the
+/// redirect, the favicon, speculative ones); many more is someone else
+/// knocking, and each costs a thread.
+pub const MAX_REDIRECT_CONNECTIONS: usize = 64;
+
+/// A client assertion (certificate credential) is good for this long:
+/// it is made for one request, and a short life limits a stolen one.
+pub const CLIENT_ASSERTION_LIFETIME: Duration = Duration::from_secs(300);
+
+/// A service account's assertion: Google accepts at most an hour.
+pub const SERVICE_ACCOUNT_ASSERTION_LIFETIME: Duration = Duration::from_secs(3600);
+
+/// After the provider declares a grant dead (`invalid_grant`,
+/// `invalid_client`, `unauthorized_client`), no token is asked for with it
+/// for this long, doubling with each further refusal up to
+/// `DEAD_GRANT_REST_MAX`: every device poll asking again would only be
+/// refused again, and providers count such requests against the client. A
+/// new consent or a changed `[oauth.NAME]` ends the rest at once.
+pub const DEAD_GRANT_REST: Duration = Duration::from_secs(60);
+pub const DEAD_GRANT_REST_MAX: Duration = Duration::from_secs(3600);
+
+/// `--oauth-status` and the log warn this long before a refresh token, a
+/// certificate or a client secret expires: time to renew it calmly.
+pub const TOKEN_EXPIRY_WARNING: Duration = Duration::from_secs(14 * 86_400);
+
+/// A health warning in the log comes at most this often per source.
+pub const TOKEN_WARNING_INTERVAL: Duration = Duration::from_secs(86_400);
+
 /// Longest line of a snapshot cache file: a UID (10 digits), a space, a size
 /// (20 digits), a newline. Bounds how much of a cache file is read.
 pub const SIZE_CACHE_MAX_LINE: usize = 32;

@@ -60,6 +60,11 @@ fn run() -> Result<ExitCode, String> {
             return pop3server::admin::hash_password(&mut std::io::stdout())
                 .map(|_| ExitCode::SUCCESS);
         }
+        Some(Task::OAuthStatus) => {
+            logging::init(logging::resolve(config.log, false), config.debug);
+            return pop3server::admin::oauth_status(&config, &mut std::io::stdout())
+                .map(ExitCode::from);
+        }
         Some(Task::OAuthConsent(name)) => {
             logging::init(logging::resolve(config.log, false), config.debug);
             return pop3server::admin::oauth_consent(&config, name, &mut std::io::stdout())

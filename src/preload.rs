@@ -15,7 +15,7 @@ use log::error;
 use rustls::ServerConfig;
 
 use crate::devices::Devices;
-use crate::devices::oauth::http;
+use crate::devices::oauth::http::{self, ClientKey};
 use crate::devices::oauth::settings::OAuthSource;
 use crate::secret::Secret;
 use crate::tls::{self, TlsFiles};
@@ -39,7 +39,7 @@ pub struct Preloaded {
     /// Read now (before leaving root) or at the first device login.
     devices: OnceCell<Result<Devices, String>>,
     /// Only before leaving root; otherwise each source reads its own file.
-    client_secrets: BTreeMap<String, Result<Option<Secret>, String>>,
+    client_keys: BTreeMap<String, Result<ClientKey, String>>,
     /// The cluster lock's Redis password, read with the other files (it
     /// may be root's, mode 0600).
     cluster_lock_password: Option<Result<Secret, String>>,
@@ -65,23 +65,23 @@ impl Preloaded {
             tls,
             devices_file: config.devices_file.map(Path::to_path_buf),
             devices: OnceCell::new(),
-            client_secrets: BTreeMap::new(),
+            client_keys: BTreeMap::new(),
             cluster_lock_password,
         };
         if !leaving_root {
             return files;
         }
         let _ = files.devices();
-        let client_secrets = config
+        let client_keys = config
             .oauth
             .iter()
             .map(|(name, source)| {
-                let secret = http::client_secret(source).map_err(|e| e.to_string());
-                (name.clone(), secret)
+                let key = http::client_key(source).map_err(|e| e.to_string());
+                (name.clone(), key)
             })
             .collect();
         Preloaded {
-            client_secrets,
+            client_keys,
             ..files
         }
     }
@@ -105,10 +105,11 @@ impl Preloaded {
             .map_err(Clone::clone)
     }
 
-    /// The client secret of the `[oauth.NAME]` source, if it was read ahead
-    /// (`None`: the source reads its file itself).
-    pub fn client_secret(&self, name: &str) -> Option<&Result<Option<Secret>, String>> {
-        self.client_secrets.get(name)
+    /// The client secret, certificate key or service account key of the
+    /// `[oauth.NAME]` source, if it was read ahead (`None`: the source
+    /// reads its files itself).
+    pub fn client_key(&self, name: &str) -> Option<&Result<ClientKey, String>> {
+        self.client_keys.get(name)
     }
 }
 
@@ -155,9 +156,11 @@ mod tests {
 
         let ahead = Preloaded::read(wanted, true);
         let lazy = Preloaded::read(wanted, false);
-        assert!(matches!(ahead.client_secret("src"), Some(Ok(Some(s))) if s.expose() == b"s3cret"));
         assert!(
-            lazy.client_secret("src").is_none(),
+            matches!(ahead.client_key("src"), Some(Ok(ClientKey::Secret(s))) if s.expose() == b"s3cret")
+        );
+        assert!(
+            lazy.client_key("src").is_none(),
             "the source reads its own file"
         );
         // What was read ahead no longer needs the file; the lazy one does.

@@ -313,7 +313,8 @@ fn token_login<L: Link>(
     };
     link.passed(Passed::Device { device, source });
     let store = Store::new(&context.settings.state_dir, source)
-        .with_client_secret(context.files.client_secret(&source.name));
+        .with_client_key(context.files.client_key(&source.name))
+        .for_mailbox(&device.mailbox);
     let mut refused: Option<Secret> = None;
     for again in [false, true] {
         let token = match store.access_token(refused.as_ref()) {
@@ -413,6 +414,8 @@ pub fn session_answer(verdict: Verdict) -> (LoginAnswer, Option<Relogin>) {
         Verdict::NoToken { device, error } => {
             match error {
                 TokenError::Unavailable(_) => warn!("device {device}: no token now: {error}"),
+                // Said at error level when the grant was refused.
+                TokenError::Resting(_) => debug!("device {device}: {error}"),
                 TokenError::InvalidGrant(_) | TokenError::Setup(_) => {
                     error!("device {device}: no token: {error}")
                 }
@@ -446,7 +449,7 @@ mod tests {
     use base64::engine::general_purpose::STANDARD as BASE64;
 
     use super::*;
-    use crate::devices::oauth::settings::OAuthGrant;
+    use crate::devices::oauth::settings::{ClientProof, OAuthGrant};
     use crate::imap::Transport;
     use crate::preload::Wanted;
     use crate::route::{Backend, BackendTls, Host};
@@ -555,9 +558,9 @@ mod tests {
         };
         let source = OAuthSource {
             name: "src".into(),
-            grant: OAuthGrant::ClientCredentials,
+            grant: OAuthGrant::ClientCredentials(ClientProof::Secret("/nonexistent".into())),
             // Never asked: the tokens are in the store.
-            token_url: "http://127.0.0.1:1/token".into(),
+            token_url: Some("http://127.0.0.1:1/token".into()),
             device_authorization_url: None,
             client_id: "id".into(),
             client_secret_file: None,
@@ -565,6 +568,9 @@ mod tests {
             mechanism: TokenMechanism::XOAuth2,
             ca_file: None,
             proxy: None,
+            refresh_token_max_idle_days: None,
+            refresh_token_max_age_days: None,
+            client_secret_expires: None,
         };
         Settings {
             routes: Routes {

@@ -47,6 +47,12 @@ pub fn config(layers: &Layers) -> Result<Config, ConfigError> {
         config_file: None,
         routes_file: routes.1,
         task: task(layers, &oauth)?,
+        consent_timeout: secs(
+            layers,
+            "consent_timeout",
+            limits::DEFAULT_CONSENT_TIMEOUT,
+            1,
+        )?,
         backend: backend(layers, routes.0, oauth, devices_file.is_some())?,
         session: session(layers)?,
         backend_connect_early: layers.value_or("backend_connect_early", true)?,
@@ -525,15 +531,22 @@ fn task(
     if flags.set("hash_password") {
         return Ok(Some(Task::HashPassword));
     }
+    if flags.set("oauth_status") {
+        return Ok(Some(Task::OAuthStatus));
+    }
     let Some(name) = flags.string("oauth_consent") else {
         return Ok(None);
     };
     let flag = layers.flag("--oauth-consent");
     match oauth.get(&name) {
-        Some(s) if s.has_device_consent() => Ok(Some(Task::OAuthConsent(name))),
-        Some(_) => Err(flag.error(
+        Some(s) if s.has_consent() => Ok(Some(Task::OAuthConsent(name))),
+        Some(s) => Err(flag.error(
             "oauth_consent",
-            format!("[oauth.{name}] needs grant = \"refresh_token\" and device_authorization_url"),
+            format!(
+                "[oauth.{name}] (grant {}) has no consent step: that is grant = \"authorization_code\", \
+                 or grant = \"refresh_token\" with device_authorization_url",
+                s.grant_name()
+            ),
         )),
         None => Err(flag.error(
             "oauth_consent",

@@ -219,6 +219,12 @@ fn other_args() -> Vec<Arg> {
             .value_name("NAME")
             .conflicts_with("check")
             .help_heading(DEVICES)
-            .help("Authorise the refresh-token source NAME once (OAuth2 device authorization grant, RFC 8628): prints a URL and a code, waits, stores the tokens, and exits"),
+            .help("Authorise the token source NAME once: for grant refresh_token the device authorization grant (RFC 8628: a URL and a code), for grant authorization_code a browser sign-in (a URL; the browser's redirect to this host or the address it ended on, pasted here); stores the tokens and exits"),
+        Arg::new("oauth_status")
+            .long("oauth-status")
+            .action(ArgAction::SetTrue)
+            .conflicts_with_all(["check", "oauth_consent", "hash_password"])
+            .help_heading(DEVICES)
+            .help("Print the health of every token source (token expiry, last request, refresh token age, certificate and secret expiry) and exit: 0 all well, 1 something expires within 14 days, 2 something is broken"),
     ]
 }

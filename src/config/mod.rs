@@ -87,6 +87,8 @@ pub struct Config {
     pub group: Option<String>,
     /// What to do instead of serving a session, if anything.
     pub task: Option<Task>,
+    /// How long `--oauth-consent` waits for a browser sign-in.
+    pub consent_timeout: Duration,
 }
 
 /// A one-off task of the command line.
@@ -94,8 +96,11 @@ pub struct Config {
 pub enum Task {
     /// Print an argon2id hash of a password read from the terminal or stdin.
     HashPassword,
-    /// Run the device authorization grant (RFC 8628) for this token source.
+    /// Run the one-time consent of this token source: the device
+    /// authorization grant (RFC 8628) or the browser sign-in.
     OAuthConsent(String),
+    /// Print the health of every token source and exit 0, 1 or 2.
+    OAuthStatus,
 }
 
 /// What `--check` should try beyond connecting.
@@ -305,8 +310,8 @@ mod tests {
                 "log = \"stderr\"\n[oauth.m]\ngrant = \"implicit\"\ntoken_url = \"https://i/t\"\n\
                  client_id = \"c\"\nscope = \"s\"\n",
                 &[],
-                "test.toml:2: oauth.m: grant \"implicit\" is not client_credentials or \
-                 refresh_token",
+                "test.toml:2: oauth.m: grant \"implicit\" is not client_credentials, \
+                 refresh_token, authorization_code or jwt_bearer",
             ),
             (
                 "[backend.b]\nhosts = [\"h\"]\n[[route]]\nuser = \"a\"\nbackend = \"c\"\n",

@@ -408,6 +408,14 @@ pub const SETTINGS: &[Setting] = &[
         "Directory for state shared by the session processes (OAuth2 tokens) \
          [default: /var/lib/pop3server]",
     ),
+    setting(
+        "consent_timeout",
+        Kind::Secs,
+        "SECS",
+        DEVICES,
+        "Seconds --oauth-consent waits for the browser sign-in of a grant authorization_code \
+         source [default: 600]",
+    ),
     Setting {
         flag: false,
         ..setting(

@@ -38,7 +38,7 @@ MAX_EXPOSURE = 2.0
 
 # Long options of pop3server that are not configuration file keys.
 NOT_KEYS = {"config", "inetd", "check", "user", "password-file", "help", "version",
-            "backend_address", "hash-password", "oauth-consent", "route"}
+            "backend_address", "hash-password", "oauth-consent", "oauth-status", "route"}
 
 
 def need(tool: str) -> str:

@@ -41,9 +41,9 @@ pub fn run(
     sleep: &dyn Fn(Duration),
 ) -> Result<(), TokenError> {
     let name = &source.name;
-    let Some(url) = &source.device_authorization_url else {
+    let (Some(url), Some(token_url)) = (&source.device_authorization_url, &source.token_url) else {
         return Err(TokenError::Setup(format!(
-            "[oauth.{name}] has no device_authorization_url"
+            "[oauth.{name}] has no device_authorization_url or token_url"
         )));
     };
     let secret = http::client_secret(source)?;
@@ -100,7 +100,7 @@ pub fn run(
             break;
         }
         sleep(interval);
-        match http::post::<TokenAnswer>(source, &source.token_url, &poll) {
+        match http::post::<TokenAnswer>(source, token_url, &poll) {
             Ok(Answer::Ok(tokens)) => {
                 store.store_consent(tokens)?;
                 let _ = writeln!(

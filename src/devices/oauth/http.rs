@@ -11,7 +11,8 @@ use ureq::tls::{Certificate, RootCerts, TlsConfig};
 use ureq::{Agent, Proxy};
 
 use super::TokenError;
-use crate::devices::oauth::settings::OAuthSource;
+use super::jwt;
+use crate::devices::oauth::settings::{ClientProof, OAuthGrant, OAuthSource};
 use crate::limits::{MAX_TOKEN_RESPONSE, TOKEN_HTTP_TIMEOUT};
 use crate::secret::Secret;
 
@@ -47,9 +48,54 @@ pub enum Answer<T> {
     Error(ErrorAnswer),
 }
 
-/// The client secret of `source`, from its file (first line).
+/// What proves the client (or the service account) at the token endpoint,
+/// read from its files.
+pub enum ClientKey {
+    /// A public client: its id alone.
+    None,
+    Secret(Secret),
+    /// A certificate credential: the key signs a client assertion naming
+    /// the certificate.
+    Certificate {
+        key: jwt::RsaKey,
+        cert: jwt::Certificate,
+    },
+    ServiceAccount(jwt::ServiceAccount),
+}
+
+/// Reads what `source` authenticates with. These files may be root's only
+/// (see `preload`), and none of their content reaches an error text.
+pub fn client_key(source: &OAuthSource) -> Result<ClientKey, TokenError> {
+    let setup = |why: String| TokenError::Setup(format!("[oauth.{}] {why}", source.name));
+    match &source.grant {
+        OAuthGrant::ClientCredentials(ClientProof::Certificate { cert, key }) => {
+            Ok(ClientKey::Certificate {
+                key: jwt::RsaKey::from_file(key)
+                    .map_err(|e| setup(format!("client_key_file {e}")))?,
+                cert: jwt::Certificate::from_file(cert)
+                    .map_err(|e| setup(format!("client_certificate_file {e}")))?,
+            })
+        }
+        OAuthGrant::JwtBearer {
+            service_account_file,
+        } => jwt::ServiceAccount::from_file(service_account_file)
+            .map(ClientKey::ServiceAccount)
+            .map_err(|e| setup(format!("service_account_file {e}"))),
+        _ => Ok(match client_secret(source)? {
+            Some(secret) => ClientKey::Secret(secret),
+            None => ClientKey::None,
+        }),
+    }
+}
+
+/// The client secret of `source`, from its file (first line), if it has
+/// one.
 pub fn client_secret(source: &OAuthSource) -> Result<Option<Secret>, TokenError> {
-    let Some(path) = &source.client_secret_file else {
+    let path = match &source.grant {
+        OAuthGrant::ClientCredentials(ClientProof::Secret(path)) => Some(path),
+        _ => source.client_secret_file.as_ref(),
+    };
+    let Some(path) = path else {
         return Ok(None);
     };
     let secret = Secret::first_line_of(path).map_err(|e| {

@@ -9,12 +9,19 @@
 //!   refreshed by one process at a time under `flock`, a rotated refresh
 //!   token written to disk (fsync, rename) before it is used.
 //! - `consent`: the one-time device authorization grant of
-//!   `--oauth-consent NAME`.
+//!   `--oauth-consent NAME`; `authcode`: the one-time browser sign-in
+//!   (authorization code with PKCE and a loopback redirect).
+//! - `jwt`: signed assertions, for service accounts (RFC 7523 section 2.1)
+//!   and certificate credentials (section 2.2), and their key files.
+//! - `status`: a grant's health, for `--oauth-status` and the log.
 //! - `settings`: the `[oauth.NAME]` tables, as written and validated.
 
+pub mod authcode;
 pub mod consent;
 pub mod http;
+pub mod jwt;
 pub mod settings;
+pub mod status;
 pub mod store;
 
 use std::fmt;
@@ -31,6 +38,10 @@ pub enum TokenError {
     /// The grant is dead (consent revoked, refresh token expired or
     /// already used): only an admin can fix it, with `--oauth-consent`.
     InvalidGrant(String),
+    /// The provider refused the grant a moment ago and it rests (see
+    /// `limits::DEAD_GRANT_REST`): no request was made. Said once, when
+    /// it was refused; this is the reminder.
+    Resting(String),
     /// The configuration or the state on disk is wrong (no consent yet, an
     /// unreadable secret file, the client refused): the text says what.
     Setup(String),
@@ -41,6 +52,7 @@ impl fmt::Display for TokenError {
         match self {
             TokenError::Unavailable(why) => write!(f, "token endpoint unavailable: {why}"),
             TokenError::InvalidGrant(why) => write!(f, "the grant is no longer valid: {why}"),
+            TokenError::Resting(why) => write!(f, "no token now: {why}"),
             TokenError::Setup(why) => f.write_str(why),
         }
     }

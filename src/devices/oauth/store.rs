@@ -1,13 +1,20 @@
 //! The token store: `<state_dir>/oauth/<source>.json` (mode 0600, in a 0700
-//! directory), shared by every session process. An access token is reused
-//! until `TOKEN_EXPIRY_MARGIN` before it expires. A refresh is done by one
-//! process at a time, under an exclusive `flock` on `<source>.lock`: the
-//! others wait, then find the fresh token in the file, so twenty sessions
-//! that start at once make one request. A response that rotates the
-//! refresh token is written to disk (temporary file, fsync, rename, fsync
-//! of the directory) before the new access token is used: the one moment a
-//! crash can lose a rotated refresh token is between the provider's answer
-//! and that write.
+//! directory), shared by every session process; for a service account one
+//! file per mailbox, `<source>.<digest of the mailbox>.json`. An access
+//! token is reused until `TOKEN_EXPIRY_MARGIN` before it expires. A refresh
+//! is done by one process at a time, under an exclusive `flock` on the
+//! file's `.lock`: the others wait, then find the fresh token in the file,
+//! so twenty sessions that start at once make one request. A response that
+//! rotates the refresh token is written to disk (temporary file, fsync,
+//! rename, fsync of the directory) before the new access token is used:
+//! the one moment a crash can lose a rotated refresh token is between the
+//! provider's answer and that write.
+//!
+//! The file also remembers the grant's health, for `--oauth-status` and
+//! the log: when the consent was, when the refresh token was last used,
+//! how the last request went; and a grant the provider declared dead rests
+//! (no request with it) until a new consent, a changed configuration, or
+//! the end of a bounded back-off.
 
 use std::fs::{self, DirBuilder, File, OpenOptions, TryLockError};
 use std::io::{ErrorKind, Write};
@@ -16,30 +23,72 @@ use std::path::PathBuf;
 use std::thread;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
+use log::warn;
 use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
 
 use super::TokenError;
-use super::http::{self, Answer, TokenAnswer};
+use super::http::{self, Answer, ClientKey, TokenAnswer};
+use super::jwt;
+use super::status;
 use crate::devices::oauth::settings::{OAuthGrant, OAuthSource};
-use crate::limits::{TOKEN_EXPIRY_MARGIN, TOKEN_LOCK_WAIT};
+use crate::limits::{
+    DEAD_GRANT_REST, DEAD_GRANT_REST_MAX, TOKEN_EXPIRY_MARGIN, TOKEN_LOCK_WAIT,
+    TOKEN_WARNING_INTERVAL,
+};
 use crate::secret::Secret;
 
-/// What the file holds.
+const JWT_BEARER_GRANT: &[u8] = b"urn:ietf:params:oauth:grant-type:jwt-bearer";
+const JWT_CLIENT_ASSERTION: &[u8] = b"urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
+
+/// What the file holds. Times are Unix seconds.
 #[derive(Debug, Default, Serialize, Deserialize)]
-struct Saved {
-    access_token: Option<Secret>,
-    /// Unix seconds.
+pub struct Saved {
+    pub access_token: Option<Secret>,
     #[serde(default)]
-    expires_at: u64,
-    refresh_token: Option<Secret>,
+    pub expires_at: u64,
+    pub refresh_token: Option<Secret>,
+    /// The mailbox a service account's token is for.
+    #[serde(default)]
+    pub mailbox: Option<String>,
+    /// When `--oauth-consent` stored the refresh token.
+    #[serde(default)]
+    pub consented_at: Option<u64>,
+    /// When the refresh token was last used (providers drop unused ones).
+    #[serde(default)]
+    pub refresh_used_at: Option<u64>,
+    #[serde(default)]
+    pub last_success_at: Option<u64>,
+    #[serde(default)]
+    pub last_failure_at: Option<u64>,
+    /// The provider's words, or ours, for the last failure.
+    #[serde(default)]
+    pub last_failure: Option<String>,
+    /// Since when the provider calls the grant dead; `None`: it is not.
+    #[serde(default)]
+    pub dead_since: Option<u64>,
+    #[serde(default)]
+    pub dead_reason: Option<String>,
+    /// Refusals in a row: each doubles the rest.
+    #[serde(default)]
+    pub dead_refusals: u32,
+    /// The configuration the grant was declared dead under: a changed
+    /// `[oauth.NAME]` is worth one more try at once.
+    #[serde(default)]
+    pub dead_settings: Option<String>,
+    /// When the log last warned of this grant's health.
+    #[serde(default)]
+    pub warned_at: Option<u64>,
 }
 
 pub struct Store<'a> {
     source: &'a OAuthSource,
     dir: PathBuf,
-    /// The client secret as read before root was left; read from its file
-    /// when `None`.
-    client_secret: Option<&'a Result<Option<Secret>, String>>,
+    /// The client's credentials as read before root was left; read from
+    /// their files when `None`.
+    key: Option<&'a Result<ClientKey, String>>,
+    /// For a service account: whose token (its `sub`).
+    mailbox: Option<String>,
 }
 
 /// A token and when it expires (Unix seconds).
@@ -48,7 +97,7 @@ pub struct Token {
     pub expires_at: u64,
 }
 
-fn now() -> u64 {
+pub fn now() -> u64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map_or(0, |d| d.as_secs())
@@ -59,21 +108,41 @@ impl<'a> Store<'a> {
         Store {
             source,
             dir: state_dir.join("oauth"),
-            client_secret: None,
+            key: None,
+            mailbox: None,
         }
     }
 
-    /// Uses a client secret read earlier (see `preload`) instead of its file.
-    pub fn with_client_secret(
-        mut self,
-        secret: Option<&'a Result<Option<Secret>, String>>,
-    ) -> Self {
-        self.client_secret = secret;
+    /// Uses credentials read earlier (see `preload`) instead of their files.
+    pub fn with_client_key(mut self, key: Option<&'a Result<ClientKey, String>>) -> Self {
+        self.key = key;
         self
     }
 
+    /// The token of `mailbox`, for a service account, whose tokens are per
+    /// mailbox; other grants have one token for every mailbox.
+    pub fn for_mailbox(mut self, mailbox: &str) -> Self {
+        if matches!(self.source.grant, OAuthGrant::JwtBearer { .. }) {
+            self.mailbox = Some(mailbox.to_string());
+        }
+        self
+    }
+
+    /// The file's name without `.json`: the source's, and for a service
+    /// account's mailbox a digest of it (a mailbox name is no file name).
+    fn stem(&self) -> String {
+        match &self.mailbox {
+            Some(mailbox) => {
+                let digest = Sha256::digest(mailbox.to_ascii_lowercase().as_bytes());
+                let hex: String = digest[..8].iter().map(|b| format!("{b:02x}")).collect();
+                format!("{}.{hex}", self.source.name)
+            }
+            None => self.source.name.clone(),
+        }
+    }
+
     pub fn path(&self) -> PathBuf {
-        self.dir.join(format!("{}.json", self.source.name))
+        self.dir.join(format!("{}.json", self.stem()))
     }
 
     /// A valid access token: the stored one, or a new one. `refused` is a
@@ -85,16 +154,79 @@ impl<'a> Store<'a> {
         }
         let _lock = self.lock()?;
         // Another process may have refreshed while we waited for the lock.
-        let saved = self.read()?;
+        let mut saved = self.read()?;
         if let Some(token) = usable(&saved, refused) {
             return Ok(token);
         }
-        let answer = self.request(&saved)?;
-        self.save(answer, saved.refresh_token)
+        self.check_rest(&saved)?;
+        let now = now();
+        match self.request(&saved) {
+            Ok(answer) => {
+                if saved.refresh_token.is_some() {
+                    saved.refresh_used_at = Some(now);
+                }
+                saved.last_success_at = Some(now);
+                saved.dead_since = None;
+                saved.dead_reason = None;
+                saved.dead_refusals = 0;
+                saved.dead_settings = None;
+                self.warn_of_health(&mut saved, now);
+                self.save(saved, answer)
+            }
+            Err(error) => {
+                saved.mailbox = self.mailbox.clone();
+                saved.last_failure_at = Some(now);
+                saved.last_failure = Some(error.to_string());
+                if let TokenError::InvalidGrant(why) = &error {
+                    saved.dead_since = Some(now);
+                    saved.dead_reason = Some(why.clone());
+                    saved.dead_refusals = saved.dead_refusals.saturating_add(1);
+                    saved.dead_settings = Some(self.settings_digest());
+                }
+                // Losing this note costs only the status it feeds.
+                let _ = self.write(&saved);
+                Err(error)
+            }
+        }
+    }
+
+    /// Refuses to ask while a dead grant rests.
+    fn check_rest(&self, saved: &Saved) -> Result<(), TokenError> {
+        let Some(since) = saved.dead_since else {
+            return Ok(());
+        };
+        if saved.dead_settings.as_deref() != Some(self.settings_digest().as_str()) {
+            return Ok(());
+        }
+        let until = since.saturating_add(rest(saved.dead_refusals).as_secs());
+        if now() >= until {
+            return Ok(());
+        }
+        Err(TokenError::Resting(format!(
+            "[oauth.{}]: the provider refused the grant ({}); not asking again before {} \
+             unless the configuration changes{}",
+            self.source.name,
+            saved.dead_reason.as_deref().unwrap_or("no reason given"),
+            status::utc(until),
+            if self.source.has_consent() {
+                format!(
+                    " or pop3server --oauth-consent {} authorises again",
+                    self.source.name
+                )
+            } else {
+                String::new()
+            }
+        )))
+    }
+
+    /// What `--oauth-status` reads: the file as it is (no request).
+    pub fn saved(&self) -> Result<Saved, TokenError> {
+        self.read()
     }
 
     /// Stores the first tokens of a consent (`--oauth-consent`), replacing
-    /// what was there: the next session uses them, no restart needed.
+    /// what was there (a resting dead grant too): the next session uses
+    /// them, no restart needed.
     pub fn store_consent(&self, answer: TokenAnswer) -> Result<(), TokenError> {
         let _lock = self.lock()?;
         if answer.refresh_token.is_none() {
@@ -104,49 +236,140 @@ impl<'a> Store<'a> {
                 self.source.name
             )));
         }
-        self.save(answer, None).map(|_| ())
+        let now = now();
+        let saved = Saved {
+            consented_at: Some(now),
+            refresh_used_at: Some(now),
+            last_success_at: Some(now),
+            ..Saved::default()
+        };
+        self.save(saved, answer).map(|_| ())
     }
 
     fn request(&self, saved: &Saved) -> Result<TokenAnswer, TokenError> {
         let name = &self.source.name;
         let read;
-        let secret = match self.client_secret {
-            Some(Ok(secret)) => secret.as_ref(),
+        let key = match self.key {
+            Some(Ok(key)) => key,
             Some(Err(why)) => return Err(TokenError::Setup(why.clone())),
             None => {
-                read = http::client_secret(self.source)?;
-                read.as_ref()
+                read = http::client_key(self.source)?;
+                &read
             }
         };
-        let mut form: Vec<(&str, &[u8])> = vec![
-            ("client_id", self.source.client_id.as_bytes()),
-            ("scope", self.source.scope.as_bytes()),
-        ];
-        if let Some(secret) = &secret {
-            form.push(("client_secret", secret.expose()));
+        let url = self.token_url(key)?;
+        let mut form: Vec<(&str, Vec<u8>)> = Vec::new();
+        // A service account names its scope inside the assertion; its form
+        // is the grant and the assertion alone, as Google documents it.
+        if !matches!(self.source.grant, OAuthGrant::JwtBearer { .. }) {
+            form.push(("scope", self.source.scope.clone().into_bytes()));
         }
-        match (self.source.grant, &saved.refresh_token) {
-            (OAuthGrant::ClientCredentials, _) => form.push(("grant_type", b"client_credentials")),
-            (OAuthGrant::RefreshToken, Some(refresh)) => {
-                form.push(("grant_type", b"refresh_token"));
-                form.push(("refresh_token", refresh.expose()));
+        if !self.source.client_id.is_empty() {
+            form.push(("client_id", self.source.client_id.clone().into_bytes()));
+        }
+        let secret_form = match (&self.source.grant, key) {
+            (OAuthGrant::JwtBearer { .. }, ClientKey::ServiceAccount(account)) => {
+                let mailbox = self.mailbox.as_deref().ok_or_else(|| {
+                    TokenError::Setup(format!(
+                        "[oauth.{name}]: a service account's token is for a mailbox: none given"
+                    ))
+                })?;
+                let assertion = jwt::service_account_assertion(
+                    account,
+                    &self.source.scope,
+                    mailbox,
+                    &url,
+                    now(),
+                )
+                .map_err(|e| TokenError::Setup(format!("[oauth.{name}] {e}")))?;
+                form.push(("grant_type", JWT_BEARER_GRANT.to_vec()));
+                Some(("assertion", assertion))
             }
-            (OAuthGrant::RefreshToken, None) => {
+            (OAuthGrant::ClientCredentials(_), ClientKey::Certificate { key, cert }) => {
+                let assertion =
+                    jwt::client_assertion(&self.source.client_id, &url, key, cert, now())
+                        .map_err(|e| TokenError::Setup(format!("[oauth.{name}] {e}")))?;
+                form.push(("grant_type", b"client_credentials".to_vec()));
+                form.push(("client_assertion_type", JWT_CLIENT_ASSERTION.to_vec()));
+                Some(("client_assertion", assertion))
+            }
+            (OAuthGrant::ClientCredentials(_), _) => {
+                form.push(("grant_type", b"client_credentials".to_vec()));
+                None
+            }
+            (OAuthGrant::RefreshToken | OAuthGrant::AuthorizationCode { .. }, _) => {
+                let Some(refresh) = &saved.refresh_token else {
+                    return Err(TokenError::Setup(format!(
+                        "[oauth.{name}] has no refresh token yet: run pop3server --oauth-consent {name}"
+                    )));
+                };
+                form.push(("grant_type", b"refresh_token".to_vec()));
+                Some(("refresh_token", Secret::new(refresh.expose().to_vec())))
+            }
+            (OAuthGrant::JwtBearer { .. }, _) => {
                 return Err(TokenError::Setup(format!(
-                    "[oauth.{name}] has no refresh token yet: run pop3server --oauth-consent {name}"
+                    "[oauth.{name}]: no service account key was read"
                 )));
             }
+        };
+        let mut fields: Vec<(&str, &[u8])> = form.iter().map(|(k, v)| (*k, v.as_slice())).collect();
+        if let ClientKey::Secret(secret) = key {
+            fields.push(("client_secret", secret.expose()));
         }
-        self.answer(http::post(self.source, &self.source.token_url, &form)?)
+        if let Some((field, value)) = &secret_form {
+            fields.push((field, value.expose()));
+        }
+        self.answer(http::post(self.source, &url, &fields)?)
+    }
+
+    /// Where tokens are asked for: the configured URL, or the one the
+    /// service account's key names.
+    fn token_url(&self, key: &ClientKey) -> Result<String, TokenError> {
+        if let Some(url) = &self.source.token_url {
+            return Ok(url.clone());
+        }
+        if let ClientKey::ServiceAccount(account) = key
+            && let Some(url) = &account.token_uri
+            && url.starts_with("https://")
+        {
+            return Ok(url.clone());
+        }
+        Err(TokenError::Setup(format!(
+            "[oauth.{}] has no token_url (and the key file names no https:// token_uri)",
+            self.source.name
+        )))
     }
 
     fn answer(&self, answer: Answer<TokenAnswer>) -> Result<TokenAnswer, TokenError> {
         let name = &self.source.name;
+        let fix = match &self.source.grant {
+            g if self.source.has_consent()
+                && matches!(
+                    g,
+                    OAuthGrant::RefreshToken | OAuthGrant::AuthorizationCode { .. }
+                ) =>
+            {
+                format!("run pop3server --oauth-consent {name} to authorise again")
+            }
+            OAuthGrant::JwtBearer { .. } => format!(
+                "check that the service account may act for {} (domain-wide delegation, the \
+                 scope) and that its key is valid",
+                self.mailbox.as_deref().unwrap_or("the mailbox")
+            ),
+            _ => "check client_id, the secret or certificate, and scope".to_string(),
+        };
         match answer {
             Answer::Ok(token) => Ok(token),
-            Answer::Error(e) if e.error == "invalid_grant" => {
+            // The grant or the client is refused for good: asking again
+            // changes nothing until an admin acts.
+            Answer::Error(e)
+                if matches!(
+                    e.error.as_str(),
+                    "invalid_grant" | "invalid_client" | "unauthorized_client"
+                ) =>
+            {
                 Err(TokenError::InvalidGrant(format!(
-                    "[oauth.{name}]: {}; run pop3server --oauth-consent {name} to authorise again",
+                    "[oauth.{name}]: {}; {fix}",
                     e.describe()
                 )))
             }
@@ -154,21 +377,48 @@ impl<'a> Store<'a> {
                 TokenError::Unavailable(format!("[oauth.{name}]: {}", e.describe())),
             ),
             Answer::Error(e) => Err(TokenError::Setup(format!(
-                "[oauth.{name}]: the token endpoint refused: {} (check client_id, the secret and scope)",
+                "[oauth.{name}]: the token endpoint refused: {} ({fix})",
                 e.describe()
             ))),
         }
     }
 
+    /// A digest of the source's settings: a changed configuration ends a
+    /// dead grant's rest.
+    fn settings_digest(&self) -> String {
+        let digest = Sha256::digest(format!("{:?}", self.source).as_bytes());
+        digest[..8].iter().map(|b| format!("{b:02x}")).collect()
+    }
+
+    /// Warns in the log, at most once a day, of what `--oauth-status` would
+    /// call expiring or broken.
+    fn warn_of_health(&self, saved: &mut Saved, now: u64) {
+        if saved
+            .warned_at
+            .is_some_and(|at| now < at.saturating_add(TOKEN_WARNING_INTERVAL.as_secs()))
+        {
+            return;
+        }
+        let report = status::report(self.source, saved, None, now);
+        if report.level == status::Level::Ok {
+            return;
+        }
+        for line in report.lines.iter().filter(|l| l.warning) {
+            warn!("[oauth.{}]: {}", self.source.name, line.text);
+        }
+        saved.warned_at = Some(now);
+    }
+
     /// Writes the answer (keeping the old refresh token if none came) and
     /// returns its access token.
-    fn save(&self, answer: TokenAnswer, old_refresh: Option<Secret>) -> Result<Token, TokenError> {
+    fn save(&self, mut saved: Saved, answer: TokenAnswer) -> Result<Token, TokenError> {
         let expires_at = now().saturating_add(answer.expires_in.unwrap_or(0));
-        let saved = Saved {
-            access_token: Some(answer.access_token),
-            expires_at,
-            refresh_token: answer.refresh_token.or(old_refresh),
-        };
+        saved.access_token = Some(answer.access_token);
+        saved.expires_at = expires_at;
+        if let Some(refresh) = answer.refresh_token {
+            saved.refresh_token = Some(refresh);
+        }
+        saved.mailbox = self.mailbox.clone();
         self.write(&saved)?;
         Ok(Token {
             access_token: saved
@@ -188,7 +438,7 @@ impl<'a> Store<'a> {
         match serde_json::from_slice(bytes.expose()) {
             Ok(saved) => Ok(saved),
             // Without a refresh token in it the file is only a cache.
-            Err(_) if self.source.grant == OAuthGrant::ClientCredentials => Ok(Saved::default()),
+            Err(_) if !self.source.is_delegated() => Ok(Saved::default()),
             Err(e) => Err(self.setup(format!(
                 "{} is damaged ({e}): run pop3server --oauth-consent {}",
                 path.display(),
@@ -199,7 +449,7 @@ impl<'a> Store<'a> {
 
     fn write(&self, saved: &Saved) -> Result<(), TokenError> {
         let path = self.path();
-        let tmp = self.dir.join(format!(".{}.json.tmp", self.source.name));
+        let tmp = self.dir.join(format!(".{}.json.tmp", self.stem()));
         let fail =
             |what: &str, e: std::io::Error| self.setup(format!("{what} {}: {e}", tmp.display()));
         let json = Secret::new(serde_json::to_vec(saved).map_err(|e| self.setup(e.to_string()))?);
@@ -228,7 +478,7 @@ impl<'a> Store<'a> {
             .mode(0o700)
             .create(&self.dir)
             .map_err(|e| self.setup(format!("cannot create {}: {e}", self.dir.display())))?;
-        let path = self.dir.join(format!("{}.lock", self.source.name));
+        let path = self.dir.join(format!("{}.lock", self.stem()));
         let file = OpenOptions::new()
             .write(true)
             .create(true)
@@ -262,6 +512,14 @@ impl<'a> Store<'a> {
     }
 }
 
+/// How long a dead grant rests after `refusals` refusals in a row.
+fn rest(refusals: u32) -> Duration {
+    let doublings = refusals.saturating_sub(1).min(16);
+    DEAD_GRANT_REST
+        .saturating_mul(1 << doublings)
+        .min(DEAD_GRANT_REST_MAX)
+}
+
 /// The stored access token, if it is good for a while yet and is not the
 /// one the backend refused.
 fn usable(saved: &Saved, refused: Option<&Secret>) -> Option<Token> {
@@ -274,4 +532,18 @@ fn usable(saved: &Saved, refused: Option<&Secret>) -> Option<Token> {
         access_token: Secret::new(token.expose().to_vec()),
         expires_at: saved.expires_at,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_dead_grant_rests_longer_with_each_refusal_up_to_the_bound() {
+        assert_eq!(rest(0), DEAD_GRANT_REST);
+        assert_eq!(rest(1), DEAD_GRANT_REST);
+        assert_eq!(rest(2), DEAD_GRANT_REST * 2);
+        assert_eq!(rest(4), DEAD_GRANT_REST * 8);
+        assert_eq!(rest(40), DEAD_GRANT_REST_MAX);
+    }
 }
