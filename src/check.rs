@@ -8,9 +8,9 @@
 
 use std::io::Write;
 
-use crate::backend::Credentials;
 use crate::backend::connection::{Timeouts, connect_hosts, describe};
 use crate::backend::login::{self, Link, Passed, Relogin, Stop, Verdict};
+use crate::backend::{Credentials, provider};
 use crate::config::{CheckRequest, Config};
 use crate::imap::{Client, ImapError};
 use crate::logging::printable;
@@ -72,6 +72,15 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
             };
             for folder in &config.backend.folders {
                 let selected = client.select(folder, true).map_err(|e| match e {
+                    ImapError::Refused { info, .. }
+                        if provider::mailbox_not_connected(&info.text) =>
+                    {
+                        format!(
+                            "folder {folder} cannot be opened: {}: {}",
+                            info.text,
+                            provider::NOT_CONNECTED_FIX
+                        )
+                    }
                     ImapError::Refused { info, .. } => {
                         format!("folder {folder} cannot be opened: {}", info.text)
                     }

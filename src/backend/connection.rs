@@ -12,8 +12,9 @@ use std::net::SocketAddr;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
-use log::{debug, warn};
+use log::{debug, error, warn};
 
+use super::provider::{self, NOT_CONNECTED_FIX};
 use super::settings::Settings;
 use super::{Failure, FailureKind, Outcome};
 use crate::imap::{Client, Endpoint, ImapError, Security};
@@ -232,8 +233,13 @@ impl<'a> Connection<'a> {
             .backends
             .get(self.backend().unwrap_or(0))
             .map_or_else(|| "?".to_string(), describe);
-        warn!("backend {at}: {what}: {e}");
-        failure(what, &e)
+        let failure = failure(what, &e);
+        if failure.kind == FailureKind::Denied {
+            error!("backend {at}: {what}: {e}: {NOT_CONNECTED_FIX}");
+        } else {
+            warn!("backend {at}: {what}: {e}");
+        }
+        failure
     }
 
     /// Forgets a connection that failed: nothing more is tried on it
@@ -293,6 +299,9 @@ pub fn classify(e: &ImapError) -> FailureKind {
 pub fn failure(what: &str, e: &ImapError) -> Failure {
     let kind = classify(e);
     match e {
+        ImapError::Refused { info, .. } if provider::mailbox_not_connected(&info.text) => {
+            Failure::new(FailureKind::Denied, printable(info.text.as_bytes()))
+        }
         ImapError::Refused { info, .. } => {
             let text = match &info.code {
                 Some(code) => format!("[{}] {}", code.name, info.text),

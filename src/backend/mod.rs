@@ -21,6 +21,7 @@ pub mod connection;
 pub mod imap;
 pub mod lock;
 pub mod login;
+pub mod provider;
 pub mod settings;
 pub mod snapshot;
 
@@ -216,6 +217,11 @@ pub enum FailureKind {
     Protocol,
     /// A local resource failed (the lock directory).
     Local,
+    /// The backend logged the user in but refuses the mailbox for a reason
+    /// an admin must fix (Microsoft 365's "User is authenticated but not
+    /// connected": a missing mailbox permission); the connection is still
+    /// usable. The client is told to try later, the log what to do.
+    Denied,
 }
 
 /// A failed request. `text` is for logs and, for `Refused`, the backend's own
@@ -228,9 +234,9 @@ pub struct Failure {
 
 impl FailureKind {
     /// Whether the connection may still be used after a failure of this
-    /// kind: only a refused command leaves it as it was.
+    /// kind: only a refused (or denied) command leaves it as it was.
     pub fn leaves_connection_usable(self) -> bool {
-        self == FailureKind::Refused
+        matches!(self, FailureKind::Refused | FailureKind::Denied)
     }
 }
 

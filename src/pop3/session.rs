@@ -443,6 +443,14 @@ impl Session {
                 );
                 self.close(RespCode::SysPerm, format!("Cannot open folder {name}"))
             }
+            // The backend logged what the admin must do.
+            Err(Failure {
+                kind: FailureKind::Denied,
+                ..
+            }) => self.close(
+                RespCode::SysTemp,
+                format!("Folder {name} is not open to this login yet, try again later"),
+            ),
             Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
         }
     }
@@ -1491,6 +1499,17 @@ mod tests {
                     s.on_folder(Err(Failure::new(FailureKind::Refused, "no such mailbox")))
                 },
                 "-ERR [SYS/PERM] Cannot open folder INBOX\r\n",
+            ),
+            (
+                |s| {
+                    let _ = s.on_login(Ok(LoginAnswer::LoggedIn));
+                    let _ = s.on_lock(Ok(LockAnswer::Locked));
+                    s.on_folder(Err(Failure::new(
+                        FailureKind::Denied,
+                        "User is authenticated but not connected.",
+                    )))
+                },
+                "-ERR [SYS/TEMP] Folder INBOX is not open to this login yet, try again later\r\n",
             ),
             (
                 |s| {

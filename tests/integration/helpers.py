@@ -1230,7 +1230,9 @@ class RefusingRelay(_Relay):
     Client lines are relayed whole, literals (``{n}``/``{n+}``) included; the
     server's bytes are relayed as they come. pop3server does not pipeline
     IMAP commands, so an answer the relay makes never lands inside one of
-    the server's. Bounded: ``max_conns`` connections, 30 s idle each."""
+    the server's. Bounded: ``max_conns`` connections, 30 s idle each. A
+    text that starts with ``BAD `` is answered as it is (``<tag> BAD
+    ...``), as Microsoft 365 answers some commands."""
 
     def __init__(self, upstream_port: int, refuse: Callable[[bytes], Optional[bytes]],
                  max_conns: int = 20):
@@ -1302,8 +1304,9 @@ class RefusingRelay(_Relay):
                 text = None if streamed else self.refuse(command)
                 if text is not None:
                     self.refused.append(command)
+                    answer = text if text.startswith(b"BAD ") else b"NO " + text
                     with self.lock:
-                        c.sendall(tag + b" NO " + text + b"\r\n")
+                        c.sendall(tag + b" " + answer + b"\r\n")
                     continue
                 self.forwarded.append(command)
                 up.sendall(pending if streamed else self._rewrite(up, pending))
