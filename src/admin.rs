@@ -47,7 +47,8 @@ pub fn hash_password(out: &mut dyn Write) -> Result<(), String> {
     writeln!(out, "{hash}").map_err(|e| e.to_string())
 }
 
-/// Runs the device authorization grant for `name` and stores its tokens.
+/// Runs the one-time consent of `name` (the device authorization grant,
+/// or the browser sign-in) and stores its tokens.
 pub fn oauth_consent(config: &Config, name: &str, out: &mut dyn Write) -> Result<(), String> {
     let source = config
         .backend

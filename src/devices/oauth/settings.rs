@@ -242,6 +242,12 @@ impl FileOAuthSource {
                     "client_secret_file",
                     "client_credentials, refresh_token or authorization_code",
                 )?;
+                // The key file names the account; Google's form has no client_id.
+                only(
+                    self.client_id.is_some(),
+                    "client_id",
+                    "client_credentials, refresh_token or authorization_code",
+                )?;
                 Ok(OAuthGrant::JwtBearer {
                     service_account_file: self.service_account_file.clone().ok_or(
                         "grant jwt_bearer needs service_account_file (the service account's JSON key)",

@@ -31,7 +31,7 @@ use super::TokenError;
 use super::http::{self, Answer, ClientKey, TokenAnswer};
 use super::jwt;
 use super::status;
-use crate::devices::oauth::settings::{OAuthGrant, OAuthSource};
+use crate::devices::oauth::settings::{ClientProof, OAuthGrant, OAuthSource};
 use crate::limits::{
     DEAD_GRANT_REST, DEAD_GRANT_REST_MAX, TOKEN_EXPIRY_MARGIN, TOKEN_LOCK_WAIT,
     TOKEN_WARNING_INTERVAL,
@@ -386,7 +386,17 @@ impl<'a> Store<'a> {
     /// A digest of the source's settings: a changed configuration ends a
     /// dead grant's rest.
     fn settings_digest(&self) -> String {
-        let digest = Sha256::digest(format!("{:?}", self.source).as_bytes());
+        let mut hasher = Sha256::new();
+        hasher.update(format!("{:?}", self.source).as_bytes());
+        // A new secret, key or certificate written over the old file is a
+        // new configuration too.
+        for path in key_files(self.source) {
+            if let Ok(meta) = fs::metadata(path) {
+                let stamp = format!("{path:?} {:?} {}", meta.modified().ok(), meta.len());
+                hasher.update(stamp.as_bytes());
+            }
+        }
+        let digest = hasher.finalize();
         digest[..8].iter().map(|b| format!("{b:02x}")).collect()
     }
 
@@ -399,7 +409,13 @@ impl<'a> Store<'a> {
         {
             return;
         }
-        let report = status::report(self.source, saved, None, now);
+        let certificate = match &self.source.grant {
+            OAuthGrant::ClientCredentials(ClientProof::Certificate { cert, .. }) => {
+                Some(jwt::Certificate::from_file(cert).map(|c| c.not_after))
+            }
+            _ => None,
+        };
+        let report = status::report(self.source, saved, certificate, now);
         if report.level == status::Level::Ok {
             return;
         }
@@ -510,6 +526,27 @@ impl<'a> Store<'a> {
     fn setup(&self, why: String) -> TokenError {
         TokenError::Setup(format!("[oauth.{}] token store: {why}", self.source.name))
     }
+}
+
+/// The files that prove the client: their change ends a rest.
+fn key_files(source: &OAuthSource) -> Vec<&std::path::Path> {
+    let mut files: Vec<&std::path::Path> = source
+        .client_secret_file
+        .iter()
+        .map(|p| p.as_path())
+        .collect();
+    match &source.grant {
+        OAuthGrant::ClientCredentials(ClientProof::Secret(path)) => files.push(path),
+        OAuthGrant::ClientCredentials(ClientProof::Certificate { cert, key }) => {
+            files.push(cert);
+            files.push(key);
+        }
+        OAuthGrant::JwtBearer {
+            service_account_file,
+        } => files.push(service_account_file),
+        _ => {}
+    }
+    files
 }
 
 /// How long a dead grant rests after `refusals` refusals in a row.
