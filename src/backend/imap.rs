@@ -44,6 +44,10 @@ pub struct ImapBackend<'a> {
     /// Messages of the selected folder that a RETR with `\Seen` read from
     /// a fetch sent ahead (`BODY.PEEK[]`): `\Seen` is still to be set.
     owed_seen: Vec<u32>,
+    /// True sizes that a whole body showed to differ from what the client
+    /// was told (estimated `RFC822.SIZE`s): (folder, UIDVALIDITY, UID,
+    /// size), kept in the snapshot cache for the next sessions.
+    learned: Vec<(usize, u32, u32, u64)>,
     /// How the session logged in, so that QUIT can log in once more if the
     /// connection was lost meanwhile.
     relogin: Option<Relogin>,
@@ -73,6 +77,7 @@ impl<'a> ImapBackend<'a> {
             mailbox: None,
             body: None,
             owed_seen: Vec::new(),
+            learned: Vec::new(),
             relogin: None,
             reconnected: false,
         }
@@ -132,6 +137,28 @@ impl<'a> ImapBackend<'a> {
     }
 
     /// The snapshot cache of `folder`, if it is on and the lock is taken.
+    /// Puts the sizes learned from whole bodies into the snapshot cache, so
+    /// that the next sessions' STAT, LIST and RETR say the true size.
+    fn keep_learned_sizes(&mut self) {
+        let learned = std::mem::take(&mut self.learned);
+        for folder in 0..self.settings.folders.len() {
+            let Some(cache) = self.size_cache(folder) else {
+                return;
+            };
+            let mut by_validity: Vec<(u32, u32, u64)> = learned
+                .iter()
+                .filter(|l| l.0 == folder)
+                .map(|&(_, validity, uid, size)| (validity, uid, size))
+                .collect();
+            by_validity.sort_unstable();
+            for chunk in by_validity.chunk_by(|a, b| a.0 == b.0) {
+                let sizes: Vec<(u32, u64)> =
+                    chunk.iter().map(|&(_, uid, size)| (uid, size)).collect();
+                snapshot::keep_learned_sizes(&cache, chunk[0].0, &sizes);
+            }
+        }
+    }
+
     fn size_cache(&self, folder: usize) -> Option<SizeCache> {
         let settings = self.settings;
         let lock = self.lock.name().filter(|_| settings.snapshot_cache)?;
@@ -182,6 +209,7 @@ impl<'a> ImapBackend<'a> {
         piece: PieceRequest,
         set_seen: bool,
         limit: u64,
+        size: u64,
     ) -> Outcome<PieceAnswer> {
         let uid = piece.uid;
         if piece.offset == 0 {
@@ -197,6 +225,15 @@ impl<'a> ImapBackend<'a> {
                 Ok(Some(body)) => {
                     if ahead && set_seen {
                         self.owed_seen.push(uid);
+                    }
+                    if body.len != size {
+                        debug!(
+                            "message UID {uid}: the backend announced {size} octets, the body \
+                             has {}: kept for the next sessions",
+                            body.len
+                        );
+                        self.learned
+                            .push((piece.folder, piece.uid_validity, uid, body.len));
                     }
                     self.body = Some(body);
                 }
@@ -408,8 +445,13 @@ impl Backend for ImapBackend<'_> {
     }
 
     fn piece(&mut self, piece: PieceRequest) -> Outcome<PieceAnswer> {
-        if let Read::Whole { set_seen, limit } = piece.read {
-            return self.whole_piece(piece, set_seen, limit);
+        if let Read::Whole {
+            set_seen,
+            limit,
+            size,
+        } = piece.read
+        {
+            return self.whole_piece(piece, set_seen, limit, size);
         }
         self.end_body()?;
         if !self.enter(piece.folder, piece.uid_validity)? {
@@ -530,6 +572,10 @@ impl Backend for ImapBackend<'_> {
 
     /// The cluster lock's lease, then the local lock.
     fn release_lock(&mut self) {
+        // While the maildrop is still ours: the cache is the maildrop's.
+        if self.lock.is_held() {
+            self.keep_learned_sizes();
+        }
         // \Seen owed by messages read ahead is the session's last change.
         if self.lock.is_held()
             && self.conn.is_open()

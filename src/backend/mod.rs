@@ -101,7 +101,13 @@ pub enum Read {
     /// whose body is handed out piece by piece. `set_seen`: the fetch
     /// itself sets `\Seen` (`BODY[]`), instead of a `UID STORE` after it.
     /// A body longer than `limit` is refused before any of it is read.
-    Whole { set_seen: bool, limit: u64 },
+    Whole {
+        set_seen: bool,
+        limit: u64,
+        /// The size the client was told (`RFC822.SIZE`, or one learned
+        /// before): a body of another length teaches the true one.
+        size: u64,
+    },
 }
 
 /// Work the driver must hand to the backend and report back to the session

@@ -171,6 +171,42 @@ pub fn store_sizes(
     }
 }
 
+/// Replaces the cached sizes of `learned` (sorted by UID) with the true
+/// ones, where the cache has those UIDs; `true` if anything changed.
+pub fn patch_sizes(cached: &mut [(u32, u64)], learned: &[(u32, u64)]) -> bool {
+    let mut changed = false;
+    let mut from_learned = learned.iter().peekable();
+    for (uid, size) in cached.iter_mut() {
+        while from_learned.next_if(|&&(u, _)| u < *uid).is_some() {}
+        if let Some(&(_, true_size)) = from_learned.next_if(|&&(u, _)| u == *uid)
+            && *size != true_size
+        {
+            *size = true_size;
+            changed = true;
+        }
+    }
+    changed
+}
+
+/// Writes sizes learned from whole bodies into the cache of `uid_validity`,
+/// if it holds those messages (a cache written for another UIDVALIDITY,
+/// or none, is left alone).
+pub fn keep_learned_sizes(cache: &SizeCache, uid_validity: u32, learned: &[(u32, u64)]) {
+    let Ok(mut sizes) = cache.load(uid_validity) else {
+        return;
+    };
+    if !patch_sizes(&mut sizes, learned) {
+        return;
+    }
+    if let Err(e) = cache.store(uid_validity, &sizes) {
+        warn!(
+            "cannot write the snapshot cache {}: {e}; check that cache_dir exists and is \
+             writable by the service user, or set snapshot_cache = false",
+            cache.path().display()
+        );
+    }
+}
+
 /// The cached digests for `uid_validity`; none if the cache has none.
 pub fn load_digests(cache: Option<&DigestCache>, uid_validity: u32) -> Vec<(u32, HeaderDigest)> {
     cache
@@ -289,5 +325,17 @@ mod tests {
             [(3, d(3)), (5, d(5)), (8, d(8)), (13, d(13))]
         );
         assert_eq!(merge_digests(Vec::new(), Vec::new()), []);
+    }
+
+    #[test]
+    fn learned_sizes_replace_the_cached_estimates_of_their_uids_only() {
+        let mut cached = vec![(3, 900), (5, 1200), (9, 40)];
+        assert!(patch_sizes(
+            &mut cached,
+            &[(1, 7), (5, 400), (9, 40), (11, 5)]
+        ));
+        assert_eq!(cached, [(3, 900), (5, 400), (9, 40)]);
+        assert!(!patch_sizes(&mut cached, &[(5, 400)]), "nothing new");
+        assert!(!patch_sizes(&mut cached, &[]));
     }
 }

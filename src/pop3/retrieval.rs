@@ -115,6 +115,7 @@ impl Retrieval {
                 Kind::Retr => Read::Whole {
                     set_seen: self.set_seen,
                     limit: self.bound(),
+                    size: self.message.size,
                 },
                 Kind::Top(_) => Read::Piece,
             },
@@ -237,7 +238,8 @@ mod tests {
                 len: FETCH_CHUNK,
                 read: Read::Whole {
                     set_seen: false,
-                    limit: 9 * 2 + u64::from(FETCH_CHUNK)
+                    limit: 9 * 2 + u64::from(FETCH_CHUNK),
+                    size: 9,
                 },
             }
         );

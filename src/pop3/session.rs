@@ -1189,7 +1189,8 @@ mod tests {
                 0,
                 Read::Whole {
                     set_seen: true,
-                    limit: 600 + u64::from(FETCH_CHUNK)
+                    limit: 600 + u64::from(FETCH_CHUNK),
+                    size: 300,
                 }
             )
         );

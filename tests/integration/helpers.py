@@ -1389,6 +1389,41 @@ class GmailRelay(RefusingRelay):
             self._close_both(c, up)
 
 
+class EstimatingRelay(RefusingRelay):
+    """A RefusingRelay that makes the testbed's Dovecot report sizes as
+    Exchange does when it does not know a message's RFC 5322 size: every
+    ``RFC822.SIZE n`` in a FETCH answer becomes ``factor * n``, while the
+    bodies (literals) pass unchanged. Server lines are read one by one and
+    each literal's bytes are passed on as they are, so a body that happens
+    to contain the words is never edited."""
+
+    def __init__(self, upstream_port: int, factor: int = 3, max_conns: int = 20):
+        self.factor = factor
+        super().__init__(upstream_port, lambda command: None, max_conns)
+
+    def _down(self, up: socket.socket, c: socket.socket) -> None:
+        f = up.makefile("rb")
+        try:
+            for _ in range(10_000_000):
+                line = f.readline(1 << 20)
+                if not line:
+                    break
+                out = line
+                if re.match(rb"^\* \d+ FETCH \(", line):
+                    out = re.sub(rb"RFC822\.SIZE (\d+)",
+                                 lambda m: b"RFC822.SIZE %d" % (int(m.group(1)) * self.factor),
+                                 line)
+                m = re.search(rb"\{(\d+)\}\r\n$", line)
+                if m:
+                    out += f.read(int(m.group(1)))
+                with self.lock:
+                    c.sendall(out)
+        except OSError:
+            pass
+        finally:
+            self._close_both(c, up)
+
+
 class TricklingRelay(_Relay):
     """A TCP relay in front of a real server that passes bytes through as
     they come until ``trickle`` is set; from then on the server's bytes go
