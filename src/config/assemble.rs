@@ -58,7 +58,7 @@ pub fn config(layers: &Layers) -> Result<Config, ConfigError> {
         backend_connect_early: layers.value_or("backend_connect_early", true)?,
         idle_timeout: secs(layers, "idle_timeout", limits::DEFAULT_IDLE_TIMEOUT, 1)?,
         listen: listen(layers)?,
-        proxy_protocol_from: proxy_protocol_from(layers)?,
+        proxy_protocol_from: networks(layers, "proxy_protocol_from")?,
         max_children: count(layers, "max_children", limits::DEFAULT_MAX_CHILDREN as u32)? as usize,
         log: parsed(layers, "log", LogTarget::Auto, LogTarget::parse)?,
         debug: layers.value_or("debug", false)?,
@@ -144,6 +144,7 @@ fn session(layers: &Layers) -> Result<SessionConfig, ConfigError> {
         mark_seen: layers.value_or("mark_seen", true)?,
         implementation: implementation.map(|i| i.value),
         allow_plaintext_auth: layers.value_or("allow_plaintext_auth", false)?,
+        plaintext_auth_from: networks(layers, "plaintext_auth_from")?,
         stls_available: false,
         folders,
         prefetch: layers.value_or("backend_prefetch", true)?,
@@ -398,15 +399,16 @@ fn listen(layers: &Layers) -> Result<Vec<SocketAddr>, ConfigError> {
     Ok(addresses)
 }
 
-/// Empty items are skipped: `--proxy-protocol-from ''` clears the file's
-/// list.
-fn proxy_protocol_from(layers: &Layers) -> Result<Vec<IpNet>, ConfigError> {
-    let Some(specs) = layers.get::<Vec<String>>("proxy_protocol_from")? else {
+/// A list of addresses and networks (`proxy_protocol_from`,
+/// `plaintext_auth_from`). Empty items are skipped: `--proxy-protocol-from
+/// ''` clears the file's list.
+fn networks(layers: &Layers, key: &str) -> Result<Vec<IpNet>, ConfigError> {
+    let Some(specs) = layers.get::<Vec<String>>(key)? else {
         return Ok(Vec::new());
     };
     let mut networks = Vec::new();
     for spec in specs.value.iter().filter(|s| !s.trim().is_empty()) {
-        let net = parse_network(spec).map_err(|why| specs.fail("proxy_protocol_from", why))?;
+        let net = parse_network(spec).map_err(|why| specs.fail(key, why))?;
         if !networks.contains(&net) {
             networks.push(net);
         }

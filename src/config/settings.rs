@@ -386,6 +386,14 @@ pub const SETTINGS: &[Setting] = &[
         "Start TLS before the greeting (POP3S, port 995) [default: false]",
     ),
     setting(
+        "plaintext_auth_from",
+        Kind::List,
+        "NETWORK",
+        CLIENTS,
+        "Networks whose clients may use USER/PASS and AUTH without TLS (LAN devices that have \
+         none), as addresses or networks, comma-separated (192.168.10.0/24) [default: none]",
+    ),
+    setting(
         "allow_plaintext_auth",
         Kind::Bool,
         "BOOL",

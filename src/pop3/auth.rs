@@ -22,6 +22,9 @@ pub struct Connection {
     /// The client's address, for the log lines an admin (and fail2ban)
     /// acts on; `None` where the transport has none (a pipe).
     pub client: Option<IpAddr>,
+    /// `client` is the client's own address, not that of a balancer that
+    /// named no client: only then may its network allow a plaintext login.
+    pub client_known: bool,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]

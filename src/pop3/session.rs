@@ -12,6 +12,7 @@ use std::mem;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use ipnet::IpNet;
 use log::{debug, error, info, warn};
 
 use super::auth::{Auth, AuthStep, Connection};
@@ -43,6 +44,8 @@ pub struct SessionConfig {
     pub implementation: Option<String>,
     /// Plaintext logins off loopback without TLS are allowed.
     pub allow_plaintext_auth: bool,
+    /// Networks whose clients may log in without TLS.
+    pub plaintext_auth_from: Vec<IpNet>,
     /// A certificate is configured and loaded: STLS can be offered.
     pub stls_available: bool,
     /// The IMAP folders that form the maildrop, in order (for messages).
@@ -165,9 +168,15 @@ pub struct Session {
 
 impl Session {
     pub fn new(config: SessionConfig, connection: Connection) -> Self {
+        // Devices on a LAN that have no TLS at all, without opening
+        // plaintext logins to everyone.
+        let from_lan = connection.client_known
+            && connection
+                .client
+                .is_some_and(|ip| config.plaintext_auth_from.iter().any(|n| n.contains(&ip)));
         let auth = Auth::new(
             connection,
-            config.allow_plaintext_auth,
+            config.allow_plaintext_auth || from_lan,
             config.stls_available,
         );
         Session {
@@ -756,6 +765,7 @@ mod tests {
             mark_seen: true,
             implementation: None,
             allow_plaintext_auth: false,
+            plaintext_auth_from: Vec::new(),
             stls_available: true,
             folders: vec!["INBOX".into()],
             prefetch: true,
@@ -766,12 +776,38 @@ mod tests {
         tls: false,
         loopback: true,
         client: Some(IpAddr::V4(std::net::Ipv4Addr::LOCALHOST)),
+        client_known: true,
     };
     const REMOTE: Connection = Connection {
         tls: false,
         loopback: false,
         client: Some(IpAddr::V4(std::net::Ipv4Addr::new(192, 0, 2, 7))),
+        client_known: true,
     };
+
+    #[test]
+    fn a_listed_network_may_log_in_without_tls_and_others_may_not() {
+        let lan: IpNet = "192.0.2.0/24".parse().expect("net");
+        let config = SessionConfig {
+            plaintext_auth_from: vec![lan],
+            ..config()
+        };
+        let mut s = Session::new(config.clone(), REMOTE);
+        assert!(matches!(line(&mut s, "USER alice"), Step::Respond(r) if r.reply.is_ok()));
+        let elsewhere = Connection {
+            client: Some(IpAddr::V4(std::net::Ipv4Addr::new(198, 51, 100, 7))),
+            ..REMOTE
+        };
+        let mut s = Session::new(config.clone(), elsewhere);
+        assert!(matches!(line(&mut s, "USER alice"), Step::Respond(r) if !r.reply.is_ok()));
+        // A balancer that named no client is not the client's network.
+        let unnamed = Connection {
+            client_known: false,
+            ..REMOTE
+        };
+        let mut s = Session::new(config, unnamed);
+        assert!(matches!(line(&mut s, "USER alice"), Step::Respond(r) if !r.reply.is_ok()));
+    }
 
     fn wire(reply: &Reply) -> String {
         let mut v = Vec::new();
