@@ -141,22 +141,7 @@ impl<'a> ImapBackend<'a> {
     /// that the next sessions' STAT, LIST and RETR say the true size.
     fn keep_learned_sizes(&mut self) {
         let learned = std::mem::take(&mut self.learned);
-        for folder in 0..self.settings.folders.len() {
-            let Some(cache) = self.size_cache(folder) else {
-                return;
-            };
-            let mut by_validity: Vec<(u32, u32, u64)> = learned
-                .iter()
-                .filter(|l| l.0 == folder)
-                .map(|&(_, validity, uid, size)| (validity, uid, size))
-                .collect();
-            by_validity.sort_unstable();
-            for chunk in by_validity.chunk_by(|a, b| a.0 == b.0) {
-                let sizes: Vec<(u32, u64)> =
-                    chunk.iter().map(|&(_, uid, size)| (uid, size)).collect();
-                snapshot::keep_learned_sizes(&cache, chunk[0].0, &sizes);
-            }
-        }
+        snapshot::keep_learned(&learned, |folder| self.size_cache(folder));
     }
 
     fn size_cache(&self, folder: usize) -> Option<SizeCache> {

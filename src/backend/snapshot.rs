@@ -188,6 +188,25 @@ pub fn patch_sizes(cached: &mut [(u32, u64)], learned: &[(u32, u64)]) -> bool {
     changed
 }
 
+/// Writes the sizes learned in a session, (folder, UIDVALIDITY, UID, true
+/// size), into each folder's cache (`cache_of`; none without
+/// `snapshot_cache`).
+pub fn keep_learned(
+    learned: &[(usize, u32, u32, u64)],
+    cache_of: impl Fn(usize) -> Option<SizeCache>,
+) {
+    let mut sorted = learned.to_vec();
+    sorted.sort_unstable();
+    for chunk in sorted.chunk_by(|a, b| (a.0, a.1) == (b.0, b.1)) {
+        let (folder, uid_validity) = (chunk[0].0, chunk[0].1);
+        let Some(cache) = cache_of(folder) else {
+            return;
+        };
+        let sizes: Vec<(u32, u64)> = chunk.iter().map(|&(_, _, uid, size)| (uid, size)).collect();
+        keep_learned_sizes(&cache, uid_validity, &sizes);
+    }
+}
+
 /// Writes sizes learned from whole bodies into the cache of `uid_validity`,
 /// if it holds those messages (a cache written for another UIDVALIDITY,
 /// or none, is left alone).
