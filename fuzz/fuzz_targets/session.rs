@@ -10,11 +10,11 @@ use libfuzzer_sys::fuzz_target;
 use pop3server::backend::{
     ExpungeAnswer, FactsAnswer, Failure, FailureKind, LockAnswer, LoginAnswer, PieceAnswer, Request,
 };
+use pop3server::maildrop::uidl::{Fact, FactKind, UidlFormat, header_digest};
 use pop3server::maildrop::{BackendMessage, FolderSnapshot};
 use pop3server::pop3::auth::Connection;
 use pop3server::pop3::lines::{Line, LineReader};
 use pop3server::pop3::session::{Session, SessionConfig, Step};
-use pop3server::maildrop::uidl::{Fact, FactKind, UidlFormat, header_digest};
 
 fn config(uidl_format: &str) -> SessionConfig {
     SessionConfig {
@@ -26,6 +26,7 @@ fn config(uidl_format: &str) -> SessionConfig {
         mark_seen: true,
         implementation: None,
         allow_plaintext_auth: false,
+        plaintext_auth_from: Vec::new(),
         stls_available: true,
         folders: vec!["INBOX".into(), "Archive".into()],
         prefetch: true,
@@ -74,6 +75,7 @@ fuzz_target!(|data: &[u8]| {
         tls: answers.next() & 1 == 1,
         loopback: answers.next() & 1 == 1,
         client: None,
+        client_known: true,
     };
     // The formats made from facts ask the backend at UIDL.
     let format = ["dovecot", "gmail", "header-digest"][usize::from(answers.next() % 3)];
