@@ -28,6 +28,9 @@ import os
 import sys
 import tomllib
 
+import rust_tokens
+from rust_tokens import LexError
+
 # The top of the house: configuration is assembled at the top, and only the
 # top sees the whole Config (main, the session driver, the `--check` probe and
 # the admin commands). Every other module takes its own settings type, which
@@ -50,136 +53,12 @@ PREFIX = "check-layers: "
 # ---------------------------------------------------------------- lexing --
 
 IDENT_START = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ_")
-IDENT_CHARS = IDENT_START | set("0123456789")
-# Identifiers that, right before a quote, start a string literal.
-STRING_PREFIXES = {"b", "c"}
-RAW_PREFIXES = {"r", "br", "cr"}
-
-
-class LexError(Exception):
-    pass
 
 
 def tokenize(text):
-    """Return [(token, line)] of identifiers, `::` and single punctuation.
-
-    Comments (line, doc and nested block comments), string literals (with
-    escapes, byte and C strings, raw strings with any number of #) and
-    character literals are dropped. Numbers come out as identifier-like
-    tokens, which is harmless here. Every loop advances `i`, so the lexer
-    ends after at most len(text) steps of the outer loop.
-    """
-    tokens = []
-    i = 0
-    n = len(text)
-    line = 1
-
-    def skip_quoted(start, quote):
-        # start is the index just after the opening quote; returns the index
-        # just after the closing quote and the number of newlines passed.
-        j = start
-        newlines = 0
-        while j < n:
-            c = text[j]
-            if c == "\\":
-                if j + 1 < n and text[j + 1] == "\n":
-                    newlines += 1
-                j += 2
-                continue
-            if c == "\n":
-                newlines += 1
-            if c == quote:
-                return j + 1, newlines
-            j += 1
-        raise LexError(f"line {line}: unterminated {quote}-literal")
-
-    while i < n:
-        c = text[i]
-        if c == "\n":
-            line += 1
-            i += 1
-        elif c in " \t\r\f\v":
-            i += 1
-        elif text.startswith("//", i):
-            j = text.find("\n", i)
-            i = n if j < 0 else j
-        elif text.startswith("/*", i):
-            depth = 0
-            j = i
-            while j < n:
-                if text.startswith("/*", j):
-                    depth += 1
-                    j += 2
-                elif text.startswith("*/", j):
-                    depth -= 1
-                    j += 2
-                    if depth == 0:
-                        break
-                else:
-                    if text[j] == "\n":
-                        line += 1
-                    j += 1
-            else:
-                raise LexError(f"line {line}: unterminated block comment")
-            i = j
-        elif c == '"':
-            i, newlines = skip_quoted(i + 1, '"')
-            line += newlines
-        elif c == "'":
-            # A char literal ('x', '\n', '\u{1F600}', '"') or a lifetime or
-            # loop label ('a, 'static, 'outer:).
-            if i + 1 < n and text[i + 1] == "\\":
-                i, newlines = skip_quoted(i + 1, "'")
-                line += newlines
-            elif i + 2 < n and text[i + 2] == "'":
-                if text[i + 1] == "\n":
-                    line += 1
-                i += 3
-            else:
-                i += 1  # lifetime: the name follows as an identifier
-        elif c in IDENT_START or c.isdigit() or ord(c) > 127:
-            j = i
-            while j < n and (text[j] in IDENT_CHARS or ord(text[j]) > 127):
-                j += 1
-            word = text[i:j]
-            nxt = text[j] if j < n else ""
-            if word in RAW_PREFIXES and nxt in ('"', "#"):
-                k = j
-                while k < n and text[k] == "#":
-                    k += 1
-                if k < n and text[k] == '"':
-                    closing = '"' + "#" * (k - j)
-                    end = text.find(closing, k + 1)
-                    if end < 0:
-                        raise LexError(f"line {line}: unterminated raw string")
-                    line += text.count("\n", k, end)
-                    i = end + len(closing)
-                    continue
-                # r#ident: a raw identifier
-                if word == "r" and k == j + 1 and k < n and text[k] in IDENT_START:
-                    m = k
-                    while m < n and text[m] in IDENT_CHARS:
-                        m += 1
-                    tokens.append((text[k:m], line))
-                    i = m
-                    continue
-            if word in STRING_PREFIXES and nxt == '"':
-                i, newlines = skip_quoted(j + 1, '"')
-                line += newlines
-                continue
-            if word == "b" and nxt == "'":
-                i, newlines = skip_quoted(j + 1, "'")
-                line += newlines
-                continue
-            tokens.append((word, line))
-            i = j
-        elif text.startswith("::", i):
-            tokens.append(("::", line))
-            i += 2
-        else:
-            tokens.append((c, line))
-            i += 1
-    return tokens
+    """Return [(token, line)] of identifiers, `::` and single punctuation:
+    the code without its comments and literals."""
+    return [(value, line) for kind, value, line in rust_tokens.tokenize(text) if kind != "str"]
 
 
 def is_ident(tok):
