@@ -15,7 +15,7 @@ use log::error;
 use rustls::ServerConfig;
 
 use crate::devices::Devices;
-use crate::devices::oauth::http::{self, ClientKey};
+use crate::devices::oauth::http::{self, KeyFiles};
 use crate::devices::oauth::settings::OAuthSource;
 use crate::secret::Secret;
 use crate::tls::{self, TlsFiles};
@@ -39,7 +39,7 @@ pub struct Preloaded {
     /// Read now (before leaving root) or at the first device login.
     devices: OnceCell<Result<Devices, String>>,
     /// Only before leaving root; otherwise each source reads its own file.
-    client_keys: BTreeMap<String, Result<ClientKey, String>>,
+    client_keys: BTreeMap<String, Result<KeyFiles, String>>,
     /// The cluster lock's Redis password, read with the other files (it
     /// may be root's, mode 0600).
     cluster_lock_password: Option<Result<Secret, String>>,
@@ -76,7 +76,7 @@ impl Preloaded {
             .oauth
             .iter()
             .map(|(name, source)| {
-                let key = http::client_key(source).map_err(|e| e.to_string());
+                let key = http::read_key_files(source).map_err(|e| e.to_string());
                 (name.clone(), key)
             })
             .collect();
@@ -108,7 +108,7 @@ impl Preloaded {
     /// The client secret, certificate key or service account key of the
     /// `[oauth.NAME]` source, if it was read ahead (`None`: the source
     /// reads its files itself).
-    pub fn client_key(&self, name: &str) -> Option<&Result<ClientKey, String>> {
+    pub fn client_key(&self, name: &str) -> Option<&Result<KeyFiles, String>> {
         self.client_keys.get(name)
     }
 }
@@ -157,7 +157,7 @@ mod tests {
         let ahead = Preloaded::read(wanted, true);
         let lazy = Preloaded::read(wanted, false);
         assert!(
-            matches!(ahead.client_key("src"), Some(Ok(ClientKey::Secret(s))) if s.expose() == b"s3cret")
+            matches!(ahead.client_key("src"), Some(Ok(KeyFiles::Secret(Some(s)))) if s.expose() == b"s3cret")
         );
         assert!(
             lazy.client_key("src").is_none(),

@@ -4,6 +4,7 @@
 //! client secret nor a token ever reaches a log line or an error text.
 
 use std::fs;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use serde::Deserialize;
@@ -63,8 +64,97 @@ pub enum ClientKey {
     ServiceAccount(jwt::ServiceAccount),
 }
 
-/// Reads what `source` authenticates with. These files may be root's only
-/// (see `preload`), and none of their content reaches an error text.
+/// The files that prove the client, read but not parsed: what a session
+/// that leaves root reads ahead (see `preload`). Parsing an RSA key is left
+/// to the token request that needs it, not done on every connection.
+pub enum KeyFiles {
+    /// A client secret, or none (a public client): nothing to parse.
+    Secret(Option<Secret>),
+    Certificate {
+        key: Secret,
+        key_path: PathBuf,
+        cert: Vec<u8>,
+        cert_path: PathBuf,
+    },
+    ServiceAccount {
+        json: Secret,
+        path: PathBuf,
+    },
+}
+
+/// Reads the files `source` authenticates with. These files may be root's
+/// only, and none of their content reaches an error text.
+pub fn read_key_files(source: &OAuthSource) -> Result<KeyFiles, TokenError> {
+    let setup = |why: String| TokenError::Setup(format!("[oauth.{}] {why}", source.name));
+    // The texts of `jwt`'s `from_file`, as `client_key` reports them.
+    let read = |what: &str, path: &PathBuf, noun: &str| {
+        fs::read(path).map_err(|e| {
+            setup(format!(
+                "{what} {}: cannot read {noun}: {e}",
+                path.display()
+            ))
+        })
+    };
+    match &source.grant {
+        OAuthGrant::ClientCredentials(ClientProof::Certificate { cert, key }) => {
+            Ok(KeyFiles::Certificate {
+                key: Secret::new(read("client_key_file", key, "the key file")?),
+                key_path: key.clone(),
+                cert: read("client_certificate_file", cert, "the certificate")?,
+                cert_path: cert.clone(),
+            })
+        }
+        OAuthGrant::JwtBearer {
+            service_account_file,
+        } => Ok(KeyFiles::ServiceAccount {
+            json: Secret::new(read(
+                "service_account_file",
+                service_account_file,
+                "the key file",
+            )?),
+            path: service_account_file.clone(),
+        }),
+        _ => client_secret(source).map(KeyFiles::Secret),
+    }
+}
+
+impl KeyFiles {
+    /// The credentials in the files, parsed now.
+    pub fn parse(&self, source: &OAuthSource) -> Result<ClientKey, TokenError> {
+        let setup = |what: &str, path: &PathBuf, why: String| {
+            TokenError::Setup(format!(
+                "[oauth.{}] {what} {}: {why}",
+                source.name,
+                path.display()
+            ))
+        };
+        Ok(match self {
+            KeyFiles::Secret(None) => ClientKey::None,
+            KeyFiles::Secret(Some(secret)) => {
+                ClientKey::Secret(Secret::new(secret.expose().to_vec()))
+            }
+            KeyFiles::Certificate {
+                key,
+                key_path,
+                cert,
+                cert_path,
+            } => ClientKey::Certificate {
+                key: jwt::RsaKey::from_pem(key.expose())
+                    .map_err(|why| setup("client_key_file", key_path, why))?,
+                cert: jwt::Certificate::from_pem(cert)
+                    .map_err(|why| setup("client_certificate_file", cert_path, why))?,
+            },
+            KeyFiles::ServiceAccount { json, path } => ClientKey::ServiceAccount(
+                jwt::ServiceAccount::from_json(json.expose())
+                    .map_err(|why| setup("service_account_file", path, why))?,
+            ),
+        })
+    }
+}
+
+/// Reads and parses what `source` authenticates with. These files may be
+/// root's only (see `preload`), and none of their content reaches an error
+/// text.
 pub fn client_key(source: &OAuthSource) -> Result<ClientKey, TokenError> {
     let setup = |why: String| TokenError::Setup(format!("[oauth.{}] {why}", source.name));
     match &source.grant {

@@ -28,7 +28,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use super::TokenError;
-use super::http::{self, Answer, ClientKey, TokenAnswer};
+use super::http::{self, Answer, ClientKey, KeyFiles, TokenAnswer};
 use super::jwt;
 use super::status;
 use crate::devices::oauth::settings::{ClientProof, OAuthGrant, OAuthSource};
@@ -86,7 +86,7 @@ pub struct Store<'a> {
     dir: PathBuf,
     /// The client's credentials as read before root was left; read from
     /// their files when `None`.
-    key: Option<&'a Result<ClientKey, String>>,
+    key: Option<&'a Result<KeyFiles, String>>,
     /// For a service account: whose token (its `sub`).
     mailbox: Option<String>,
 }
@@ -114,7 +114,7 @@ impl<'a> Store<'a> {
     }
 
     /// Uses credentials read earlier (see `preload`) instead of their files.
-    pub fn with_client_key(mut self, key: Option<&'a Result<ClientKey, String>>) -> Self {
+    pub fn with_client_key(mut self, key: Option<&'a Result<KeyFiles, String>>) -> Self {
         self.key = key;
         self
     }
@@ -248,15 +248,12 @@ impl<'a> Store<'a> {
 
     fn request(&self, saved: &Saved) -> Result<TokenAnswer, TokenError> {
         let name = &self.source.name;
-        let read;
         let key = match self.key {
-            Some(Ok(key)) => key,
+            Some(Ok(files)) => files.parse(self.source)?,
             Some(Err(why)) => return Err(TokenError::Setup(why.clone())),
-            None => {
-                read = http::client_key(self.source)?;
-                &read
-            }
+            None => http::client_key(self.source)?,
         };
+        let key = &key;
         let url = self.token_url(key)?;
         let mut form: Vec<(&str, Vec<u8>)> = Vec::new();
         // A service account names its scope inside the assertion; its form
