@@ -340,12 +340,7 @@ impl<'a> Store<'a> {
     fn answer(&self, answer: Answer<TokenAnswer>) -> Result<TokenAnswer, TokenError> {
         let name = &self.source.name;
         let fix = match &self.source.grant {
-            g if self.source.has_consent()
-                && matches!(
-                    g,
-                    OAuthGrant::RefreshToken | OAuthGrant::AuthorizationCode { .. }
-                ) =>
-            {
+            _ if self.source.has_consent() => {
                 format!("run pop3server --oauth-consent {name} to authorise again")
             }
             OAuthGrant::JwtBearer { .. } => format!(
