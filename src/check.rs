@@ -13,7 +13,7 @@ use crate::backend::login::{self, Link, Passed, Relogin, Stop, Verdict};
 use crate::backend::{Credentials, provider};
 use crate::config::{CheckRequest, Config};
 use crate::imap::{Client, ImapError};
-use crate::logging::printable;
+use crate::logging::{printable, utc};
 use crate::preload::{Preloaded, Wanted};
 use crate::route::{BackendTls, Host};
 use crate::secret::Secret;
@@ -111,13 +111,14 @@ fn log_in(
     password: Secret,
     probe: &mut Probe<'_>,
 ) -> Result<(), String> {
-    // What a session that keeps its identity reads: the devices file, and
-    // each token source its client secret, when a login needs them.
+    // What a session that keeps its identity reads: the devices file,
+    // each token source its client secret, when a login needs them, and
+    // the cluster lock's password (a throttled mailbox's rest is in Redis).
     let files = Preloaded::read(
         Wanted {
             tls: None,
             devices_file: config.devices_file.as_deref(),
-            cluster_lock_password_file: None,
+            cluster_lock_password_file: config.cluster_lock_password_file.as_deref(),
             oauth: &config.backend.oauth,
         },
         false,
@@ -160,6 +161,21 @@ fn log_in(
         }
         Verdict::Unavailable(text) => {
             return Err(format!("backend cannot log in {user} now: {text}"));
+        }
+        Verdict::Resting(rest) => {
+            return Err(format!(
+                "mailbox of {user} rests until {}: its provider throttled it ({}); no login is \
+                 tried until then (throttle_cooldown, or the provider's suggested time)",
+                utc(rest.until),
+                rest.words
+            ));
+        }
+        Verdict::Throttled { words, wait } => {
+            return Err(format!(
+                "the provider throttles the mailbox of {user} ({words}): it now rests for {} s, \
+                 no login is tried until then",
+                wait.as_secs()
+            ));
         }
         Verdict::Unrouted { user } => return Err(unrouted(&printable(&user))),
         Verdict::NoDevice { .. } => {

@@ -303,3 +303,22 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// bytes, authority a host name, SSL version, cipher and certificate CN).
 /// A v2 header announcing more is refused before it is read.
 pub const MAX_PROXY_HEADER: usize = 2048;
+
+/// How long a mailbox rests after its provider throttled it without saying
+/// for how long (`throttle_cooldown`): Exchange's usual suggestion is five
+/// minutes, and a device polling every minute then costs the provider one
+/// login per rest instead of five.
+pub const DEFAULT_THROTTLE_COOLDOWN: Duration = Duration::from_secs(300);
+
+/// The longest rest, whatever the provider suggests or the file says: a
+/// garbled or hostile time must not lock a mailbox out for days, and a
+/// provider still throttling after an hour says so again at the next login.
+pub const MAX_THROTTLE_COOLDOWN: Duration = Duration::from_secs(3600);
+
+/// The shortest rest: a suggestion of "0 ms" still earns one second, so
+/// that the sessions waiting behind it do not all log in at once.
+pub const MIN_THROTTLE_COOLDOWN: Duration = Duration::from_secs(1);
+
+/// Characters of the provider's words kept with a rest (for the log of the
+/// sessions it turns away and `--check`): a provider's line can be long.
+pub const MAX_COOLDOWN_RECORD: usize = 200;

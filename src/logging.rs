@@ -197,9 +197,43 @@ pub fn printable(bytes: &[u8]) -> String {
     out
 }
 
+/// A Unix time as `YYYY-MM-DD HH:MM:SS UTC`, for log lines and reports
+/// that name a moment (the end of a rest, a token's expiry).
+pub fn utc(secs: u64) -> String {
+    let days = i64::try_from(secs / 86_400).unwrap_or(0);
+    let rest = secs % 86_400;
+    // Civil from days (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rest / 3600,
+        rest % 3600 / 60,
+        rest % 60
+    )
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn times_are_shown_in_utc_to_the_second() {
+        const DAY: u64 = 86_400;
+        assert_eq!(utc(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(
+            utc(20_793 * DAY + 3600 + 120 + 7),
+            "2026-12-06 01:02:07 UTC"
+        );
+        assert_eq!(utc(11_016 * DAY + 59), "2000-02-29 00:00:59 UTC");
+    }
 
     #[test]
     fn printable_escapes_line_breaks_and_bad_bytes() {

@@ -56,11 +56,14 @@ impl Answers<'_> {
         b
     }
     fn failure(&mut self) -> Failure {
-        let kind = match self.next() % 5 {
+        let kind = match self.next() % 8 {
             0 => FailureKind::Refused,
             1 => FailureKind::Unreachable,
             2 => FailureKind::Lost,
             3 => FailureKind::Protocol,
+            4 => FailureKind::Denied,
+            5 => FailureKind::Throttled(None),
+            6 => FailureKind::Throttled(Some(Duration::from_millis(1500))),
             _ => FailureKind::Local,
         };
         Failure::new(kind, "x")
@@ -130,11 +133,14 @@ fuzz_target!(|data: &[u8]| {
                 Request::Capabilities if fail => s.on_capabilities(Err(answers.failure())),
                 Request::Capabilities => s.on_capabilities(Ok(vec!["AUTH=XOAUTH2".into()])),
                 Request::Login(_) if fail => s.on_login(Err(answers.failure())),
-                Request::Login(_) => s.on_login(Ok(match answers.next() % 3 {
+                Request::Login(_) => s.on_login(Ok(match answers.next() % 4 {
                     0 => LoginAnswer::LoggedIn,
                     1 => LoginAnswer::Rejected {
                         penalty: Duration::ZERO,
                         reason: "no".into(),
+                    },
+                    2 => LoginAnswer::Throttled {
+                        wait: Duration::from_secs(300),
                     },
                     _ => LoginAnswer::Unavailable("later".into()),
                 })),

@@ -234,10 +234,11 @@ impl<'a> Connection<'a> {
             .get(self.backend().unwrap_or(0))
             .map_or_else(|| "?".to_string(), describe);
         let failure = failure(what, &e);
-        if failure.kind == FailureKind::Denied {
-            error!("backend {at}: {what}: {e}: {NOT_CONNECTED_FIX}");
-        } else {
-            warn!("backend {at}: {what}: {e}");
+        match failure.kind {
+            FailureKind::Denied => error!("backend {at}: {what}: {e}: {NOT_CONNECTED_FIX}"),
+            // The rest it starts is logged once, with its end.
+            FailureKind::Throttled(_) => debug!("backend {at}: {what}: {e}"),
+            _ => warn!("backend {at}: {what}: {e}"),
         }
         failure
     }
@@ -298,6 +299,9 @@ pub fn classify(e: &ImapError) -> FailureKind {
 /// reading the client's error) can act on. Anything else names what failed.
 pub fn failure(what: &str, e: &ImapError) -> Failure {
     let kind = classify(e);
+    if let Some((words, throttle)) = throttled(e) {
+        return Failure::new(FailureKind::Throttled(throttle.suggested), words);
+    }
     match e {
         ImapError::Refused { info, .. } if provider::mailbox_not_connected(&info.text) => {
             Failure::new(FailureKind::Denied, printable(info.text.as_bytes()))
@@ -311,6 +315,21 @@ pub fn failure(what: &str, e: &ImapError) -> Failure {
         }
         e => Failure::new(kind, format!("{what}: {e}")),
     }
+}
+
+/// The provider's words, when an error is its throttling answer: a refused
+/// command (`NO`, `BAD`) or a `BYE` (the greeting's too), which say so.
+pub fn throttled(e: &ImapError) -> Option<(String, provider::Throttle)> {
+    let words = match e {
+        ImapError::Refused { info, .. } => match &info.code {
+            Some(code) => format!("[{}] {}", code.name, info.text),
+            None => info.text.clone(),
+        },
+        ImapError::Bye(text) => text.clone(),
+        _ => return None,
+    };
+    let throttle = provider::throttling(&words)?;
+    Some((printable(words.as_bytes()), throttle))
 }
 
 /// A backend for log lines: its address as before routing existed when it
@@ -515,6 +534,35 @@ mod tests {
             failure("login", &e).text,
             printable("Mailbox is locked\u{1b}[31m".as_bytes())
         );
+    }
+
+    #[test]
+    fn throttling_words_in_a_no_a_bad_or_a_bye_are_throttling_with_the_suggested_time() {
+        let exchange = "Request is throttled. Suggested Backoff Time: 300000 milliseconds";
+        let bad = ImapError::Refused {
+            command: "SELECT",
+            info: StatusInfo {
+                status: Status::Bad,
+                code: None,
+                text: exchange.into(),
+            },
+        };
+        let five_minutes = FailureKind::Throttled(Some(Duration::from_secs(300)));
+        assert_eq!(
+            failure("opening folder \"INBOX\"", &bad),
+            Failure::new(five_minutes, exchange)
+        );
+        assert_eq!(
+            failure("login", &refused(Some("THROTTLED"), "slow down")),
+            Failure::new(FailureKind::Throttled(None), "[THROTTLED] slow down")
+        );
+        let bye = ImapError::Bye("[ALERT] Too many simultaneous connections.".into());
+        assert_eq!(failure("greeting", &bye).kind, FailureKind::Throttled(None));
+        assert!(!FailureKind::Throttled(None).leaves_connection_usable());
+        // An [ALERT] of another kind is not throttling.
+        let alert = refused(Some("ALERT"), "Application-specific password required");
+        assert_eq!(failure("login", &alert).kind, FailureKind::Refused);
+        assert!(throttled(&ImapError::Timeout).is_none());
     }
 
     #[test]

@@ -7,13 +7,15 @@
 //! dropped are its business; what the client is told is the session's.
 
 use std::net::SocketAddr;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use log::{debug, error, warn};
 
 use super::connection::Connection;
+use super::cooldown::{self, Mailbox};
 use super::lock::MaildropLock;
 use super::login::{self, Link, Relogin, Stop};
+use super::provider::Throttle;
 use super::settings::Settings;
 use super::snapshot;
 use super::{
@@ -37,7 +39,8 @@ pub struct ImapBackend<'a> {
     conn: Connection<'a>,
     lock: MaildropLock<'a>,
     /// The IMAP identity logged in as, after the route's rewrite or a
-    /// device's mapping: the maildrop the lock is taken for.
+    /// device's mapping: the maildrop the lock is taken for, and the one
+    /// that rests when the provider throttles it.
     mailbox: Option<Vec<u8>>,
     /// A message being read whole by one fetch, between its pieces.
     body: Option<BodyStream>,
@@ -85,12 +88,33 @@ impl<'a> ImapBackend<'a> {
 
     /// The consequence of a failure for the connection: unless the command
     /// was only refused, the connection is unusable and is dropped, with
-    /// the `\Seen` owed on it. The failure is handed on.
-    fn drop_unusable(&mut self, failure: Failure) -> Failure {
+    /// the `\Seen` owed on it. A throttling answer also begins the
+    /// mailbox's rest. The failure is handed on.
+    fn drop_unusable(&mut self, mut failure: Failure) -> Failure {
         if !failure.kind.leaves_connection_usable() {
             self.drop_connection();
         }
+        if let FailureKind::Throttled(suggested) = failure.kind {
+            let wait = self.begin_rest(&failure.text, suggested);
+            failure.kind = FailureKind::Throttled(wait);
+        }
         failure
+    }
+
+    /// The rest of the session's mailbox (the lock's), after the provider
+    /// throttled it; how long it is, if the mailbox is known.
+    fn begin_rest(&self, words: &str, suggested: Option<Duration>) -> Option<Duration> {
+        let user = self.mailbox.as_deref()?;
+        let backend = self.conn.routed()?;
+        let mailbox = Mailbox::new(self.settings, backend, user);
+        let throttle = Throttle { suggested };
+        Some(cooldown::begin(
+            self.settings,
+            self.files,
+            &mailbox,
+            words,
+            &throttle,
+        ))
     }
 
     fn drop_connection(&mut self) {
@@ -381,6 +405,14 @@ impl Backend for ImapBackend<'_> {
                 }
                 Ok(answer)
             }
+            // A greeting that said so: the login's mailbox rests.
+            Err(Stop::Link(failure)) if matches!(failure.kind, FailureKind::Throttled(_)) => {
+                let failure = self.drop_unusable(failure);
+                match failure.kind {
+                    FailureKind::Throttled(Some(wait)) => Ok(LoginAnswer::Throttled { wait }),
+                    _ => Err(failure),
+                }
+            }
             // Classified, and the connection dropped, where it failed.
             Err(Stop::Link(failure)) => Err(failure),
             Err(Stop::Imap(e)) => Err(self.drop_unusable(self.conn.failure("login", e))),
@@ -396,7 +428,9 @@ impl Backend for ImapBackend<'_> {
     fn lock(&mut self, user: &[u8]) -> Outcome<LockAnswer> {
         let routes = &self.settings.routes;
         let backend = &routes.backends[self.conn.routed().unwrap_or(0)].name;
-        let name = lock::lock_name(backend, self.mailbox.as_deref().unwrap_or(user));
+        // A token that named no user: the POP3 user's maildrop.
+        let mailbox = self.mailbox.get_or_insert_with(|| user.to_vec());
+        let name = lock::lock_name(backend, mailbox);
         self.lock.take(name, self.files.cluster_lock_password())
     }
 

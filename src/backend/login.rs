@@ -1,7 +1,9 @@
 //! The login: which backend serves the user and as whom (routing and the
 //! rule's rewrite), a device's own password and its token source's token
 //! (refreshed once and tried again when the backend refuses it), and the
-//! penalty a failed device login earns the client's address. One function,
+//! penalty a failed device login earns the client's address, and the rest
+//! of a mailbox its provider throttles (no login while it lasts; a
+//! throttling answer begins one, see `cooldown`). One function,
 //! [`log_in`], for the session and for `--check`, so that the check does
 //! what a session does; what each makes of the [`Verdict`] (the session's
 //! answer, the check's report) is theirs. It sends the login command and
@@ -13,6 +15,9 @@ use std::time::Duration;
 
 use log::{debug, error, warn};
 
+use super::connection::throttled;
+use super::cooldown::{self, Mailbox};
+use super::provider::{self, Throttle};
 use super::settings::Settings;
 use super::{Credentials, LoginAnswer};
 use crate::devices::Device;
@@ -21,6 +26,7 @@ use crate::devices::oauth::store::{Store, Token};
 use crate::devices::oauth::{self, TokenError};
 use crate::devices::penalty;
 use crate::imap::{Client, ImapError, Login};
+use crate::lock::cooldown::Cooldown;
 use crate::logging::printable;
 use crate::preload::Preloaded;
 use crate::route::{Route, Routes};
@@ -88,6 +94,12 @@ pub enum Verdict {
     Rejected(String),
     /// The backend cannot log the user in now: its words.
     Unavailable(String),
+    /// The mailbox rests after its provider throttled it: nothing was
+    /// sent.
+    Resting(Cooldown),
+    /// The provider throttled the login (its words): the mailbox now rests
+    /// for `wait`.
+    Throttled { words: String, wait: Duration },
     /// No route for `user` (the POP3 user, or a device's mailbox).
     Unrouted { user: Vec<u8> },
     /// No such device, or not its password; `penalty` is the client
@@ -185,18 +197,18 @@ pub fn log_in<L: Link>(
         } if context.settings.device_logins => {
             device_login(context, login, authzid, password, link)
         }
-        credentials => direct_login(&context.settings.routes, credentials, link),
+        credentials => direct_login(context, credentials, link),
     }
 }
 
 /// Credentials passed on to the backend after the route's rewrite.
 fn direct_login<L: Link>(
-    routes: &Routes,
+    context: &Context<'_>,
     credentials: Credentials,
     link: &mut L,
 ) -> Attempt<L::Error> {
     let user = credentials.maildrop_user().unwrap_or_default();
-    let Some(route) = route(routes, &user, link) else {
+    let Some(route) = route(&context.settings.routes, &user, link) else {
         return Attempt {
             routed: None,
             result: Ok(Verdict::Unrouted { user }),
@@ -207,20 +219,72 @@ fn direct_login<L: Link>(
         backend: route.backend,
         mailbox: credentials.maildrop_user(),
     };
+    let mailbox = routed
+        .mailbox
+        .as_deref()
+        .map(|m| Mailbox::new(context.settings, route.backend, m));
+    if let Some(rest) = mailbox.as_ref().and_then(|m| resting(context, m)) {
+        return Attempt {
+            routed: Some(routed),
+            result: Ok(Verdict::Resting(rest)),
+        };
+    }
     let relogin = Relogin::of(credentials);
     let result = match link.client(route.backend) {
         Err(e) => Err(Stop::Link(e)),
-        Ok(client) => match relogin.send(client) {
-            Ok(Login::Ok) => Ok(Verdict::LoggedIn(relogin)),
-            Ok(Login::Rejected(reason)) => Ok(Verdict::Rejected(reason)),
-            Ok(Login::TemporaryFailure(text)) => Ok(Verdict::Unavailable(text)),
-            Err(e) => Err(Stop::Imap(e)),
-        },
+        Ok(client) => {
+            let sent = relogin.send(client);
+            match (throttling_in(&sent), sent) {
+                (Some((words, throttle)), _) => {
+                    Ok(throttled_login(context, mailbox.as_ref(), words, &throttle))
+                }
+                (None, Ok(Login::Ok)) => Ok(Verdict::LoggedIn(relogin)),
+                (None, Ok(Login::Rejected(reason))) => Ok(Verdict::Rejected(reason)),
+                (None, Ok(Login::TemporaryFailure(text))) => Ok(Verdict::Unavailable(text)),
+                (None, Err(e)) => Err(Stop::Imap(e)),
+            }
+        }
     };
     Attempt {
         routed: Some(routed),
         result,
     }
+}
+
+/// The rest `mailbox` is in, if any.
+fn resting(context: &Context<'_>, mailbox: &Mailbox) -> Option<Cooldown> {
+    cooldown::running(context.settings, context.files, &mailbox.lock_name)
+}
+
+/// The provider's throttling words in a login's answer (a `NO`, a `BAD`, a
+/// `BYE`), if that is what they are: neither wrong credentials nor a
+/// refused token, and not to be retried.
+fn throttling_in(answer: &Result<Login, ImapError>) -> Option<(String, Throttle)> {
+    match answer {
+        Ok(Login::Rejected(words) | Login::TemporaryFailure(words)) => {
+            let throttle = provider::throttling(words)?;
+            Some((printable(words.as_bytes()), throttle))
+        }
+        Ok(Login::Ok) => None,
+        Err(e) => throttled(e),
+    }
+}
+
+/// A login the provider throttled: the mailbox's rest begins (when the
+/// mailbox is known: a client's token that names no user has none).
+pub fn throttled_login(
+    context: &Context<'_>,
+    mailbox: Option<&Mailbox>,
+    words: String,
+    throttle: &Throttle,
+) -> Verdict {
+    let wait = match mailbox {
+        Some(mailbox) => {
+            cooldown::begin(context.settings, context.files, mailbox, &words, throttle)
+        }
+        None => cooldown::length(context.settings, throttle),
+    };
+    Verdict::Throttled { words, wait }
 }
 
 /// The credentials the backend gets on a route whose login is `login`: a
@@ -290,9 +354,15 @@ fn device_login<L: Link>(
         backend: route.backend,
         mailbox: Some(mailbox.to_vec()),
     };
+    let mailbox = Mailbox::new(context.settings, route.backend, mailbox);
+    // Before any token is asked for: a rest spares the token endpoint too.
+    let result = match resting(context, &mailbox) {
+        Some(rest) => Ok(Verdict::Resting(rest)),
+        None => token_login(context, device, route.backend, &mailbox, link),
+    };
     Attempt {
         routed: Some(routed),
-        result: token_login(context, device, route.backend, link),
+        result,
     }
 }
 
@@ -303,6 +373,7 @@ fn token_login<L: Link>(
     context: &Context<'_>,
     device: &Device,
     backend: usize,
+    mailbox: &Mailbox,
     link: &mut L,
 ) -> Result<Verdict, Stop<L::Error>> {
     let Some(source) = context.settings.oauth.get(&device.oauth) else {
@@ -331,7 +402,12 @@ fn token_login<L: Link>(
         let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token.access_token);
         let mechanism = source.mechanism.name();
         let client = link.client(backend).map_err(Stop::Link)?;
-        match client.login_token(mechanism, &response) {
+        let sent = client.login_token(mechanism, &response);
+        // Not a refused token: no fresh one, no second try.
+        if let Some((words, throttle)) = throttling_in(&sent) {
+            return Ok(throttled_login(context, Some(mailbox), words, &throttle));
+        }
+        match sent {
             Ok(Login::Ok) => {
                 return Ok(Verdict::DeviceLoggedIn {
                     mailbox: device.mailbox.clone(),
@@ -402,6 +478,11 @@ pub fn session_answer(verdict: Verdict) -> (LoginAnswer, Option<Relogin>) {
             reason,
         },
         Verdict::Unavailable(text) => LoginAnswer::Unavailable(text),
+        // The rest's start was logged, once.
+        Verdict::Resting(rest) => LoginAnswer::Throttled {
+            wait: cooldown::left(&rest),
+        },
+        Verdict::Throttled { wait, .. } => LoginAnswer::Throttled { wait },
         Verdict::Unrouted { .. } => LoginAnswer::Unrouted,
         Verdict::NoDevice { penalty } => LoginAnswer::Rejected {
             penalty,
@@ -452,7 +533,6 @@ mod tests {
     use crate::devices::oauth::settings::{ClientProof, OAuthGrant};
     use crate::imap::Transport;
     use crate::preload::Wanted;
-    use crate::route::{Backend, BackendTls, Host};
     use crate::sasl::TokenMechanism;
 
     /// An IMAP server that says its lines whatever it is sent; what it was
@@ -545,17 +625,6 @@ mod tests {
     }
 
     fn settings(dir: &Path, default: Option<usize>, device_logins: bool) -> Settings {
-        let backend = Backend {
-            name: "default".into(),
-            hosts: vec![Host {
-                host: "127.0.0.1".into(),
-                port: 1,
-            }],
-            tls: BackendTls::None,
-            ca_file: None,
-            fingerprint: None,
-            verify: true,
-        };
         let source = OAuthSource {
             name: "src".into(),
             grant: OAuthGrant::ClientCredentials(ClientProof::Secret("/nonexistent".into())),
@@ -572,25 +641,11 @@ mod tests {
             refresh_token_max_age_days: None,
             client_secret_expires: None,
         };
-        Settings {
-            routes: Routes {
-                backends: vec![backend],
-                rules: Vec::new(),
-                default,
-            },
-            folders: vec!["INBOX".into()],
-            read_only: false,
-            connect_timeout: Duration::from_secs(5),
-            timeout: Duration::from_secs(5),
-            send_id: false,
-            lock_dir: dir.join("lock"),
-            cluster_lock: None,
-            snapshot_cache: false,
-            cache_dir: dir.join("cache"),
-            state_dir: dir.to_path_buf(),
-            device_logins,
-            oauth: BTreeMap::from([("src".to_string(), source)]),
-        }
+        let mut settings = Settings::for_tests(dir);
+        settings.routes.default = default;
+        settings.device_logins = device_logins;
+        settings.oauth = BTreeMap::from([("src".to_string(), source)]);
+        settings
     }
 
     /// A devices file with the device `scanner` (password `scan-pw`) of
@@ -775,6 +830,94 @@ mod tests {
         assert_eq!(link.asked, [0]);
         let heard = String::from_utf8(heard.lock().expect("heard").clone()).expect("ASCII");
         assert_eq!(heard, "A0001 LOGIN \"alice\" \"secret\"\r\n");
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn a_throttled_device_token_is_not_refreshed_and_its_mailbox_then_rests() {
+        let dir = temp_dir("throttled-device");
+        let settings = settings(&dir, Some(0), true);
+        let files = device_files(&dir, &settings);
+        store_token(&dir, "first");
+        let (mut link, heard) = Scripted::new(&format!(
+            "{GREETING}A0001 BAD Request is throttled. Suggested Backoff Time: 4500 milliseconds\r\n\
+             * BYE Connection closed. 14\r\n"
+        ));
+        let context = Context {
+            settings: &settings,
+            files: &files,
+            peer: None,
+        };
+        let scanner = || Credentials::Password {
+            login: b"scanner".to_vec(),
+            authzid: None,
+            password: Secret::new(b"scan-pw".to_vec()),
+        };
+        let attempt = log_in(&context, scanner(), &mut link);
+        let Ok(Verdict::Throttled { words, wait }) = attempt.result else {
+            panic!("not throttled");
+        };
+        assert_eq!(
+            words,
+            "Request is throttled. Suggested Backoff Time: 4500 milliseconds"
+        );
+        assert_eq!(wait, Duration::from_secs(5));
+        // One AUTHENTICATE, no fresh token.
+        assert_eq!(
+            link.passed,
+            [
+                "routed scans@example.org to 0",
+                "device scanner src",
+                "token first again=false"
+            ]
+        );
+        let sent = heard.lock().expect("heard").len();
+        // The next login of the mailbox sends nothing and asks for no token.
+        link.passed.clear();
+        let attempt = log_in(&context, scanner(), &mut link);
+        let Ok(Verdict::Resting(rest)) = attempt.result else {
+            panic!("not resting");
+        };
+        assert_eq!(rest.words, words);
+        assert_eq!(link.passed, ["routed scans@example.org to 0"]);
+        assert_eq!(heard.lock().expect("heard").len(), sent);
+        let (answer, relogin) = session_answer(Verdict::Resting(rest));
+        assert!(relogin.is_none());
+        assert!(
+            matches!(answer, LoginAnswer::Throttled { wait } if wait <= Duration::from_secs(5))
+        );
+        let _ = std::fs::remove_dir_all(&dir);
+    }
+
+    #[test]
+    fn gmails_throttling_no_is_neither_a_wrong_password_nor_another_mailboxs_rest() {
+        let dir = temp_dir("throttled-password");
+        let settings = settings(&dir, Some(0), false);
+        let files = Preloaded::default();
+        let (mut link, heard) = Scripted::new(&format!(
+            "{GREETING}A0001 NO [ALERT] Too many simultaneous connections. (Failure)\r\n\
+             A0002 NO [AUTHENTICATIONFAILED] Invalid credentials (Failure)\r\n"
+        ));
+        let context = Context {
+            settings: &settings,
+            files: &files,
+            peer: None,
+        };
+        let attempt = log_in(&context, password("alice", None), &mut link);
+        assert!(matches!(
+            attempt.result,
+            Ok(Verdict::Throttled { wait, .. }) if wait == settings.throttle_cooldown
+        ));
+        // Alice rests (in any case of her name); Bob is asked as usual.
+        let attempt = log_in(&context, password("ALICE", None), &mut link);
+        assert!(matches!(attempt.result, Ok(Verdict::Resting(_))));
+        let attempt = log_in(&context, password("bob", None), &mut link);
+        assert!(matches!(attempt.result, Ok(Verdict::Rejected(_))));
+        let heard = String::from_utf8(heard.lock().expect("heard").clone()).expect("ASCII");
+        assert_eq!(
+            heard,
+            "A0001 LOGIN \"alice\" \"secret\"\r\nA0002 LOGIN \"bob\" \"secret\"\r\n"
+        );
         let _ = std::fs::remove_dir_all(&dir);
     }
 

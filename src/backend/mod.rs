@@ -18,6 +18,7 @@
 //! and `imap`, which composes them and streams the messages.
 
 pub mod connection;
+pub mod cooldown;
 pub mod imap;
 pub mod lock;
 pub mod login;
@@ -177,6 +178,12 @@ pub enum LoginAnswer {
     },
     /// Refused for a reason that may pass (`[UNAVAILABLE]`, ...).
     Unavailable(String),
+    /// The provider throttles the mailbox, now or in a rest that began
+    /// earlier: no login was tried, or the provider refused it for that.
+    /// The client may try again after `wait`.
+    Throttled {
+        wait: Duration,
+    },
     /// No routing rule matches the user and there is no default backend.
     Unrouted,
 }
@@ -228,6 +235,11 @@ pub enum FailureKind {
     /// connected": a missing mailbox permission); the connection is still
     /// usable. The client is told to try later, the log what to do.
     Denied,
+    /// The provider throttles the mailbox (its words are the text): the
+    /// mailbox rests, no command reaches the provider for it until then.
+    /// The time is the provider's suggestion as it comes from the
+    /// connection, the rest's length once the backend began it.
+    Throttled(Option<Duration>),
 }
 
 /// A failed request. `text` is for logs and, for `Refused`, the backend's own

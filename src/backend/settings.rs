@@ -23,6 +23,9 @@ pub struct Settings {
     pub connect_timeout: Duration,
     /// How long one backend command may take.
     pub timeout: Duration,
+    /// How long a mailbox rests after its provider throttled it without
+    /// saying for how long.
+    pub throttle_cooldown: Duration,
     /// Send IMAP ID with the client's address (RFC 2971).
     pub send_id: bool,
     /// The per-user lock files, and the login penalties by address.
@@ -39,4 +42,44 @@ pub struct Settings {
     pub device_logins: bool,
     /// The `[oauth.NAME]` token sources.
     pub oauth: BTreeMap<String, OAuthSource>,
+}
+
+#[cfg(test)]
+impl Settings {
+    /// One backend (`default`, 127.0.0.1:1, never reached), INBOX, short
+    /// timeouts, the lock, cache and state directories in `dir`.
+    pub fn for_tests(dir: &std::path::Path) -> Settings {
+        use crate::route::{Backend, BackendTls, Host};
+        let backend = Backend {
+            name: "default".into(),
+            hosts: vec![Host {
+                host: "127.0.0.1".into(),
+                port: 1,
+            }],
+            tls: BackendTls::None,
+            ca_file: None,
+            fingerprint: None,
+            verify: true,
+        };
+        Settings {
+            routes: Routes {
+                backends: vec![backend],
+                rules: Vec::new(),
+                default: Some(0),
+            },
+            folders: vec!["INBOX".into()],
+            read_only: false,
+            connect_timeout: Duration::from_secs(5),
+            timeout: Duration::from_secs(5),
+            throttle_cooldown: crate::limits::DEFAULT_THROTTLE_COOLDOWN,
+            send_id: false,
+            lock_dir: dir.join("lock"),
+            cluster_lock: None,
+            snapshot_cache: false,
+            cache_dir: dir.join("cache"),
+            state_dir: dir.to_path_buf(),
+            device_logins: false,
+            oauth: BTreeMap::new(),
+        }
+    }
 }

@@ -106,6 +106,7 @@ fn backend(
             limits::DEFAULT_BACKEND_TIMEOUT,
             1,
         )?,
+        throttle_cooldown: throttle_cooldown(layers)?,
         send_id: layers.value_or("backend_send_id", false)?,
         lock_dir: dir("lock_dir", DEFAULT_LOCK_DIR)?,
         cluster_lock: cluster_lock(layers)?,
@@ -308,6 +309,22 @@ fn secs(layers: &Layers, key: &str, default: Duration, min: u64) -> Result<Durat
         return Ok(default);
     };
     let max = limits::MAX_TIMEOUT_SECS;
+    if !(min..=max).contains(&value.value) {
+        return Err(value.fail(key, format!("must be between {min} and {max} seconds")));
+    }
+    Ok(Duration::from_secs(value.value))
+}
+
+/// `throttle_cooldown`: up to the longest rest any throttling earns.
+fn throttle_cooldown(layers: &Layers) -> Result<Duration, ConfigError> {
+    let key = "throttle_cooldown";
+    let Some(value) = layers.get::<u64>(key)? else {
+        return Ok(limits::DEFAULT_THROTTLE_COOLDOWN);
+    };
+    let (min, max) = (
+        limits::MIN_THROTTLE_COOLDOWN.as_secs(),
+        limits::MAX_THROTTLE_COOLDOWN.as_secs(),
+    );
     if !(min..=max).contains(&value.value) {
         return Err(value.fail(key, format!("must be between {min} and {max} seconds")));
     }

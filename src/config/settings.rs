@@ -181,6 +181,14 @@ pub const SETTINGS: &[Setting] = &[
         "Seconds one backend command may take [default: 60]",
     ),
     setting(
+        "throttle_cooldown",
+        Kind::Secs,
+        "SECS",
+        BACKEND,
+        "Seconds a mailbox rests, with no login to its provider, after the provider throttled \
+         it without saying for how long (its suggestion wins; at most 3600) [default: 300]",
+    ),
+    setting(
         "folders",
         Kind::List,
         "FOLDER",

@@ -318,9 +318,9 @@ impl Client {
                 }
                 Head::Whole(Response::Status(StatusInfo {
                     status: Status::Bye,
+                    code,
                     text,
-                    ..
-                })) => return Err(ImapError::Bye(text)),
+                })) => return Err(ImapError::bye(code, text)),
                 Head::Whole(Response::Continuation) => {
                     return Err(unexpected_continuation("UID FETCH"));
                 }

@@ -121,9 +121,9 @@ impl Client {
             }
             Response::Status(StatusInfo {
                 status: Status::Bye,
+                code,
                 text,
-                ..
-            }) => return Err(ImapError::Bye(text)),
+            }) => return Err(ImapError::bye(code, text)),
             Response::Status(StatusInfo {
                 status: Status::Preauth,
                 ..
@@ -214,9 +214,9 @@ impl Client {
                 }
                 Response::Status(StatusInfo {
                     status: Status::Bye,
+                    code,
                     text,
-                    ..
-                }) => return Err(ImapError::Bye(text)),
+                }) => return Err(ImapError::bye(code, text)),
                 _ => {}
             }
         }
@@ -367,10 +367,10 @@ impl Client {
                 Response::Continuation => return Ok(Event::Continuation),
                 Response::Status(StatusInfo {
                     status: Status::Bye,
+                    code,
                     text,
-                    ..
                 }) if command != "LOGOUT" => {
-                    return Err(ImapError::Bye(text));
+                    return Err(ImapError::bye(code, text));
                 }
                 other => on_data(other)?,
             }

@@ -6,7 +6,7 @@
 
 use std::fmt;
 
-use super::response::{Status, StatusInfo};
+use super::response::{Code, Status, StatusInfo};
 
 #[derive(Debug)]
 pub enum ImapError {
@@ -71,6 +71,17 @@ impl fmt::Display for ImapError {
 }
 
 impl std::error::Error for ImapError {}
+
+impl ImapError {
+    /// A `BYE` with its response code kept in the text (`[CODE] text`):
+    /// the code can be what says why (a provider's `[THROTTLED]`).
+    pub(super) fn bye(code: Option<Code>, text: String) -> ImapError {
+        match code {
+            Some(code) => ImapError::Bye(format!("[{}] {text}", code.name)),
+            None => ImapError::Bye(text),
+        }
+    }
+}
 
 impl StatusInfo {
     pub(super) fn ok(self, command: &'static str) -> Result<StatusInfo, ImapError> {

@@ -3,9 +3,11 @@
 //! (normally the process) ends, so a killed session never leaves a stale
 //! lock. The user's name never becomes part of a path. The same name keys
 //! the cluster-wide lease ([`cluster`], over the small Redis client
-//! [`redis`]) and the snapshot cache.
+//! [`redis`]), the rest of a throttled mailbox ([`cooldown`]) and the
+//! snapshot cache.
 
 pub mod cluster;
+pub mod cooldown;
 pub mod redis;
 
 use std::fs::{self, File, OpenOptions, TryLockError};

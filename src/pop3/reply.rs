@@ -1,6 +1,8 @@
 //! POP3 replies and their wire encoding: status lines with RFC 2449/3206
 //! response codes, and dot-stuffed multi-line bodies.
 
+use std::time::Duration;
+
 /// RFC 2449 / RFC 3206 extended response codes.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum RespCode {
@@ -18,6 +20,18 @@ impl RespCode {
             RespCode::SysTemp => "SYS/TEMP",
             RespCode::SysPerm => "SYS/PERM",
         }
+    }
+}
+
+/// What a client is told while the provider throttles its mailbox: not
+/// `[AUTH]` (its password may well be right), and when to come back.
+pub fn throttled_text(wait: Option<Duration>) -> String {
+    match wait {
+        Some(wait) => format!(
+            "The mail server is throttling this mailbox, try again in {} seconds",
+            wait.as_secs() + u64::from(wait.subsec_nanos() > 0)
+        ),
+        None => "The mail server is throttling this mailbox, try again later".into(),
     }
 }
 

@@ -9,7 +9,7 @@
 use log::warn;
 
 use super::body::BodyEncoder;
-use super::reply::{Reply, RespCode};
+use super::reply::{Reply, RespCode, throttled_text};
 use crate::backend::{
     Failure, FailureKind, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
@@ -189,6 +189,9 @@ impl Retrieval {
                 self.number,
                 shorten(&failure.text)
             ))),
+            FailureKind::Throttled(wait) => {
+                Next::Fail(Reply::err_code(RespCode::SysTemp, throttled_text(wait)))
+            }
             _ => Next::Fail(Reply::err_code(
                 RespCode::SysTemp,
                 "Backend failed, try again later",

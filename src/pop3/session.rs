@@ -18,7 +18,7 @@ use log::{debug, error, info, warn};
 use super::auth::{Auth, AuthStep, Connection};
 use super::command::{Command, ParseError, parse};
 use super::lines::Line;
-use super::reply::{Reply, RespCode};
+use super::reply::{Reply, RespCode, throttled_text};
 use super::retrieval::{Kind, Next, Retrieval};
 use super::transaction::{self, Rules, TxStep};
 use crate::backend::{
@@ -400,6 +400,14 @@ impl Session {
                     "Backend cannot log you in now, try again later",
                 )
             }
+            Ok(LoginAnswer::Throttled { wait }) => {
+                info!(
+                    "login of user={shown} deferred: the mail server throttles the mailbox, \
+                     {} s to wait",
+                    wait.as_secs()
+                );
+                self.close(RespCode::SysTemp, throttled_text(Some(wait)))
+            }
             Err(Failure {
                 kind: FailureKind::Unreachable,
                 ..
@@ -407,6 +415,10 @@ impl Session {
                 RespCode::SysTemp,
                 "Backend server unreachable, try again later",
             ),
+            Err(Failure {
+                kind: FailureKind::Throttled(wait),
+                ..
+            }) => self.close(RespCode::SysTemp, throttled_text(wait)),
             Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
         }
     }
@@ -460,6 +472,10 @@ impl Session {
                 RespCode::SysTemp,
                 format!("Folder {name} is not open to this login yet, try again later"),
             ),
+            Err(Failure {
+                kind: FailureKind::Throttled(wait),
+                ..
+            }) => self.close(RespCode::SysTemp, throttled_text(wait)),
             Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
         }
     }
@@ -581,6 +597,10 @@ impl Session {
                     format!("The mail server refused the UIDLs of folder {name}: {text}"),
                 ))
             }
+            Err(Failure {
+                kind: FailureKind::Throttled(wait),
+                ..
+            }) => self.close(RespCode::SysTemp, throttled_text(wait)),
             Err(_) => self.close(RespCode::SysTemp, "Backend server failed, try again later"),
         }
     }
@@ -1555,6 +1575,35 @@ mod tests {
                     s.on_folder(Err(Failure::new(FailureKind::Protocol, "garbage")))
                 },
                 "-ERR [SYS/TEMP] Backend server failed, try again later\r\n",
+            ),
+            // Throttled: never [AUTH], and when to come back.
+            (
+                |s| {
+                    s.on_login(Ok(LoginAnswer::Throttled {
+                        wait: Duration::from_secs(300),
+                    }))
+                },
+                "-ERR [SYS/TEMP] The mail server is throttling this mailbox, try again in 300 \
+                 seconds\r\n",
+            ),
+            (
+                |s| {
+                    s.on_login(Err(Failure::new(
+                        FailureKind::Throttled(None),
+                        "[THROTTLED]",
+                    )))
+                },
+                "-ERR [SYS/TEMP] The mail server is throttling this mailbox, try again later\r\n",
+            ),
+            (
+                |s| {
+                    let _ = s.on_login(Ok(LoginAnswer::LoggedIn));
+                    let _ = s.on_lock(Ok(LockAnswer::Locked));
+                    let wait = Some(Duration::from_millis(4500));
+                    s.on_folder(Err(Failure::new(FailureKind::Throttled(wait), "throttled")))
+                },
+                "-ERR [SYS/TEMP] The mail server is throttling this mailbox, try again in 5 \
+                 seconds\r\n",
             ),
         ];
         for (answer, expected) in cases {

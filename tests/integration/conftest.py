@@ -17,8 +17,8 @@ sys.path.insert(0, HERE)
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "scripts"))
 
 import testbed  # noqa: E402
-from helpers import (BUILD_HINT, InetdServer, ImapView, NetNs, RefusingRelay, StandaloneServer,  # noqa: E402
-                     imap_login, server_bin, wait_for)
+from helpers import (BUILD_HINT, InetdServer, ImapView, NetNs, RedisServer,  # noqa: E402
+                     RefusingRelay, StandaloneServer, imap_login, server_bin, wait_for)
 
 PASSWORDS = {
     "alice": "secret",
@@ -311,3 +311,18 @@ def netns():
         yield ns
     finally:
         ns.destroy()
+
+
+@pytest.fixture
+def redis(workdir):
+    """Factory: redis(password=None) -> a RedisServer on 127.0.0.1 (Debian's
+    redis-server), stopped afterwards."""
+    servers = []
+
+    def make(password=None):
+        r = RedisServer(workdir, password)
+        servers.append(r)
+        return r
+    yield make
+    for r in servers:
+        r.stop()

@@ -10,78 +10,11 @@ import signal
 import subprocess
 import time
 
-import pytest
 
-from helpers import ImapView, Pop3, need, ok, wait_for
-from testbed import free_port
+from helpers import ImapView, Pop3, ok, wait_for
 
 # The shortest TTL the server accepts: renewals every ~3.3 s.
 TTL = 10
-
-
-class RedisServer:
-    """redis-server on 127.0.0.1 in a temp dir, no persistence."""
-
-    def __init__(self, workdir: str, password: str = None):
-        self.binary = need("redis-server", "redis-server")
-        self.cli_binary = need("redis-cli", "redis-tools")
-        self.port = free_port()
-        self.password = password
-        self.dir = os.path.join(workdir, "redis-%d" % self.port)
-        os.makedirs(self.dir, exist_ok=True)
-        cmd = [self.binary, "--bind", "127.0.0.1", "--port", str(self.port),
-               "--save", "", "--appendonly", "no", "--dir", self.dir,
-               "--daemonize", "no", "--protected-mode", "yes"]
-        if password:
-            cmd += ["--requirepass", password]
-        self.log = open(os.path.join(self.dir, "redis.log"), "ab")
-        self.proc = subprocess.Popen(cmd, stdout=self.log, stderr=self.log,
-                                     stdin=subprocess.DEVNULL)
-        assert wait_for(lambda: self._pong(), 10), "redis-server did not start"
-
-    def _pong(self) -> bool:
-        try:
-            return self.cli("PING") == "PONG"
-        except (subprocess.SubprocessError, OSError):
-            return False
-
-    def cli(self, *args: str) -> str:
-        cmd = [self.cli_binary, "-h", "127.0.0.1", "-p", str(self.port)]
-        if self.password:
-            cmd += ["--no-auth-warning", "-a", self.password]
-        r = subprocess.run(cmd + list(args), capture_output=True, text=True, timeout=10)
-        return r.stdout.strip()
-
-    def lock_keys(self):
-        out = self.cli("--scan", "--pattern", "pop3server:lock:*")
-        return [k for k in out.splitlines() if k]
-
-    @property
-    def address(self) -> str:
-        return "127.0.0.1:%d" % self.port
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.terminate()
-            try:
-                self.proc.wait(5)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        self.log.close()
-
-
-@pytest.fixture
-def redis(workdir):
-    servers = []
-
-    def make(password=None):
-        r = RedisServer(workdir, password)
-        servers.append(r)
-        return r
-    yield make
-    for r in servers:
-        r.stop()
 
 
 def lock_args(r, *extra):

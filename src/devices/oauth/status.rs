@@ -180,23 +180,9 @@ fn refresh_token(report: &mut Report, source: &OAuthSource, saved: &Saved, now: 
 
 /// `YYYY-MM-DD HH:MM UTC`.
 pub fn utc(secs: u64) -> String {
-    let days = i64::try_from(secs / 86_400).unwrap_or(0);
-    let rest = secs % 86_400;
-    // Civil from days (H. Hinnant's algorithm).
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02} UTC",
-        rest / 3600,
-        rest % 3600 / 60
-    )
+    // "YYYY-MM-DD HH:MM": token times need no seconds.
+    let full = crate::logging::utc(secs);
+    format!("{} UTC", &full[..full.len().saturating_sub(7)])
 }
 
 #[cfg(test)]
