@@ -60,6 +60,7 @@ pub mod privilege;
 mod route;
 mod sasl;
 mod secret;
+pub mod stats;
 #[cfg(test)]
 mod test_support;
 mod timeout;

@@ -322,3 +322,8 @@ pub const MIN_THROTTLE_COOLDOWN: Duration = Duration::from_secs(1);
 /// Characters of the provider's words kept with a rest (for the log of the
 /// sessions it turns away and `--check`): a provider's line can be long.
 pub const MAX_COOLDOWN_RECORD: usize = 200;
+
+/// The longest statistics datagram: an event is a few short words and
+/// numbers (about 150 bytes); a bound keeps the aggregator's reads and a
+/// stray sender's garbage small.
+pub const MAX_STATS_DATAGRAM: usize = 1024;
