@@ -115,8 +115,10 @@ fn serve_with<B: Backend>(
         .unwrap_or_else(|| "unknown".into());
     // A balancer on this host relaying a client it does not name is no
     // loopback client (see `ClientConn::peer_is_client`).
-    let loopback = conn.peer_is_client() && conn.peer.is_some_and(|p| p.ip().is_loopback());
-    let (proxied, health_check) = (conn.proxied, conn.is_health_check());
+    let client_known = conn.peer_is_client();
+    let loopback = client_known && conn.peer.is_some_and(|p| p.ip().is_loopback());
+    let health_check = conn.is_health_check();
+    let proxied = conn.proxied;
     let mut driver = Driver {
         settings,
         session: Session::new(
@@ -128,7 +130,7 @@ fn serve_with<B: Backend>(
                 tls: false,
                 loopback,
                 client: conn.peer.map(|p| p.ip()),
-                client_known: conn.peer_is_client(),
+                client_known,
             },
         ),
         client: conn.stream,
@@ -139,7 +141,7 @@ fn serve_with<B: Backend>(
         backend,
         health_check,
     };
-    match proxied {
+    match &proxied {
         Some(p) => debug!("{p}"),
         None => debug!("connection from {peer_text}"),
     }

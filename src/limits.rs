@@ -303,3 +303,9 @@ pub const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
 /// bytes, authority a host name, SSL version, cipher and certificate CN).
 /// A v2 header announcing more is refused before it is read.
 pub const MAX_PROXY_HEADER: usize = 2048;
+
+/// Longest TLS version name a balancer may send in its PROXY v2 header
+/// (PP2_SUBTYPE_SSL_VERSION). OpenSSL's names are at most 7 characters
+/// (`TLSv1.3`, `SSLv3`); a longer value is no version name, and the name
+/// goes into every session's log line.
+pub const MAX_BALANCER_TLS_VERSION: usize = 32;
