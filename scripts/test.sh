@@ -51,7 +51,8 @@ command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)
 command -v groff >/dev/null 2>&1 || need_pkgs+=(groff-base)
 command -v man >/dev/null 2>&1 || need_pkgs+=(man-db)
 command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
-# A real HAProxy in front of pop3server (tests/integration/test_proxy_protocol.py);
+# A real HAProxy in front of pop3server (tests/integration/test_proxy_protocol.py,
+# and ending TLS 1.0 for tests/integration/test_old_tls.py);
 # only run in the foreground by the tests, the package's service is not started.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
 # Debian's python3 comes without pip and, by PEP 668, without system-wide

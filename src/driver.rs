@@ -25,7 +25,7 @@ use crate::pop3::reply::Reply;
 use crate::pop3::session::{Response, Session, SessionConfig, Step};
 use crate::preload::Preloaded;
 use crate::timeout::is_timeout;
-use crate::transport::{ClientConn, ClientError, ClientStream};
+use crate::transport::{BalancerTls, ClientConn, ClientError, ClientStream};
 
 /// How a session ended, for the summary line.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -115,8 +115,11 @@ fn serve_with<B: Backend>(
         .unwrap_or_else(|| "unknown".into());
     // A balancer on this host relaying a client it does not name is no
     // loopback client (see `ClientConn::peer_is_client`).
-    let loopback = conn.peer_is_client() && conn.peer.is_some_and(|p| p.ip().is_loopback());
-    let (proxied, health_check) = (conn.proxied, conn.is_health_check());
+    let client_known = conn.peer_is_client();
+    let loopback = client_known && conn.peer.is_some_and(|p| p.ip().is_loopback());
+    let health_check = conn.is_health_check();
+    let balancer_tls = conn.balancer_tls().cloned();
+    let proxied = conn.proxied;
     let mut driver = Driver {
         settings,
         session: Session::new(
@@ -125,10 +128,12 @@ fn serve_with<B: Backend>(
                 ..settings.session.clone()
             },
             Connection {
-                tls: false,
+                // The balancer's TLS counts as our own: the credentials
+                // crossed the untrusted network encrypted.
+                tls: balancer_tls.is_some(),
                 loopback,
                 client: conn.peer.map(|p| p.ip()),
-                client_known: conn.peer_is_client(),
+                client_known,
             },
         ),
         client: conn.stream,
@@ -139,7 +144,7 @@ fn serve_with<B: Backend>(
         backend,
         health_check,
     };
-    match proxied {
+    match &proxied {
         Some(p) => debug!("{p}"),
         None => debug!("connection from {peer_text}"),
     }
@@ -183,7 +188,7 @@ fn serve_with<B: Backend>(
             (false, 0) => "none".to_string(),
             (false, n) => format!("failed-{n}"),
         },
-        if driver.client.is_tls() { "yes" } else { "no" },
+        tls_for_log(driver.client.is_tls(), balancer_tls.as_ref()),
         stats.retrieved,
         stats.retrieved_bytes,
         stats.deleted,
@@ -193,6 +198,17 @@ fn serve_with<B: Backend>(
         end.name(),
     );
     end
+}
+
+/// The session line's `tls=`: `yes` for our own TLS, `VERSION via
+/// balancer` for a balancer's (its name is checked to be one printable
+/// word, see `transport::tlv`), else `no`.
+fn tls_for_log(own: bool, balancer: Option<&BalancerTls>) -> String {
+    match (own, balancer) {
+        (true, _) => "yes".into(),
+        (false, Some(tls)) => format!("{} via balancer", tls.version.as_deref().unwrap_or("yes")),
+        (false, None) => "no".into(),
+    }
 }
 
 impl<B: Backend> Driver<'_, B> {
@@ -481,6 +497,7 @@ impl<B: Backend> Driver<'_, B> {
 #[cfg(test)]
 mod tests {
     use std::io::{BufRead, BufReader, Read};
+    use std::net::SocketAddr;
     use std::os::unix::net::UnixStream;
     use std::sync::Mutex;
     use std::thread::JoinHandle;
@@ -491,6 +508,8 @@ mod tests {
         LockAnswer, LoginAnswer, Outcome, PieceAnswer, PieceRequest, PrefetchRequest,
     };
     use crate::maildrop::{BackendMessage, FolderDeletions, FolderSnapshot, UidlFormat};
+    use crate::transport::Proxied;
+    use crate::transport::proxy::Source;
 
     /// No test waits longer than this for a line.
     const PATIENCE: Duration = Duration::from_secs(10);
@@ -678,7 +697,21 @@ mod tests {
     }
 
     impl Client {
-        fn connect(mut fake: Fake, settings: Settings, tls: Option<Arc<ServerConfig>>) -> Client {
+        fn connect(fake: Fake, settings: Settings, tls: Option<Arc<ServerConfig>>) -> Client {
+            // A loopback client: plaintext logins are allowed.
+            let peer = "127.0.0.1:4711".parse().ok();
+            Client::connect_from(fake, settings, tls, peer, None)
+        }
+
+        /// A client at `peer`, relayed by the balancer of `proxied` if
+        /// given (whose header `transport::proxy` would have read).
+        fn connect_from(
+            mut fake: Fake,
+            settings: Settings,
+            tls: Option<Arc<ServerConfig>>,
+            peer: Option<SocketAddr>,
+            proxied: Option<Proxied>,
+        ) -> Client {
             let (socket, server) = UnixStream::pair().expect("socketpair");
             socket.set_read_timeout(Some(PATIENCE)).expect("timeout");
             if fake.hangs_up_mid_retr {
@@ -689,9 +722,8 @@ mod tests {
                 socket: server.try_clone().expect("clone"),
                 log: Arc::clone(&log),
             };
-            // A loopback client: plaintext logins are allowed.
-            let peer = "127.0.0.1:4711".parse().ok();
-            let conn = ClientConn::new(Box::new(server), Box::new(writer), peer);
+            let mut conn = ClientConn::new(Box::new(server), Box::new(writer), peer);
+            conn.proxied = proxied;
             let session = std::thread::spawn(move || serve_with(&settings, tls, fake, conn));
             let lines = BufReader::new(socket.try_clone().expect("clone"));
             Client {
@@ -828,6 +860,87 @@ mod tests {
         assert_eq!(asked, ["finish"]);
     }
 
+    /// A remote client relayed by a balancer that ended its TLS, or not.
+    fn relayed(tls: Option<BalancerTls>) -> (Option<SocketAddr>, Option<Proxied>) {
+        let client: SocketAddr = "192.0.2.7:4711".parse().expect("address");
+        let proxied = Proxied {
+            balancer: "127.0.0.2:40000".parse().expect("address"),
+            version: 2,
+            source: Source::Client(client),
+            tls,
+        };
+        (Some(client), Some(proxied))
+    }
+
+    #[test]
+    fn a_balancers_tls_counts_as_our_own_for_the_login_and_stls() {
+        let old_tls = BalancerTls {
+            version: Some("TLSv1".into()),
+        };
+        let (peer, proxied) = relayed(Some(old_tls));
+        let stls = Some(Arc::new(no_certificate()));
+        let mut c = Client::connect_from(Fake::default(), settings(), stls, peer, proxied);
+        c.hears("+OK POP3 server ready");
+        c.says("CAPA");
+        c.hears("+OK Capability list follows");
+        let mut capa = Vec::new();
+        for _ in 0..20 {
+            let mut line = String::new();
+            c.lines.read_line(&mut line).expect("a line in time");
+            if line == ".\r\n" {
+                break;
+            }
+            capa.push(line);
+        }
+        assert!(capa.contains(&"USER\r\n".to_string()), "{capa:?}");
+        assert!(!capa.iter().any(|l| l.starts_with("STLS")), "{capa:?}");
+        c.says("STLS");
+        c.hears("-ERR TLS is already active");
+        c.says("USER alice");
+        c.hears("+OK Send PASS");
+        c.says("PASS secret");
+        let size: usize = MESSAGES.iter().map(|m| m.len()).sum();
+        c.hears(&format!("+OK Logged in, 2 messages ({size} octets)"));
+        c.says("QUIT");
+        c.hears("+OK Logging out, 0 messages deleted");
+        assert_eq!(c.hears_the_end(), "");
+        assert_eq!(c.ended().0, End::Quit);
+    }
+
+    #[test]
+    fn a_balancer_without_tls_changes_nothing() {
+        let (peer, proxied) = relayed(None);
+        let stls = Some(Arc::new(no_certificate()));
+        let mut c = Client::connect_from(Fake::default(), settings(), stls, peer, proxied);
+        c.hears("+OK POP3 server ready");
+        c.says("USER alice");
+        c.hears(
+            "-ERR Plaintext authentication is disabled on unencrypted connections: use STLS first",
+        );
+        c.says("QUIT");
+        c.hears("+OK Logging out");
+        assert_eq!(c.hears_the_end(), "");
+        let (end, asked) = c.ended();
+        assert_eq!(end, End::Quit);
+        assert!(!asked.iter().any(|a| a.starts_with("login")), "{asked:?}");
+    }
+
+    #[test]
+    fn the_session_line_tells_whose_tls() {
+        let tls = |version: Option<&str>| BalancerTls {
+            version: version.map(String::from),
+        };
+        assert_eq!(tls_for_log(false, None), "no");
+        assert_eq!(tls_for_log(true, None), "yes");
+        assert_eq!(
+            tls_for_log(false, Some(&tls(Some("TLSv1")))),
+            "TLSv1 via balancer"
+        );
+        assert_eq!(tls_for_log(false, Some(&tls(None))), "yes via balancer");
+        // Ours inside the balancer's (it re-encrypts): ours is what we know.
+        assert_eq!(tls_for_log(true, Some(&tls(Some("TLSv1")))), "yes");
+    }
+
     /// A certificate nobody gets: the handshake must never get that far.
     #[derive(Debug)]
     struct NoCertificate;
@@ -841,14 +954,19 @@ mod tests {
         }
     }
 
-    #[test]
-    fn a_proxy_header_instead_of_a_client_hello_is_refused() {
+    /// A TLS set-up whose handshakes all fail: enough to offer STLS.
+    fn no_certificate() -> ServerConfig {
         let provider = Arc::new(rustls::crypto::ring::default_provider());
-        let tls = ServerConfig::builder_with_provider(provider)
+        ServerConfig::builder_with_provider(provider)
             .with_safe_default_protocol_versions()
             .expect("TLS versions")
             .with_no_client_auth()
-            .with_cert_resolver(Arc::new(NoCertificate));
+            .with_cert_resolver(Arc::new(NoCertificate))
+    }
+
+    #[test]
+    fn a_proxy_header_instead_of_a_client_hello_is_refused() {
+        let tls = no_certificate();
         let settings = Settings {
             implicit_tls: true,
             ..settings()

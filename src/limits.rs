@@ -327,3 +327,9 @@ pub const MAX_COOLDOWN_RECORD: usize = 200;
 /// numbers (about 150 bytes); a bound keeps the aggregator's reads and a
 /// stray sender's garbage small.
 pub const MAX_STATS_DATAGRAM: usize = 1024;
+
+/// Longest TLS version name a balancer may send in its PROXY v2 header
+/// (PP2_SUBTYPE_SSL_VERSION). OpenSSL's names are at most 7 characters
+/// (`TLSv1.3`, `SSLv3`); a longer value is no version name, and the name
+/// goes into every session's log line.
+pub const MAX_BALANCER_TLS_VERSION: usize = 32;

@@ -17,6 +17,11 @@ use crate::secret::Secret;
 /// What is known of the connection when the session starts.
 #[derive(Debug, Clone, Copy)]
 pub struct Connection {
+    /// The client's connection is encrypted before its first command: a
+    /// trusted balancer says it ended the client's TLS (PROXY v2,
+    /// PP2_TYPE_SSL with PP2_CLIENT_SSL), so plaintext credentials are as
+    /// safe as under our own TLS and STLS has no place. Our own TLS
+    /// (implicit or STLS) comes later, with `on_tls_started`.
     pub tls: bool,
     pub loopback: bool,
     /// The client's address, for the log lines an admin (and fail2ban)

@@ -1774,6 +1774,24 @@ mod tests {
     }
 
     #[test]
+    fn a_connection_encrypted_from_the_start_takes_plaintext_logins_without_stls() {
+        // A remote client whose TLS a trusted balancer ended.
+        let behind_tls = Connection {
+            tls: true,
+            ..REMOTE
+        };
+        let mut s = Session::new(config(), behind_tls);
+        let capa = say(&mut s, "CAPA");
+        assert!(
+            !capa.contains("STLS") && capa.contains("\r\nUSER\r\n"),
+            "{capa}"
+        );
+        assert!(say(&mut s, "STLS").starts_with("-ERR TLS is already active"));
+        assert!(say(&mut s, "AUTH").contains("\r\nPLAIN\r\n"));
+        pass(&mut s, "alice");
+    }
+
+    #[test]
     fn auth_plain_with_initial_response_and_authzid() {
         let mut s = Session::new(config(), LOCAL);
         // "user\0master\0pw": authorize as user, authenticate as master.

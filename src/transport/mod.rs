@@ -6,6 +6,7 @@
 
 pub mod listener;
 pub mod proxy;
+mod tlv;
 
 use std::fmt;
 use std::fs::File;
@@ -17,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use rustls::{ServerConfig, ServerConnection, StreamOwned};
 
-pub use proxy::Proxied;
+pub use proxy::{BalancerTls, Proxied};
 
 pub struct ClientConn {
     pub stream: ClientStream,
@@ -52,6 +53,7 @@ impl ClientConn {
     /// A balancer's health check (PROXY v2 `LOCAL`): no session for it.
     pub fn is_health_check(&self) -> bool {
         self.proxied
+            .as_ref()
             .is_some_and(|p| p.source == proxy::Source::Local)
     }
 
@@ -60,7 +62,15 @@ impl ClientConn {
     /// only then may it count as a loopback client.
     pub fn peer_is_client(&self) -> bool {
         self.proxied
+            .as_ref()
             .is_none_or(|p| matches!(p.source, proxy::Source::Client(_)))
+    }
+
+    /// The client's TLS, if a trusted balancer says it ended it (PROXY v2
+    /// with PP2_TYPE_SSL and PP2_CLIENT_SSL): the connection to the client
+    /// is encrypted although ours to the balancer is not.
+    pub fn balancer_tls(&self) -> Option<&BalancerTls> {
+        self.proxied.as_ref().and_then(|p| p.tls.as_ref())
     }
 }
 

@@ -7,7 +7,7 @@
 //! (is this source trusted, what do these bytes say, do these first bytes
 //! start a header) are pure functions; `accept` and `Duplex`'s check of the
 //! first bytes do the reading. The header format itself is the `ppp`
-//! crate's to parse.
+//! crate's to parse; the TLVs of a v2 header are `tlv`'s.
 
 use std::fmt;
 use std::io;
@@ -17,6 +17,7 @@ use std::time::{Duration, Instant};
 use ipnet::IpNet;
 use ppp::{PartialResult, v1, v2};
 
+use super::tlv::{self, TlvError};
 use super::{ClientConn, ClientStream, canonical_peer};
 use crate::limits::{MAX_PROXY_HEADER, PROXY_HEADER_TIMEOUT};
 use crate::logging::printable;
@@ -29,6 +30,9 @@ const V1_MAX: usize = 107;
 /// How every v2 header starts (12 bytes, chosen never to start a text
 /// protocol's line).
 const V2_SIGNATURE: &[u8] = v2::PROTOCOL_PREFIX;
+/// A v2 header's fixed part: the signature, version and command, family
+/// and protocol, and the length of the rest.
+const V2_FIXED: usize = 16;
 
 /// Whether connections from `peer` must start with a header. An
 /// IPv4-mapped peer counts as its IPv4 address (see `canonical_peer`); the
@@ -89,25 +93,47 @@ pub enum Source {
     Local,
 }
 
+/// The client's TLS, ended by the balancer that relays it (a v2 header's
+/// PP2_TYPE_SSL with PP2_CLIENT_SSL set, as HAProxy's `send-proxy-v2-ssl`
+/// sends it): a fact for the session, which decides what it allows.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BalancerTls {
+    /// As the balancer names it (`TLSv1`, `TLSv1.2`): printable US-ASCII,
+    /// one word, short (see `tlv`). Absent if the balancer did not say.
+    pub version: Option<String>,
+}
+
 /// What a PROXY protocol header said, once one was accepted.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Proxied {
     /// The real peer: the balancer that sent the header.
     pub balancer: SocketAddr,
     /// 1 or 2.
     pub version: u8,
     pub source: Source,
+    pub tls: Option<BalancerTls>,
 }
 
 impl fmt::Display for Proxied {
     /// The debug line at the start of a connection.
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (b, v) = (self.balancer, self.version);
+        let tls = match &self.tls {
+            Some(BalancerTls {
+                version: Some(name),
+            }) => format!(", {name} ended by the balancer"),
+            Some(BalancerTls { version: None }) => {
+                ", TLS ended by the balancer, version not given".to_string()
+            }
+            None => String::new(),
+        };
         match self.source {
-            Source::Client(c) => write!(f, "connection from {c} via balancer {b} (PROXY v{v})"),
+            Source::Client(c) => {
+                write!(f, "connection from {c} via balancer {b} (PROXY v{v}{tls})")
+            }
             Source::Unknown => write!(
                 f,
-                "connection via balancer {b} (PROXY v{v}, client address not given: the \
+                "connection via balancer {b} (PROXY v{v}{tls}, client address not given: the \
                  balancer's is used, and not as a loopback client)"
             ),
             Source::Local => write!(f, "health check from balancer {b} (PROXY v{v} LOCAL)"),
@@ -116,10 +142,11 @@ impl fmt::Display for Proxied {
 }
 
 /// A complete header at the start of the bytes.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Header {
     pub version: u8,
     pub source: Source,
+    pub tls: Option<BalancerTls>,
     /// Its length: the bytes after it are the client's.
     pub len: usize,
 }
@@ -165,7 +192,7 @@ fn parse_v1(bytes: &[u8]) -> Parsed {
                 }
                 v1::Addresses::Unknown => Source::Unknown,
             };
-            header(1, source, h.header.len())
+            header(1, source, None, h.header.len())
         }
         // The whole line is there: what ppp calls incomplete is broken.
         Err(e) => Parsed::Malformed(format!("bad PROXY v1 header ({})", sentence(&e))),
@@ -194,13 +221,22 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
                     Source::Unknown
                 }
             };
-            header(2, source, h.len())
+            // LOCAL: the specification says to discard the whole block,
+            // TLVs included.
+            let tls = match h.command {
+                v2::Command::Local => None,
+                v2::Command::Proxy => match balancer_tls(&h) {
+                    Ok(tls) => tls,
+                    Err(e) => return Parsed::Malformed(format!("bad PROXY v2 header ({e})")),
+                },
+            };
+            header(2, source, tls, h.len())
         }
         // Refused before waiting for bytes we would not take anyway.
-        Err(v2::ParseError::Partial(_, announced)) if 16 + announced > MAX_PROXY_HEADER => {
+        Err(v2::ParseError::Partial(_, announced)) if V2_FIXED + announced > MAX_PROXY_HEADER => {
             Parsed::Malformed(format!(
                 "PROXY v2 header of {} bytes, more than the {MAX_PROXY_HEADER} accepted",
-                16 + announced
+                V2_FIXED + announced
             ))
         }
         Err(e) if e.is_incomplete() => Parsed::Incomplete,
@@ -208,7 +244,21 @@ fn parse_v2(bytes: &[u8]) -> Parsed {
     }
 }
 
-fn header(version: u8, source: Source, len: usize) -> Parsed {
+/// The client's TLS as the header's PP2_TYPE_SSL tells it, if the client
+/// spoke TLS to the balancer; a TLV with PP2_CLIENT_SSL unset (HAProxy's
+/// `send-proxy-v2-ssl` for a plaintext client) or none at all says nothing.
+fn balancer_tls(h: &v2::Header) -> Result<Option<BalancerTls>, TlvError> {
+    // ppp counts everything behind an AF_UNSPEC header as its addresses;
+    // the specification gives AF_UNSPEC none, so the TLVs start at once.
+    let addresses = h.address_family().byte_length().unwrap_or(0);
+    let tlvs = h.as_bytes().get(V2_FIXED + addresses..).unwrap_or_default();
+    let ssl = tlv::parse(tlvs)?.ssl.filter(|ssl| ssl.client_ssl());
+    Ok(ssl.map(|ssl| BalancerTls {
+        version: ssl.version,
+    }))
+}
+
+fn header(version: u8, source: Source, tls: Option<BalancerTls>, len: usize) -> Parsed {
     let source = match source {
         Source::Client(addr) => Source::Client(canonical_peer(addr)),
         other => other,
@@ -216,6 +266,7 @@ fn header(version: u8, source: Source, len: usize) -> Parsed {
     Parsed::Header(Header {
         version,
         source,
+        tls,
         len,
     })
 }
@@ -413,6 +464,7 @@ pub fn accept(conn: &mut ClientConn, trusted: &[IpNet], idle: Duration) -> Resul
         balancer: peer,
         version: header.version,
         source: header.source,
+        tls: header.tls,
     });
     Ok(())
 }
@@ -499,6 +551,7 @@ mod tests {
             Parsed::Header(Header {
                 version: 1,
                 source: Source::Client(addr("192.0.2.7:51234")),
+                tls: None,
                 len: 42,
             })
         );
@@ -508,6 +561,7 @@ mod tests {
             Parsed::Header(Header {
                 version: 1,
                 source: Source::Client(addr("[2001:db8::7]:4711")),
+                tls: None,
                 len: h.len(),
             })
         );
@@ -526,6 +580,7 @@ mod tests {
                 Parsed::Header(Header {
                     version: 1,
                     source: Source::Unknown,
+                    tls: None,
                     len: h.len(),
                 })
             );
@@ -542,6 +597,7 @@ mod tests {
             Parsed::Header(Header {
                 version: 2,
                 source: Source::Client(addr("192.0.2.7:51234")),
+                tls: None,
                 len,
             })
         );
@@ -558,6 +614,7 @@ mod tests {
             Parsed::Header(Header {
                 version: 2,
                 source: Source::Client(addr("192.0.2.8:4660")),
+                tls: None,
                 len: h.len(),
             })
         );
@@ -573,6 +630,7 @@ mod tests {
                 Parsed::Header(Header {
                     version: 2,
                     source: Source::Local,
+                    tls: None,
                     len,
                 })
             );
@@ -584,6 +642,7 @@ mod tests {
             Parsed::Header(Header {
                 version: 2,
                 source: Source::Unknown,
+                tls: None,
                 len: 16
             })
         );
@@ -641,6 +700,162 @@ mod tests {
         let mut udp = v2_tcp4([192, 0, 2, 7], 1);
         udp[13] = 0x12;
         assert!(matches!(parse(&udp), Parsed::Malformed(w) if w.contains("datagram")));
+    }
+
+    /// The TLV part of HAProxy's `send-proxy-v2-ssl` header: PP2_TYPE_SSL
+    /// with these `client` bits and, if given, the version.
+    fn ssl_tlv(client: u8, version: Option<&[u8]>) -> Vec<u8> {
+        let mut value = vec![client, 0, 0, 0, 0];
+        if let Some(name) = version {
+            value.push(0x21);
+            value.extend_from_slice(&u16::try_from(name.len()).expect("short").to_be_bytes());
+            value.extend_from_slice(name);
+        }
+        let mut tlv = vec![0x20];
+        tlv.extend_from_slice(&u16::try_from(value.len()).expect("short").to_be_bytes());
+        tlv.extend_from_slice(&value);
+        tlv
+    }
+
+    fn v2_tcp4_with(src: [u8; 4], port: u16, tlvs: &[u8]) -> Vec<u8> {
+        let mut body = v2_tcp4(src, port)[16..].to_vec();
+        body.extend_from_slice(tlvs);
+        v2(1, 0x11, &body)
+    }
+
+    fn tls(version: &str) -> Option<BalancerTls> {
+        Some(BalancerTls {
+            version: Some(version.into()),
+        })
+    }
+
+    #[test]
+    fn the_ssl_tlv_with_the_ssl_bit_is_the_balancers_tls() {
+        // What HAProxy 2.6 sent for a TLS 1.0 client (its port aside).
+        let wire = b"\r\n\r\n\0\r\nQUIT\n\x21\x11\x00\x1c\x7f\0\0\x01\x7f\0\0\x01\xdd\x5a\
+                     \xbb\x7b\x20\x00\x0d\x01\0\0\0\0\x21\x00\x05TLSv1USER";
+        assert_eq!(
+            parse(wire),
+            Parsed::Header(Header {
+                version: 2,
+                source: Source::Client(addr("127.0.0.1:56666")),
+                tls: tls("TLSv1"),
+                len: wire.len() - 4,
+            })
+        );
+        let tlvs = [
+            &[4, 0, 2, 0, 0][..],
+            &ssl_tlv(1, Some(b"TLSv1.2")),
+            b"\xe0\x00\x01x",
+        ]
+        .concat();
+        let h = v2_tcp4_with([192, 0, 2, 7], 1, &tlvs);
+        let Parsed::Header(header) = parse(&h) else {
+            panic!("{:?}", parse(&h))
+        };
+        assert_eq!((header.tls, header.len), (tls("TLSv1.2"), h.len()));
+        // The TLV without a version still tells TLS.
+        let h = v2_tcp4_with([192, 0, 2, 7], 1, &ssl_tlv(1, None));
+        assert!(matches!(
+            parse(&h),
+            Parsed::Header(Header {
+                tls: Some(BalancerTls { version: None }),
+                ..
+            })
+        ));
+        // A plaintext client of send-proxy-v2-ssl (the bit unset), TLVs
+        // of other kinds, or none: nothing about TLS.
+        for tlvs in [
+            ssl_tlv(0, None),
+            ssl_tlv(4, Some(b"TLSv1")),
+            vec![4, 0, 1, 0],
+            vec![],
+        ] {
+            let h = v2_tcp4_with([192, 0, 2, 7], 1, &tlvs);
+            assert!(
+                matches!(parse(&h), Parsed::Header(Header { tls: None, .. })),
+                "{tlvs:?}"
+            );
+        }
+        // AF_UNSPEC has no addresses: its TLVs start at once.
+        let h = v2(1, 0x00, &ssl_tlv(1, Some(b"TLSv1.1")));
+        assert_eq!(
+            parse(&h),
+            Parsed::Header(Header {
+                version: 2,
+                source: Source::Unknown,
+                tls: tls("TLSv1.1"),
+                len: h.len(),
+            })
+        );
+        // LOCAL: the block is discarded, TLVs and all.
+        let h = v2(0, 0x11, &[[0; 12].as_slice(), b"\x20\xff\xff"].concat());
+        assert!(matches!(
+            parse(&h),
+            Parsed::Header(Header {
+                source: Source::Local,
+                tls: None,
+                ..
+            })
+        ));
+        // A header with TLVs waits for all of them.
+        let h = v2_tcp4_with([192, 0, 2, 7], 1, &ssl_tlv(1, Some(b"TLSv1")));
+        for n in 0..h.len() {
+            assert_eq!(parse(&h[..n]), Parsed::Incomplete, "{n} bytes");
+        }
+    }
+
+    #[test]
+    fn malformed_tlvs_refuse_the_header() {
+        let cases: [(Vec<u8>, &str); 4] = [
+            (
+                ssl_tlv(1, Some(b"TLSv1"))[..10].to_vec(),
+                "bad PROXY v2 header (TLV PP2_TYPE_SSL of 13 bytes, but only 7 are left in the \
+                 header)",
+            ),
+            (
+                vec![0x20, 0, 3, 1, 0, 0],
+                "less than the 5 of its client and verify fields",
+            ),
+            (
+                [ssl_tlv(1, None), ssl_tlv(1, None)].concat(),
+                "bad PROXY v2 header (TLV PP2_TYPE_SSL twice)",
+            ),
+            (
+                ssl_tlv(1, Some(b"TLSv1\x1b[2J")),
+                "bad PROXY v2 header (TLS version \"TLSv1\\u{1b}[2J\" in \
+                 PP2_SUBTYPE_SSL_VERSION is not",
+            ),
+        ];
+        for (tlvs, expected) in cases {
+            match parse(&v2_tcp4_with([192, 0, 2, 7], 1, &tlvs)) {
+                Parsed::Malformed(why) => assert!(why.contains(expected), "{why}"),
+                other => panic!("{tlvs:?}: {other:?}"),
+            }
+        }
+    }
+
+    #[test]
+    fn the_debug_line_tells_the_balancers_tls() {
+        let p = Proxied {
+            balancer: addr("127.0.0.2:40000"),
+            version: 2,
+            source: Source::Client(addr("192.0.2.7:4711")),
+            tls: tls("TLSv1"),
+        };
+        assert_eq!(
+            p.to_string(),
+            "connection from 192.0.2.7:4711 via balancer 127.0.0.2:40000 (PROXY v2, TLSv1 \
+             ended by the balancer)"
+        );
+        let p = Proxied {
+            tls: Some(BalancerTls { version: None }),
+            ..p
+        };
+        assert!(
+            p.to_string()
+                .ends_with("(PROXY v2, TLS ended by the balancer, version not given)")
+        );
     }
 
     #[test]
@@ -775,6 +990,7 @@ mod tests {
                 balancer: addr("127.0.0.2:40000"),
                 version: 2,
                 source: Source::Client(addr("192.0.2.7:51234")),
+                tls: None,
             })
         );
         assert!(c.peer_is_client() && !c.is_health_check());
@@ -793,7 +1009,10 @@ mod tests {
             let mut c = conn("[::ffff:127.0.0.2]:40000", &[a, b], true);
             accept(&mut c, &trusted, IDLE).expect("header");
             assert_eq!(c.peer, Some(addr("192.0.2.7:51234")), "cut at {cut}");
-            assert_eq!(c.proxied.map(|p| p.balancer), Some(addr("127.0.0.2:40000")));
+            assert_eq!(
+                c.proxied.as_ref().map(|p| p.balancer),
+                Some(addr("127.0.0.2:40000"))
+            );
             assert_eq!(
                 session_reads(&mut c).expect("reads"),
                 b"CAPA\r\n",
@@ -804,6 +1023,36 @@ mod tests {
         let mut c = conn("127.0.0.2:40000", &bytes, true);
         accept(&mut c, &trusted, IDLE).expect("byte by byte");
         assert_eq!(session_reads(&mut c).expect("reads"), b"CAPA\r\n");
+    }
+
+    #[test]
+    fn a_header_with_the_ssl_tlv_tells_the_connection_of_the_balancers_tls() {
+        let trusted = nets(&["127.0.0.2"]);
+        let header = v2_tcp4_with([192, 0, 2, 7], 51234, &ssl_tlv(1, Some(b"TLSv1")));
+        let mut c = conn("127.0.0.2:40000", &[&header, b"CAPA\r\n"], true);
+        accept(&mut c, &trusted, IDLE).expect("header");
+        assert_eq!(c.balancer_tls(), tls("TLSv1").as_ref());
+        assert_eq!(c.peer, Some(addr("192.0.2.7:51234")));
+        assert_eq!(session_reads(&mut c).expect("reads"), b"CAPA\r\n");
+        let header = v2_tcp4_with([192, 0, 2, 7], 51234, &ssl_tlv(0, None));
+        let mut c = conn("127.0.0.2:40000", &[&header], true);
+        accept(&mut c, &trusted, IDLE).expect("header");
+        assert_eq!(c.balancer_tls(), None);
+        // From a source not listed, the same header is refused, TLV and all.
+        let header = v2_tcp4_with([192, 0, 2, 7], 51234, &ssl_tlv(1, Some(b"TLSv1")));
+        let mut c = conn("127.0.0.1:40000", &[&header], true);
+        accept(&mut c, &trusted, IDLE).expect("not read");
+        assert!(session_reads(&mut c).is_err());
+        assert_eq!(c.balancer_tls(), None);
+        // A malformed TLV ends the connection as any malformed header does.
+        let header = v2_tcp4_with([192, 0, 2, 7], 51234, b"\x20\x00\x01\x01");
+        let mut c = conn("127.0.0.2:40000", &[&header], true);
+        let e = accept(&mut c, &trusted, IDLE).expect_err("malformed");
+        assert!(
+            matches!(&e.problem, Problem::Malformed(w) if w.contains("PP2_TYPE_SSL")),
+            "{e}"
+        );
+        assert_eq!(e.level(), log::Level::Warn);
     }
 
     #[test]

@@ -928,13 +928,16 @@ class NetNs:
         self.created = False
 
     def run_client(self, port: int, actions: list, cafile: Optional[str] = None,
-                   timeout: float = 60, implicit_tls: bool = False) -> list:
+                   timeout: float = 60, implicit_tls: bool = False,
+                   tls_version: Optional[str] = None) -> list:
         """Run the POP3 dialogue ``actions`` (see netns_client.py) against
-        server_addr:port from inside the namespace; returns the transcript."""
+        server_addr:port from inside the namespace; returns the transcript.
+        ``tls_version`` (e.g. "TLSv1"): the client speaks that TLS version
+        only, as an old device does."""
         import json
         script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "netns_client.py")
         req = {"host": self.server_addr, "port": port, "cafile": cafile, "actions": actions,
-               "implicit_tls": implicit_tls}
+               "implicit_tls": implicit_tls, "tls_version": tls_version}
         r = subprocess.run(["ip", "netns", "exec", self.name, "python3", script],
                            input=json.dumps(req).encode(), capture_output=True, timeout=timeout)
         if r.returncode != 0:

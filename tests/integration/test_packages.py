@@ -61,6 +61,7 @@ COMMON_FILES = {
     "/usr/share/doc/pop3server/docs/install.md",
     "/usr/share/doc/pop3server/docs/devices-and-oauth2.md",
     "/usr/share/doc/pop3server/docs/front-ends.md",
+    "/usr/share/doc/pop3server/docs/old-tls-devices.md",
     "/usr/share/doc/pop3server/docs/uidl-migration.md",
     "/usr/share/doc/pop3server/docs/behaviour.md",
     "/usr/share/doc/pop3server/docs/troubleshooting.md",
