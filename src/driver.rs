@@ -13,7 +13,7 @@ use log::{debug, error, info, warn};
 use rustls::ServerConfig;
 
 use crate::backend::imap::ImapBackend;
-use crate::backend::{Backend, Request};
+use crate::backend::{Backend, LoginAnswer, Outcome, Request};
 use crate::buffers;
 use crate::config::Config;
 use crate::limits::{CLIENT_READ_CHUNK, CLIENT_WRITE_BUFFER, MAX_SASL_LINE};
@@ -24,6 +24,10 @@ use crate::pop3::lines::{Line, LineReader};
 use crate::pop3::reply::Reply;
 use crate::pop3::session::{Response, Session, SessionConfig, Step};
 use crate::preload::Preloaded;
+use crate::stats::{
+    self,
+    event::{Event, LoginResult},
+};
 use crate::timeout::is_timeout;
 use crate::transport::{BalancerTls, ClientConn, ClientError, ClientStream};
 
@@ -168,11 +172,27 @@ fn serve_with<B: Backend>(
         driver.client.close();
         return end;
     }
+    stats::emit::send(&Event::SessionStart);
     let end = driver.run();
     let _ = driver.flush();
+    let tls_version = match (driver.client.tls_version(), &balancer_tls) {
+        (Some(own), _) => Some(own.to_string()),
+        (None, Some(balancer)) => {
+            Some(balancer.version.clone().unwrap_or_else(|| "unknown".into()))
+        }
+        (None, None) => None,
+    };
     driver.client.close();
     driver.backend.finish();
     let stats = driver.session.stats();
+    stats::emit::send(&Event::SessionEnd {
+        end: end.name().into(),
+        tls: tls_version,
+        retrieved: stats.retrieved,
+        retrieved_bytes: stats.retrieved_bytes,
+        deleted: stats.deleted,
+        seconds: started.elapsed().as_secs_f64(),
+    });
     info!(
         "session end: user={} client={} login={} tls={} retrieved={}/{} deleted={}/{} sent={} duration={:.3}s end={}",
         stats
@@ -198,6 +218,19 @@ fn serve_with<B: Backend>(
         end.name(),
     );
     end
+}
+
+/// A login's verdict as the statistics count it.
+fn login_result(answer: &Outcome<LoginAnswer>) -> LoginResult {
+    match answer {
+        Ok(LoginAnswer::LoggedIn | LoginAnswer::LoggedInAs(_)) => LoginResult::Ok,
+        Ok(LoginAnswer::Rejected { .. }) => LoginResult::Failed,
+        // No backend for the user: the configuration says no.
+        Ok(LoginAnswer::Unrouted) => LoginResult::Refused,
+        Ok(LoginAnswer::Unavailable(_) | LoginAnswer::Throttled { .. }) | Err(_) => {
+            LoginResult::Temporary
+        }
+    }
 }
 
 /// The session line's `tls=`: `yes` for our own TLS, `VERSION via
@@ -310,6 +343,12 @@ impl<B: Backend> Driver<'_, B> {
     /// Handles one line; `Some(end)` when the session is over.
     fn step(&mut self, line: Line) -> Result<Option<End>, ClientGone> {
         let mut step = self.session.handle_line(line);
+        for method in self.session.take_refused_logins() {
+            stats::emit::send(&Event::Login {
+                method: method.into(),
+                result: LoginResult::Refused,
+            });
+        }
         loop {
             step = match step {
                 Step::Respond(response) => return self.respond(response),
@@ -404,7 +443,16 @@ impl<B: Backend> Driver<'_, B> {
         let (backend, session) = (&mut self.backend, &mut self.session);
         Ok(match request {
             Request::Capabilities => session.on_capabilities(backend.capabilities()),
-            Request::Login(credentials) => session.on_login(backend.login(credentials)),
+            Request::Login(credentials) => {
+                let answer = backend.login(credentials);
+                if let Some(method) = session.login_method() {
+                    stats::emit::send(&Event::Login {
+                        method: method.into(),
+                        result: login_result(&answer),
+                    });
+                }
+                session.on_login(answer)
+            }
             Request::Lock { user } => session.on_lock(backend.lock(&user)),
             Request::OpenFolder { folder } => session.on_folder(backend.open_folder(folder)),
             Request::Piece(piece) => session.on_piece(backend.piece(piece)),
@@ -778,6 +826,43 @@ mod tests {
                 })
                 .collect();
             (end, asked)
+        }
+    }
+
+    #[test]
+    fn login_verdicts_are_counted_by_what_they_mean_for_the_client() {
+        use std::time::Duration;
+        let cases = [
+            (Ok(LoginAnswer::LoggedIn), LoginResult::Ok),
+            (Ok(LoginAnswer::LoggedInAs(b"m".to_vec())), LoginResult::Ok),
+            (
+                Ok(LoginAnswer::Rejected {
+                    penalty: Duration::ZERO,
+                    reason: "no".into(),
+                }),
+                LoginResult::Failed,
+            ),
+            (Ok(LoginAnswer::Unrouted), LoginResult::Refused),
+            (
+                Ok(LoginAnswer::Unavailable("x".into())),
+                LoginResult::Temporary,
+            ),
+            (
+                Ok(LoginAnswer::Throttled {
+                    wait: Duration::from_secs(5),
+                }),
+                LoginResult::Temporary,
+            ),
+            (
+                Err(crate::backend::Failure::new(
+                    crate::backend::FailureKind::Unreachable,
+                    "x",
+                )),
+                LoginResult::Temporary,
+            ),
+        ];
+        for (answer, result) in cases {
+            assert_eq!(login_result(&answer), result, "{answer:?}");
         }
     }
 

@@ -17,6 +17,7 @@ use crate::limits::{MAX_THROTTLE_COOLDOWN, MIN_THROTTLE_COOLDOWN};
 use crate::lock::cooldown::{self, Cooldown};
 use crate::logging::{printable, utc};
 use crate::preload::Preloaded;
+use crate::stats::{self, event::Event};
 
 /// Whose rest: the lock's name, and the mailbox and backend for the log.
 pub struct Mailbox {
@@ -93,6 +94,9 @@ pub fn begin(
     words: &str,
     throttle: &Throttle,
 ) -> Duration {
+    stats::emit::send(&Event::Throttled {
+        backend: mailbox.backend.clone(),
+    });
     let now = cooldown::now();
     let until = now + length(settings, throttle).as_secs();
     let known = running(settings, files, &mailbox.lock_name);

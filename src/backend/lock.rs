@@ -14,6 +14,7 @@ use super::{Failure, FailureKind, LeaseLost, LockAnswer, Outcome};
 use crate::lock::cluster::{self, Acquired, Fallback, Lease, LeaseError};
 use crate::lock::{self, LockError, LockGuard};
 use crate::secret::Secret;
+use crate::stats::{self, event::Event};
 
 pub struct MaildropLock<'a> {
     lock_dir: &'a Path,
@@ -58,7 +59,7 @@ impl<'a> MaildropLock<'a> {
     ) -> Outcome<LockAnswer> {
         let guard = match lock::try_lock(self.lock_dir, &name) {
             Ok(guard) => guard,
-            Err(LockError::InUse) => return Ok(LockAnswer::InUse),
+            Err(LockError::InUse) => return Ok(in_use("local")),
             Err(LockError::Io { path, error: e }) => {
                 error!(
                     "cannot lock {}: {e}; check that lock_dir exists and is writable by the service user",
@@ -77,7 +78,7 @@ impl<'a> MaildropLock<'a> {
             })?;
             match cluster::acquire(settings, password, &name) {
                 Ok(Acquired::Held(lease)) => self.lease = Some(lease),
-                Ok(Acquired::InUse) => return Ok(LockAnswer::InUse),
+                Ok(Acquired::InUse) => return Ok(in_use("cluster")),
                 Err(e) if settings.fallback == Fallback::Local => warn!(
                     "cluster lock: Redis {}: {e}; this session has the local lock only \
                      (cluster_lock_fallback = local)",
@@ -159,6 +160,12 @@ impl<'a> MaildropLock<'a> {
         }
         self.guard = None;
     }
+}
+
+/// Another session holds the maildrop (`kind`: whose lock said so).
+fn in_use(kind: &str) -> LockAnswer {
+    stats::emit::send(&Event::LockConflict { kind: kind.into() });
+    LockAnswer::InUse
 }
 
 #[cfg(test)]

@@ -31,6 +31,7 @@ use crate::logging::printable;
 use crate::preload::Preloaded;
 use crate::route::{Route, Routes};
 use crate::secret::Secret;
+use crate::stats::{self, event::Event};
 
 /// What a login needs besides the credentials.
 #[derive(Clone, Copy)]
@@ -233,7 +234,7 @@ fn direct_login<L: Link>(
     let result = match link.client(route.backend) {
         Err(e) => Err(Stop::Link(e)),
         Ok(client) => {
-            let sent = relogin.send(client);
+            let sent = timed(context, route.backend, || relogin.send(client));
             match (throttling_in(&sent), sent) {
                 (Some((words, throttle)), _) => {
                     Ok(throttled_login(context, mailbox.as_ref(), words, &throttle))
@@ -249,6 +250,19 @@ fn direct_login<L: Link>(
         routed: Some(routed),
         result,
     }
+}
+
+/// A login command, and how long the backend took to answer it (for the
+/// statistics).
+fn timed<T>(context: &Context<'_>, backend: usize, login: impl FnOnce() -> T) -> T {
+    let sent = std::time::Instant::now();
+    let answer = login();
+    let name = context.settings.routes.backends.get(backend);
+    stats::emit::send(&Event::BackendLogin {
+        backend: name.map_or_else(|| "?".into(), |b| b.name.clone()),
+        seconds: sent.elapsed().as_secs_f64(),
+    });
+    answer
 }
 
 /// The rest `mailbox` is in, if any.
@@ -402,7 +416,9 @@ fn token_login<L: Link>(
         let response = oauth::sasl_response(source.mechanism, &device.mailbox, &token.access_token);
         let mechanism = source.mechanism.name();
         let client = link.client(backend).map_err(Stop::Link)?;
-        let sent = client.login_token(mechanism, &response);
+        let sent = timed(context, backend, || {
+            client.login_token(mechanism, &response)
+        });
         // Not a refused token: no fresh one, no second try.
         if let Some((words, throttle)) = throttling_in(&sent) {
             return Ok(throttled_login(context, Some(mailbox), words, &throttle));

@@ -92,6 +92,9 @@ pub struct Auth {
     sasl: Option<Sasl>,
     /// The backend's pass-through SASL mechanisms, once asked.
     backend_mechanisms: Option<Vec<TokenMechanism>>,
+    /// Logins refused by the plaintext rule, by method (`USER`, `AUTH`),
+    /// not yet taken by `take_refusals` (for the statistics).
+    refusals: Vec<&'static str>,
 }
 
 const LOGIN_USER_PROMPT: &str = "VXNlcm5hbWU6"; // base64 "Username:"
@@ -106,7 +109,13 @@ impl Auth {
             user: None,
             sasl: None,
             backend_mechanisms: None,
+            refusals: Vec::new(),
         }
+    }
+
+    /// The logins refused by the plaintext rule since the last call.
+    pub fn take_refusals(&mut self) -> Vec<&'static str> {
+        std::mem::take(&mut self.refusals)
     }
 
     /// The next line is a SASL response (credentials), not a command.
@@ -186,6 +195,17 @@ impl Auth {
             Command::User(_) | Command::Pass(_) | Command::Auth(Some(_))
                 if !self.plaintext_ok() =>
             {
+                // One login attempt each: USER (its PASS is not another),
+                // or AUTH by its mechanism (ours only: an unknown name is
+                // the client's word, and becomes `AUTH`).
+                match &cmd {
+                    Command::User(_) => self.refusals.push("USER"),
+                    Command::Auth(Some((name, _))) => self.refusals.push(
+                        Mechanism::from_name(&name.to_ascii_uppercase())
+                            .map_or("AUTH", Mechanism::name),
+                    ),
+                    _ => {}
+                }
                 AuthStep::Reply(self.plaintext_refused())
             }
             Command::User(name) => {

@@ -349,6 +349,21 @@ impl Session {
         self.handle(cmd)
     }
 
+    /// Logins our own rules refused (plaintext without TLS) since the last
+    /// call, by method: the backend never saw them.
+    pub fn take_refused_logins(&mut self) -> Vec<&'static str> {
+        self.auth.take_refusals()
+    }
+
+    /// How the login the backend is asked for came (`USER`, `AUTH PLAIN`...),
+    /// while it is.
+    pub fn login_method(&self) -> Option<&'static str> {
+        match &self.pending {
+            Pending::Login { method, .. } => Some(method),
+            _ => None,
+        }
+    }
+
     pub fn on_login(&mut self, outcome: Outcome<LoginAnswer>) -> Step {
         let Pending::Login { user, method } = self.take_pending() else {
             return self.out_of_order("login");
@@ -1732,7 +1747,13 @@ mod tests {
             "{capa}"
         );
         assert!(say(&mut s, "USER alice").starts_with("-ERR Plaintext authentication is disabled"));
+        assert!(say(&mut s, "PASS secret").starts_with("-ERR Plaintext"));
         assert!(say(&mut s, "AUTH PLAIN AGEAYg==").starts_with("-ERR Plaintext"));
+        assert!(say(&mut s, "AUTH plain").starts_with("-ERR Plaintext"));
+        assert!(say(&mut s, "AUTH X-WHATEVER").starts_with("-ERR Plaintext"));
+        // Counted once per attempt, by our names only.
+        assert_eq!(s.take_refused_logins(), ["USER", "PLAIN", "PLAIN", "AUTH"]);
+        assert!(s.take_refused_logins().is_empty());
         let mut s = Session::new(
             SessionConfig {
                 allow_plaintext_auth: true,

@@ -322,6 +322,19 @@ impl ClientStream {
         matches!(self, ClientStream::Tls(_))
     }
 
+    /// The TLS version negotiated with the client (`TLSv1.3`), if any.
+    pub fn tls_version(&self) -> Option<&'static str> {
+        let ClientStream::Tls(t) = self else {
+            return None;
+        };
+        Some(match t.conn.protocol_version()? {
+            rustls::ProtocolVersion::TLSv1_3 => "TLSv1.3",
+            rustls::ProtocolVersion::TLSv1_2 => "TLSv1.2",
+            // rustls speaks no other: a name for the impossible.
+            _ => "other",
+        })
+    }
+
     /// Reads what the client sent; `Ok(0)` at the end of the stream.
     pub fn read(&mut self, buf: &mut [u8]) -> Result<usize, ClientError> {
         match self {

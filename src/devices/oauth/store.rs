@@ -37,6 +37,10 @@ use crate::limits::{
     TOKEN_WARNING_INTERVAL,
 };
 use crate::secret::Secret;
+use crate::stats::{
+    self,
+    event::{Event, TokenResult},
+};
 
 const JWT_BEARER_GRANT: &[u8] = b"urn:ietf:params:oauth:grant-type:jwt-bearer";
 const JWT_CLIENT_ASSERTION: &[u8] = b"urn:ietf:params:oauth:client-assertion-type:jwt-bearer";
@@ -160,7 +164,23 @@ impl<'a> Store<'a> {
         }
         self.check_rest(&saved)?;
         let now = now();
-        match self.request(&saved) {
+        let asked = Instant::now();
+        let answered = self.request(&saved);
+        stats::emit::send(&Event::Token {
+            source: self.source.name.clone(),
+            grant: self.source.grant_name().into(),
+            result: match answered {
+                Ok(_) => TokenResult::Ok,
+                Err(_) => TokenResult::Failed,
+            },
+            seconds: asked.elapsed().as_secs_f64(),
+            expires: answered
+                .as_ref()
+                .ok()
+                .and_then(|a| a.expires_in)
+                .map(|secs| now.saturating_add(secs)),
+        });
+        match answered {
             Ok(answer) => {
                 if saved.refresh_token.is_some() {
                     saved.refresh_used_at = Some(now);
