@@ -452,7 +452,7 @@ mod tests {
     use crate::devices::oauth::settings::{ClientProof, OAuthGrant};
     use crate::imap::Transport;
     use crate::preload::Wanted;
-    use crate::route::{Backend, BackendTls, Host};
+    use crate::route::{Backend, BackendTls, DeleteAction, Host};
     use crate::sasl::TokenMechanism;
 
     /// An IMAP server that says its lines whatever it is sent; what it was
@@ -555,6 +555,8 @@ mod tests {
             ca_file: None,
             fingerprint: None,
             verify: true,
+            delete_action: DeleteAction::Expunge,
+            trash_folder: None,
         };
         let source = OAuthSource {
             name: "src".into(),

@@ -53,6 +53,9 @@ pub use mailboxes::{MailboxName, TRASH};
 pub use response::{Code, Status, StatusInfo};
 pub use select::Selected;
 pub use store::{Expunged, Moved};
+/// A scripted backend for the tests of the modules that drive a client.
+#[cfg(test)]
+pub(crate) use tests::{scripted, sent};
 
 /// The scripted backend the tests of every job talk to, and the tests that
 /// span jobs.
@@ -66,7 +69,7 @@ mod tests {
     use std::time::Duration;
 
     /// A client whose backend answers with `script`; returns what it sent.
-    pub(super) fn scripted(script: &str) -> (Client, Arc<Mutex<Vec<u8>>>) {
+    pub(crate) fn scripted(script: &str) -> (Client, Arc<Mutex<Vec<u8>>>) {
         let output = Arc::new(Mutex::new(Vec::new()));
         let peer = Script {
             input: Cursor::new(script.as_bytes().to_vec()),
@@ -76,7 +79,7 @@ mod tests {
         (client, output)
     }
 
-    pub(super) fn sent(output: &Arc<Mutex<Vec<u8>>>) -> String {
+    pub(crate) fn sent(output: &Arc<Mutex<Vec<u8>>>) -> String {
         String::from_utf8_lossy(&output.lock().expect("lock")).into_owned()
     }
 
