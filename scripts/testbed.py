@@ -219,6 +219,19 @@ local {no_uidplus} {{
     imap_capability = {no_uidplus_caps}
   }}
 }}
+{namespace}"""
+
+# With ``Dovecot(trash=NAME)``: the INBOX namespace has a mailbox NAME with
+# the special-use attribute \Trash (RFC 6154), created and subscribed for
+# every user at login, as a distribution's 15-mailboxes.conf would have it.
+TRASH_NAMESPACE = """\
+namespace inbox {{
+  inbox = yes
+  mailbox "{trash}" {{
+    special_use = \\Trash
+    auto = subscribe
+  }}
+}}
 """
 
 
@@ -268,8 +281,10 @@ class Dovecot:
 
     def __init__(self, directory: str, port: Optional[int] = None,
                  mail_user: str = MAIL_USER, tls: bool = True,
-                 imaps_port: Optional[int] = None):
+                 imaps_port: Optional[int] = None, trash: Optional[str] = None):
         self.dir = os.path.abspath(directory)
+        #: the name of the \Trash mailbox every user has (None: no such mailbox)
+        self.trash = trash
         self.port = port or free_port(self.ADDRESSES[1:])
         self.host = "127.0.0.1"
         self.pw = ensure_mail_user(mail_user)
@@ -310,7 +325,9 @@ class Dovecot:
                                            gid=self.gid, ssl=ssl, imaps_port=self.imaps_port,
                                            addresses=", ".join(self.ADDRESSES),
                                            no_uidplus=self.NO_UIDPLUS_HOST,
-                                           no_uidplus_caps=self.NO_UIDPLUS_CAPS))
+                                           no_uidplus_caps=self.NO_UIDPLUS_CAPS,
+                                           namespace=TRASH_NAMESPACE.format(trash=trash)
+                                           if trash else ""))
         with open(self.master_users_file, "w") as f:
             f.write("%s:{PLAIN}%s::::::\n" % (self.MASTER_USER, self.MASTER_PASSWORD))
         os.chmod(self.master_users_file, 0o644)

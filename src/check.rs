@@ -10,6 +10,7 @@ use std::io::Write;
 
 use crate::backend::connection::{Timeouts, connect_hosts, describe};
 use crate::backend::login::{self, Link, Passed, Relogin, Stop, Verdict};
+use crate::backend::removal::{self, Removal};
 use crate::backend::{Credentials, provider};
 use crate::config::{CheckRequest, Config};
 use crate::imap::{Client, ImapError};
@@ -63,6 +64,7 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
         config,
         out,
         connected: None,
+        backend: None,
     };
     match (&request.user, password) {
         (Some(user), Some(password)) => {
@@ -90,6 +92,10 @@ pub fn run(config: &Config, request: &CheckRequest, out: &mut dyn Write) -> Resu
                     probe.out,
                     &format!("folder {folder}: {} messages", selected.exists),
                 );
+            }
+            let removal = Removal::of(&config.backend.routes, probe.backend);
+            if let Some(line) = trash(client, host, removal)? {
+                say(probe.out, &line);
             }
         }
         _ => {
@@ -209,12 +215,48 @@ fn unrouted(user: &str) -> String {
     )
 }
 
+/// Where QUIT would put the messages marked by DELE, with `delete_action
+/// = trash`: the Trash folder a session would use (`trash_folder` opened
+/// read-only, to see that it exists), or the error a session's QUIT would
+/// meet. `None` with `delete_action = expunge`.
+fn trash(client: &mut Client, host: &Host, removal: Removal) -> Result<Option<String>, String> {
+    let Removal::Trash(configured) = removal else {
+        return Ok(None);
+    };
+    if let Some(name) = configured {
+        let opened = client.select(name, true).map_err(|e| match e {
+            ImapError::Refused { info, .. } => format!(
+                "trash_folder {name:?} cannot be opened: {}: create it, or correct trash_folder",
+                info.text
+            ),
+            e => diagnose(host, &e),
+        })?;
+        return Ok(Some(format!(
+            "delete_action: trash, to trash_folder {name:?} ({} messages)",
+            opened.exists
+        )));
+    }
+    match removal::find_trash(client, None).map_err(|e| diagnose(host, &e))? {
+        Some(trash) => Ok(Some(format!(
+            "delete_action: trash, to {trash} (listed with \\Trash)"
+        ))),
+        None => Err(concat!(
+            "delete_action = trash, but the backend lists no mailbox with the \\Trash ",
+            "attribute: set trash_folder, give a mailbox that attribute, or set ",
+            "delete_action = expunge"
+        )
+        .into()),
+    }
+}
+
 /// The check's connection, which says what it verified as it goes.
 struct Probe<'c> {
     config: &'c Config,
     out: &'c mut dyn Write,
     /// The connection, once made, and the host it went to.
     connected: Option<(Client, &'c Host)>,
+    /// The backend the login went to.
+    backend: Option<usize>,
 }
 
 impl Link for Probe<'_> {
@@ -222,6 +264,7 @@ impl Link for Probe<'_> {
 
     /// One connection per check: the login asks for its backend once.
     fn client(&mut self, backend: usize) -> Result<&mut Client, String> {
+        self.backend = Some(backend);
         if self.connected.is_none() {
             self.connected = Some(connect(self.config, backend, self.out)?);
         }

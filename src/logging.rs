@@ -1,7 +1,8 @@
 //! Where log lines go: syslog (facility mail) under inetd, where stderr is
 //! the client's socket; stderr with sd-daemon `<N>` priority prefixes under
 //! systemd (journald reads the levels); plain stderr in the foreground.
-//! Client-supplied text is made printable before it is logged.
+//! Client-supplied text is made printable before it is logged, and long
+//! UID lists are cut to a screenful.
 
 use std::io::Write;
 use std::os::fd::AsFd;
@@ -220,6 +221,16 @@ pub fn utc(secs: u64) -> String {
     )
 }
 
+/// UIDs for a log line, at most a screenful.
+pub fn uid_list(uids: &[u32]) -> String {
+    const SHOWN: usize = 50;
+    let mut text: Vec<String> = uids.iter().take(SHOWN).map(u32::to_string).collect();
+    if uids.len() > SHOWN {
+        text.push(format!("... ({} in all)", uids.len()));
+    }
+    text.join(",")
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -233,6 +244,13 @@ mod tests {
             "2026-12-06 01:02:07 UTC"
         );
         assert_eq!(utc(11_016 * DAY + 59), "2000-02-29 00:00:59 UTC");
+    }
+
+    #[test]
+    fn uid_lists_stop_at_a_screenful() {
+        assert_eq!(uid_list(&[3, 1]), "3,1");
+        let many: Vec<u32> = (1..=60).collect();
+        assert!(uid_list(&many).ends_with(",50,... (60 in all)"));
     }
 
     #[test]

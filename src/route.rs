@@ -50,6 +50,39 @@ impl BackendTls {
     }
 }
 
+/// What QUIT does with the messages marked by DELE (`delete_action`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum DeleteAction {
+    /// Flag `\Deleted` and expunge them: gone from the folder. Gmail keeps
+    /// them in All Mail.
+    #[default]
+    Expunge,
+    /// Move them to the Trash folder (`trash_folder`, or the one with the
+    /// `\Trash` attribute), where the provider empties them.
+    Trash,
+}
+
+impl DeleteAction {
+    /// The setting's words (`delete_action`, `[backend.NAME] delete_action`).
+    pub fn parse(v: &str) -> Result<DeleteAction, String> {
+        match v {
+            "expunge" => Ok(DeleteAction::Expunge),
+            "trash" => Ok(DeleteAction::Trash),
+            _ => Err(format!("{v:?} is not one of expunge, trash")),
+        }
+    }
+}
+
+/// A `trash_folder` as the admin wrote it: `None` if unset, and also if
+/// empty, which asks for the folder to be found by its `\Trash` attribute
+/// (a `[backend.NAME]` that undoes a top-level name).
+pub fn trash_folder(v: &str) -> Result<Option<String>, String> {
+    if v.bytes().any(|b| b.is_ascii_control()) {
+        return Err("a folder name must not contain control characters".into());
+    }
+    Ok((!v.is_empty()).then(|| v.to_string()))
+}
+
 /// One backend: where and how to reach it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Backend {
@@ -61,6 +94,11 @@ pub struct Backend {
     pub ca_file: Option<PathBuf>,
     pub fingerprint: Option<Fingerprint>,
     pub verify: bool,
+    /// Its own, or else the top-level `delete_action`.
+    pub delete_action: DeleteAction,
+    /// Its own, or else the top-level `trash_folder`; `None`: the folder
+    /// with the `\Trash` attribute.
+    pub trash_folder: Option<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -148,6 +186,8 @@ pub struct FileBackend {
     ca_file: Option<PathBuf>,
     tls_fingerprint: Option<String>,
     tls_verify: Option<bool>,
+    delete_action: Option<String>,
+    trash_folder: Option<String>,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -171,8 +211,10 @@ impl Routes {
         }
     }
 
-    /// Validates the file's tables on top of the default backend; an error
-    /// is (key, reason), the key as the admin wrote it (`route[2].backend`).
+    /// Validates the file's tables on top of the default backend, whose
+    /// `delete_action` and `trash_folder` (the top-level ones) are those of
+    /// every backend that does not set its own; an error is (key, reason),
+    /// the key as the admin wrote it (`route[2].backend`).
     pub fn from_file(default: Backend, file: FileRoutes) -> Result<Routes, (String, String)> {
         let mut backends = vec![default];
         for (name, b) in file.backend.into_iter().flatten() {
@@ -210,6 +252,16 @@ impl Routes {
                     "a pinned certificate is a check: it contradicts tls_verify = false".into(),
                 ));
             }
+            let delete_action = match &b.delete_action {
+                Some(a) => {
+                    DeleteAction::parse(a).map_err(|r| (format!("{key}.delete_action"), r))?
+                }
+                None => backends[0].delete_action,
+            };
+            let trash_folder = match &b.trash_folder {
+                Some(t) => trash_folder(t).map_err(|r| (format!("{key}.trash_folder"), r))?,
+                None => backends[0].trash_folder.clone(),
+            };
             backends.push(Backend {
                 name,
                 hosts,
@@ -217,6 +269,8 @@ impl Routes {
                 ca_file: b.ca_file,
                 fingerprint,
                 verify: b.tls_verify.unwrap_or(true),
+                delete_action,
+                trash_folder,
             });
         }
         let index = |name: &str| backends.iter().position(|b| b.name == name);
@@ -418,6 +472,8 @@ mod tests {
             ca_file: None,
             fingerprint: None,
             verify: true,
+            delete_action: DeleteAction::Expunge,
+            trash_folder: None,
         }
     }
 
@@ -486,6 +542,37 @@ mod tests {
     }
 
     #[test]
+    fn a_backend_deletes_as_it_says_or_as_the_top_level_does() {
+        let mut top = backend("default");
+        top.delete_action = DeleteAction::Trash;
+        top.trash_folder = Some("Papierkorb".into());
+        let file: FileRoutes = toml::from_str(
+            r#"
+            [backend.same]
+            hosts = ["a"]
+            [backend.gmail]
+            hosts = ["b"]
+            trash_folder = ""
+            [backend.plain]
+            hosts = ["c"]
+            delete_action = "expunge"
+            trash_folder = "Deleted Items"
+            "#,
+        )
+        .expect("toml");
+        let routes = Routes::from_file(top, file).expect("valid");
+        let of = |name: &str| {
+            let b = routes.backends.iter().find(|b| b.name == name).expect(name);
+            (b.delete_action, b.trash_folder.as_deref())
+        };
+        assert_eq!(of("same"), (DeleteAction::Trash, Some("Papierkorb")));
+        // An empty name: found by its \Trash attribute after all.
+        assert_eq!(of("gmail"), (DeleteAction::Trash, None));
+        assert_eq!(of("plain"), (DeleteAction::Expunge, Some("Deleted Items")));
+        assert_eq!(trash_folder(""), Ok(None));
+    }
+
+    #[test]
     fn no_default_refuses_the_unmatched() {
         let routes = table(&format!("default_backend = \"none\"\n{TABLE}")).expect("valid");
         assert!(routes.route(b"nobody@elsewhere").is_none());
@@ -543,6 +630,16 @@ mod tests {
                 "[backend.b]\nhosts = [\"h\"]\ntls = \"tls\"\n",
                 "backend.b.tls",
                 "is not one of none, starttls, implicit",
+            ),
+            (
+                "[backend.b]\nhosts = [\"h\"]\ndelete_action = \"move\"\n",
+                "backend.b.delete_action",
+                "is not one of expunge, trash",
+            ),
+            (
+                "[backend.b]\nhosts = [\"h\"]\ntrash_folder = \"a\\nb\"\n",
+                "backend.b.trash_folder",
+                "control characters",
             ),
             (
                 "default_backend = \"nowhere\"\n",

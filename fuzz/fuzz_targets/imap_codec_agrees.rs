@@ -2,8 +2,8 @@
 //! implementation of the RFC 3501 grammar, on the same server bytes. Where
 //! both parse a response, they must agree on everything the client acts
 //! on: the response boundaries (a literal recognised where the grammar has
-//! none shifts every later response), tags and status, and UID, size and
-//! body of FETCH data. Where only one of them accepts a response the run
+//! none shifts every later response), tags and status, UID, size and
+//! body of FETCH data, and the attributes and name of a LIST line. Where only one of them accepts a response the run
 //! stops there: imap-codec is stricter in places (and we are on purpose:
 //! see ARCHITECTURE.md on why our parser stayed).
 #![no_main]
@@ -12,6 +12,7 @@ use imap_codec::ResponseCodec;
 use imap_codec::decode::Decoder;
 use imap_codec::imap_types::core::NString;
 use imap_codec::imap_types::fetch::MessageDataItem;
+use imap_codec::imap_types::mailbox::Mailbox;
 use imap_codec::imap_types::response::{Data, Response, Status};
 use libfuzzer_sys::fuzz_target;
 use pop3server::imap::fuzzing::{Summary, summarize};
@@ -106,7 +107,27 @@ fn compare(i: usize, ours: &Summary, theirs: &Response) {
                 }
             }
         }
-        // Data we skip (FLAGS, LIST, EXPUNGE...) is whatever it is.
+        (
+            Summary::List { attributes, name },
+            Response::Data(Data::List {
+                items,
+                mailbox,
+                ..
+            }),
+        ) => {
+            let theirs: Vec<String> = items
+                .iter()
+                .map(|a| a.to_string().to_ascii_uppercase())
+                .collect();
+            let same_name = match mailbox {
+                Mailbox::Inbox => name.eq_ignore_ascii_case(b"INBOX"),
+                Mailbox::Other(other) => other.as_ref() == name.as_slice(),
+            };
+            if *attributes != theirs || !same_name {
+                differ();
+            }
+        }
+        // Data we skip (FLAGS, LSUB, EXPUNGE...) is whatever it is.
         (Summary::Other, Response::Data(_)) => {}
         _ => differ(),
     }

@@ -175,11 +175,12 @@ fuzz_target!(|data: &[u8]| {
                     }
                 }
                 Request::Expunge(_) if fail => s.on_expunge(Err(answers.failure())),
-                Request::Expunge(_) => s.on_expunge(Ok(match answers.next() % 4 {
+                Request::Expunge(_) => s.on_expunge(Ok(match answers.next() % 5 {
                     0 => ExpungeAnswer::Expunged,
                     1 => ExpungeAnswer::LeftFlagged,
                     2 => ExpungeAnswer::FolderChanged,
-                    _ => ExpungeAnswer::Unconfirmed,
+                    3 => ExpungeAnswer::Unconfirmed,
+                    _ => ExpungeAnswer::NoTrash,
                 })),
                 Request::UidlFacts(_) if fail => s.on_uidl_facts(Err(answers.failure())),
                 Request::UidlFacts(r) => s.on_uidl_facts(Ok(match answers.next() % 4 {

@@ -482,6 +482,8 @@ mod tests {
             ca_file: None,
             fingerprint: None,
             verify: true,
+            delete_action: route::DeleteAction::Expunge,
+            trash_folder: None,
         }
     }
 

@@ -1,10 +1,10 @@
 //! The [`Backend`] in service: carries the session's requests out over one
 //! IMAP connection and the lock directory, composed of the rooms beside it
-//! (`connection`, `login`, `lock`, `snapshot`), and streams the messages:
-//! a RETR's one fetch read piece by piece, the fetch ahead and the `\Seen`
-//! it owes, the expunge of QUIT with its one re-login. It makes no POP3
-//! decisions: which folder is selected and when a failed connection is
-//! dropped are its business; what the client is told is the session's.
+//! (`connection`, `login`, `lock`, `snapshot`, `removal`), and streams the
+//! messages: a RETR's one fetch read piece by piece, the fetch ahead and
+//! the `\Seen` it owes, QUIT's removal with its one re-login. It makes no
+//! POP3 decisions: which folder is selected and when a failed connection
+//! is dropped are its business; what the client is told is the session's.
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
@@ -16,14 +16,16 @@ use super::cooldown::{self, Mailbox};
 use super::lock::MaildropLock;
 use super::login::{self, Link, Relogin, Stop};
 use super::provider::Throttle;
+use super::removal::{self, Removal};
 use super::settings::Settings;
 use super::snapshot;
 use super::{
     Backend, Credentials, ExpungeAnswer, FactsAnswer, FactsRequest, Failure, FailureKind,
     LeaseLost, LockAnswer, LoginAnswer, Outcome, PieceAnswer, PieceRequest, PrefetchRequest, Read,
 };
-use crate::imap::{BodyStream, Client, Expunged, GMAIL_CAPABILITY, ImapError, Login, Selected};
+use crate::imap::{BodyStream, Client, GMAIL_CAPABILITY, ImapError, Login, Selected};
 use crate::lock;
+use crate::logging::uid_list;
 use crate::maildrop::sizecache::{DigestCache, SizeCache};
 use crate::maildrop::uidl::{Fact, FactKind};
 use crate::maildrop::{FolderDeletions, FolderSnapshot};
@@ -344,34 +346,26 @@ impl<'a> ImapBackend<'a> {
         }
     }
 
-    fn expunge_once(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
+    /// QUIT's removal in one folder (`removal`): `again` after a lost
+    /// connection, when part of the first attempt may have happened.
+    fn expunge_once(&mut self, expunge: &FolderDeletions, again: bool) -> Outcome<ExpungeAnswer> {
         let settings = self.settings;
         let name = &settings.folders[expunge.folder];
         if !self.enter(expunge.folder, expunge.uid_validity)? {
             warn!("folder {name:?} changed UIDVALIDITY during the session: nothing deleted there");
             return Ok(ExpungeAnswer::FolderChanged);
         }
-        let expunged = self.conn.client()?.expunge(&expunge.uids);
-        let what = || format!("deleting messages in {name:?}");
-        match expunged {
-            Ok(Expunged::Done) => Ok(ExpungeAnswer::Expunged),
-            Ok(Expunged::LeftFlagged) => {
-                warn!(
-                    "backend has no UIDPLUS and other messages in {name:?} are flagged \\Deleted: left {} messages flagged, not expunged",
-                    expunge.uids.len()
-                );
-                Ok(ExpungeAnswer::LeftFlagged)
-            }
-            Err(ImapError::Unconfirmed(e)) => {
-                warn!(
-                    "deleting messages in {name:?}: \\Deleted was set on UIDs {} (UIDVALIDITY {}) but the expunge was not confirmed: they may still be there, flagged, until any client's next expunge",
-                    uid_list(&expunge.uids),
-                    expunge.uid_validity
-                );
-                self.drop_unusable(self.conn.failure(&what(), *e));
-                Ok(ExpungeAnswer::Unconfirmed)
-            }
-            Err(e) => Err(self.drop_unusable(self.conn.failure(&what(), e))),
+        let how = Removal::of(&settings.routes, self.conn.routed());
+        let removed = removal::remove(self.conn.client()?, name, how, expunge, again);
+        let unfinished = match removed {
+            Ok(answer) => return Ok(answer),
+            Err(unfinished) => unfinished,
+        };
+        let failure = self.drop_unusable(self.conn.failure(&unfinished.what, unfinished.error));
+        if unfinished.unconfirmed {
+            Ok(ExpungeAnswer::Unconfirmed)
+        } else {
+            Err(failure)
         }
     }
 }
@@ -514,18 +508,20 @@ impl Backend for ImapBackend<'_> {
         })
     }
 
-    /// The expunge of QUIT. If the connection is found lost (servers close
-    /// idle IMAP connections while a client reads its mail), or breaks
-    /// before the expunge is confirmed, it logs in once more, checks that
-    /// UIDVALIDITY is unchanged, and expunges by UID again: without this
-    /// the client would download and delete everything again next time.
+    /// The removal of QUIT (the expunge, or the move to the Trash). If the
+    /// connection is found lost (servers close idle IMAP connections while
+    /// a client reads its mail), or breaks before the removal is confirmed,
+    /// it logs in once more, checks that UIDVALIDITY is unchanged, and
+    /// removes by UID again: without this the client would download and
+    /// delete everything again next time. A move that was done is no
+    /// trouble then: the moved UIDs are gone, and the server skips them.
     fn expunge(&mut self, expunge: &FolderDeletions) -> Outcome<ExpungeAnswer> {
         self.end_body()?;
         // Before the expunge, whose reconnection would lose them.
         if let Err(e) = self.pay_seen() {
             debug!("\\Seen not set before the expunge: {e}");
         }
-        let first = self.expunge_once(expunge);
+        let first = self.expunge_once(expunge, false);
         let lost = match &first {
             Err(f) => f.kind == FailureKind::Lost,
             Ok(ExpungeAnswer::Unconfirmed) => true,
@@ -543,7 +539,7 @@ impl Backend for ImapBackend<'_> {
         warn!(
             "the backend connection was lost: logged in again to delete the messages in {name:?}"
         );
-        self.expunge_once(expunge)
+        self.expunge_once(expunge, true)
     }
 
     /// The facts a UIDL format needs for one folder, by one `UID FETCH`
@@ -616,14 +612,4 @@ impl Backend for ImapBackend<'_> {
         self.release_lock();
         self.conn.logout();
     }
-}
-
-/// UIDs for a log line, at most a screenful.
-fn uid_list(uids: &[u32]) -> String {
-    const SHOWN: usize = 50;
-    let mut text: Vec<String> = uids.iter().take(SHOWN).map(u32::to_string).collect();
-    if uids.len() > SHOWN {
-        text.push(format!("... ({} in all)", uids.len()));
-    }
-    text.join(",")
 }

@@ -15,7 +15,8 @@
 //! connection: early, failover, re-login, error classification), `login`
 //! (routing, device tokens, penalties; shared with `--check`), `lock` (the
 //! local and the cluster lock), `snapshot` (the snapshot cache's merges),
-//! and `imap`, which composes them and streams the messages.
+//! `removal` (QUIT's expunge, or move to the Trash), and `imap`, which
+//! composes them and streams the messages.
 
 pub mod connection;
 pub mod cooldown;
@@ -23,6 +24,7 @@ pub mod imap;
 pub mod lock;
 pub mod login;
 pub mod provider;
+pub mod removal;
 pub mod settings;
 pub mod snapshot;
 
@@ -211,9 +213,13 @@ pub enum ExpungeAnswer {
     /// other messages were flagged too.
     LeftFlagged,
     FolderChanged,
-    /// The flags were set, then the connection failed before the expunge
-    /// was confirmed: the messages may be gone or still there, flagged.
+    /// The flags were set (or the move sent), then the connection failed
+    /// before the removal was confirmed: the messages may be gone or still
+    /// there.
     Unconfirmed,
+    /// `delete_action = trash` and there is no Trash folder to move them to:
+    /// nothing was deleted, and an admin must act.
+    NoTrash,
 }
 
 /// Why a request failed.

@@ -49,7 +49,7 @@ impl Settings {
     /// One backend (`default`, 127.0.0.1:1, never reached), INBOX, short
     /// timeouts, the lock, cache and state directories in `dir`.
     pub fn for_tests(dir: &std::path::Path) -> Settings {
-        use crate::route::{Backend, BackendTls, Host};
+        use crate::route::{Backend, BackendTls, DeleteAction, Host};
         let backend = Backend {
             name: "default".into(),
             hosts: vec![Host {
@@ -60,6 +60,8 @@ impl Settings {
             ca_file: None,
             fingerprint: None,
             verify: true,
+            delete_action: DeleteAction::Expunge,
+            trash_folder: None,
         };
         Settings {
             routes: Routes {

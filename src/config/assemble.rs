@@ -22,7 +22,7 @@ use crate::lock::cluster;
 use crate::logging::LogTarget;
 use crate::maildrop::uidl::UidlFormat;
 use crate::pop3::session::SessionConfig;
-use crate::route::{self, BackendTls, FileRoutes, Routes};
+use crate::route::{self, BackendTls, DeleteAction, FileRoutes, Routes};
 use crate::tls::TlsFiles;
 use crate::tls::fingerprint::Fingerprint;
 use crate::transport::proxy::parse_network;
@@ -202,6 +202,14 @@ fn default_backend(layers: &Layers) -> Result<route::Backend, ConfigError> {
         ca_file: layers.path("backend_ca_file")?.map(|p| p.value),
         fingerprint,
         verify: verify.is_none_or(|v| v.value),
+        // Also every [backend.NAME]'s, unless it sets its own.
+        delete_action: parsed(
+            layers,
+            "delete_action",
+            DeleteAction::Expunge,
+            DeleteAction::parse,
+        )?,
+        trash_folder: parsed(layers, "trash_folder", None, route::trash_folder)?,
     })
 }
 

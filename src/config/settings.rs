@@ -220,6 +220,23 @@ pub const SETTINGS: &[Setting] = &[
         "EXAMINE instead of SELECT; DELE is refused [default: false]",
     ),
     setting(
+        "delete_action",
+        Kind::Text,
+        "expunge|trash",
+        MAILDROP,
+        "What QUIT does with the messages marked by DELE: expunge them, or move them to the \
+         Trash folder (trash: for Gmail, whose expunge keeps them in All Mail); a \
+         [backend.NAME] may set its own [default: expunge]",
+    ),
+    setting(
+        "trash_folder",
+        Kind::Text,
+        "FOLDER",
+        MAILDROP,
+        "The Trash folder of delete_action = trash, by name; a [backend.NAME] may set its own \
+         [default: none, the folder the backend lists with the \\Trash attribute]",
+    ),
+    setting(
         "lock_dir",
         Kind::Path,
         "DIR",

@@ -77,6 +77,45 @@ pub(super) fn mailbox_name(name: &str) -> String {
     out
 }
 
+/// A mailbox name as IMAP spells it, back in UTF-8 for a log line or a
+/// person; `None` where it is not valid modified UTF-7 (a server's own
+/// spelling, which is then shown as its bytes).
+pub(super) fn decode_mailbox_name(name: &[u8]) -> Option<String> {
+    let engine = base64::engine::GeneralPurpose::new(
+        &base64::alphabet::IMAP_MUTF7,
+        base64::engine::general_purpose::NO_PAD,
+    );
+    let mut out = String::with_capacity(name.len());
+    let mut rest = name;
+    while let Some((&b, after)) = rest.split_first() {
+        if b != b'&' {
+            if !(0x20..0x7f).contains(&b) {
+                return None;
+            }
+            out.push(char::from(b));
+            rest = after;
+            continue;
+        }
+        let end = after.iter().position(|&c| c == b'-')?;
+        if end == 0 {
+            out.push('&');
+        } else {
+            let wide = engine.decode(&after[..end]).ok()?;
+            if wide.len() % 2 != 0 {
+                return None;
+            }
+            let units = wide
+                .chunks_exact(2)
+                .map(|u| u16::from_be_bytes([u[0], u[1]]));
+            for c in char::decode_utf16(units) {
+                out.push(c.ok()?);
+            }
+        }
+        rest = &after[end + 1..];
+    }
+    Some(out)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -92,5 +131,24 @@ mod tests {
             "~peter/mail/&U,BTFw-/&ZeVnLIqe-"
         );
         assert_eq!(mailbox_name("a😀"), "a&2D3eAA-");
+    }
+
+    #[test]
+    fn folder_names_come_back_from_modified_utf7() {
+        for name in [
+            "INBOX",
+            "Entwürfe",
+            "Tom & Jerry",
+            "~peter/mail/台北/日本語",
+            "a😀",
+            "",
+        ] {
+            let wire = mailbox_name(name);
+            assert_eq!(decode_mailbox_name(wire.as_bytes()).as_deref(), Some(name));
+        }
+        // Not modified UTF-7: no end, bad base64, a lone surrogate, 8 bits.
+        for bad in [&b"a&APw"[..], b"&!!-", b"&2D0-", b"\xc3\xbc"] {
+            assert_eq!(decode_mailbox_name(bad), None, "{bad:?}");
+        }
     }
 }

@@ -65,6 +65,10 @@ pub enum Summary {
         origin: u64,
     },
     Search(Vec<u32>),
+    List {
+        attributes: Vec<String>,
+        name: Vec<u8>,
+    },
     Other,
 }
 
@@ -104,6 +108,10 @@ fn summary(r: response::Response) -> Summary {
             origin: f.body_origin,
         },
         R::Search(uids) => Summary::Search(uids),
+        R::List(l) => Summary::List {
+            attributes: l.attributes,
+            name: l.name,
+        },
         R::Other => Summary::Other,
     }
 }

@@ -1,7 +1,7 @@
 //! The IMAP backend: the only code that speaks IMAP (RFC 3501, UIDPLUS
-//! RFC 4315, SASL-IR RFC 4959). It knows nothing of POP3; it offers the
-//! operations a POP3 session needs, each one IMAP command or a short
-//! sequence, with a deadline per command.
+//! RFC 4315, SASL-IR RFC 4959, SPECIAL-USE RFC 6154, MOVE RFC 6851). It
+//! knows nothing of POP3; it offers the operations a POP3 session needs,
+//! each one IMAP command or a short sequence, with a deadline per command.
 //!
 //! One [`Client`] per backend connection. Its `impl` is split by job, a file
 //! each, so that a command and the checks on its answer are found and
@@ -13,7 +13,10 @@
 //! - `select`: SELECT or EXAMINE, and the UID list (`UID SEARCH`);
 //! - `fetch`: what a listing needs without bodies: sizes, headers, Gmail ids;
 //! - `body`: message bodies: the body stream, the fetch ahead, pieces;
-//! - `store`: `\Seen`, `\Deleted`, EXPUNGE and the UID sets they name;
+//! - `store`: `\Seen`, `\Deleted`, EXPUNGE, MOVE and COPY, and the UID
+//!   sets they name;
+//! - `mailboxes`: LIST, the mailbox with a special use (the Trash), and
+//!   mailbox names as the server spells them;
 //! - `encode`: quoted strings, literals, modified UTF-7 mailbox names;
 //! - `error`: [`ImapError`];
 //! - `conn` and `tls`: the byte stream with its deadline (and the debug
@@ -33,6 +36,7 @@ mod fetch;
 #[cfg(fuzzing)]
 pub mod fuzzing;
 mod login;
+mod mailboxes;
 mod response;
 mod select;
 mod store;
@@ -44,10 +48,14 @@ pub use conn::Transport;
 pub use error::ImapError;
 pub use fetch::GMAIL_CAPABILITY;
 pub use login::Login;
+pub use mailboxes::{MailboxName, TRASH};
 /// What a refusal carries (`ImapError::Refused`), for those who classify it.
 pub use response::{Code, Status, StatusInfo};
 pub use select::Selected;
-pub use store::Expunged;
+pub use store::{Expunged, Moved};
+/// A scripted backend for the tests of the modules that drive a client.
+#[cfg(test)]
+pub(crate) use tests::{scripted, sent};
 
 /// The scripted backend the tests of every job talk to, and the tests that
 /// span jobs.
@@ -61,7 +69,7 @@ mod tests {
     use std::time::Duration;
 
     /// A client whose backend answers with `script`; returns what it sent.
-    pub(super) fn scripted(script: &str) -> (Client, Arc<Mutex<Vec<u8>>>) {
+    pub(crate) fn scripted(script: &str) -> (Client, Arc<Mutex<Vec<u8>>>) {
         let output = Arc::new(Mutex::new(Vec::new()));
         let peer = Script {
             input: Cursor::new(script.as_bytes().to_vec()),
@@ -71,7 +79,7 @@ mod tests {
         (client, output)
     }
 
-    pub(super) fn sent(output: &Arc<Mutex<Vec<u8>>>) -> String {
+    pub(crate) fn sent(output: &Arc<Mutex<Vec<u8>>>) -> String {
         String::from_utf8_lossy(&output.lock().expect("lock")).into_owned()
     }
 

@@ -1,7 +1,7 @@
 //! Reading and parsing the IMAP responses this client provokes (RFC 3501
 //! section 7): status responses with codes, CAPABILITY, EXISTS, FETCH with
 //! UID, RFC822.SIZE, BODY[] pieces, BODY[HEADER] and Gmail's X-GM-MSGID,
-//! SEARCH. Anything else untagged is
+//! SEARCH, LIST with its attributes. Anything else untagged is
 //! parsed far enough to be skipped. Sizes are bounded by `crate::limits`.
 
 use std::borrow::Cow;
@@ -54,6 +54,18 @@ pub struct FetchData {
     pub gm_msgid: Option<u64>,
 }
 
+/// One `* LIST` line (RFC 3501 7.2.2, with RFC 6154's special-use
+/// attributes): what a search for a mailbox by its use needs.
+#[derive(Debug, PartialEq, Eq)]
+pub struct ListData {
+    /// The name attributes, upper-cased: `\NOSELECT`, `\TRASH`, ...
+    pub attributes: Vec<String>,
+    /// The name as the server wrote it, without the quotes or the
+    /// literal's framing (modified UTF-7, RFC 3501 5.1.3): sent back as it
+    /// is, it names this mailbox.
+    pub name: Vec<u8>,
+}
+
 #[derive(Debug, PartialEq, Eq)]
 pub enum Response {
     Continuation,
@@ -63,7 +75,8 @@ pub enum Response {
     Exists(u32),
     Fetch(FetchData),
     Search(Vec<u32>),
-    /// Untagged data we do not use (FLAGS, RECENT, EXPUNGE, LIST, ...).
+    List(ListData),
+    /// Untagged data we do not use (FLAGS, RECENT, EXPUNGE, LSUB, ...).
     Other,
 }
 
@@ -584,8 +597,74 @@ impl<'a> Parser<'a> {
                 Ok(Response::Search(uids))
             }
             b"ESEARCH" => self.esearch().map(Response::Search),
+            b"LIST" => {
+                self.sp()?;
+                self.list().map(Response::List)
+            }
             _ => Ok(Response::Other),
         }
+    }
+
+    /// `(attributes) delimiter name`, then perhaps RFC 5258's extended
+    /// data (`CHILDINFO`, `OLDNAME`), which nothing here needs.
+    fn list(&mut self) -> PResult<ListData> {
+        if self.peek() != Some(b'(') {
+            return Err("expected ( after LIST");
+        }
+        self.pos += 1;
+        let mut attributes = Vec::new();
+        loop {
+            match self.peek() {
+                Some(b')') => {
+                    self.pos += 1;
+                    break;
+                }
+                Some(b' ') => self.pos += 1,
+                None => return Err("unterminated LIST attributes"),
+                _ => {
+                    let attribute = upper(self.bare()?);
+                    attributes.push(String::from_utf8_lossy(&attribute).into_owned());
+                }
+            }
+        }
+        self.sp()?;
+        // The hierarchy delimiter: one quoted character, or NIL.
+        self.nstring()?;
+        self.sp()?;
+        let name = self.astring()?;
+        if !self.at_end() {
+            self.sp()?;
+            self.skip_value()?;
+        }
+        Ok(ListData { attributes, name })
+    }
+
+    /// An `astring` (a mailbox name): a quoted string, a literal, or an
+    /// atom. An atom is taken up to a space, a parenthesis or the end,
+    /// brackets and all (`[Gmail]/Trash`): ASTRING-CHAR allows `]`, and a
+    /// server's name is what we must send back, not judge.
+    fn astring(&mut self) -> PResult<Vec<u8>> {
+        if matches!(self.peek(), Some(b'"' | b'{')) {
+            return self.nstring()?.ok_or("expected a string");
+        }
+        Ok(self.bare()?.to_vec())
+    }
+
+    /// A word up to a space, a parenthesis, a quote, a brace or a control
+    /// character: a name attribute (`\Trash`) or an atom mailbox name.
+    /// Unlike `atom()`, brackets open no section.
+    fn bare(&mut self) -> PResult<&'a [u8]> {
+        let start = self.pos;
+        while let Some(b) = self.peek() {
+            if b <= b' ' || b == 0x7f || b"(){\"".contains(&b) {
+                break;
+            }
+            self.pos += 1;
+        }
+        if self.pos == start {
+            return Err("expected an atom");
+        }
+        Ok(&self.text[start..self.pos])
     }
 
     /// RFC 4731: `* ESEARCH [(TAG "x")] [UID] *(SP name SP value)`; the UIDs
@@ -980,6 +1059,47 @@ pub(crate) mod tests {
         assert_eq!(r[3], Ok(Response::Search(vec![])));
         assert_eq!(r[4], Ok(Response::Other));
         assert_eq!(r[5], Ok(Response::Continuation));
+    }
+
+    #[test]
+    fn list_lines_give_the_attributes_and_the_name_as_sent() {
+        let name = "Gel&APY-schte Elemente";
+        let input = format!(
+            "* LIST (\\HasNoChildren \\Trash) \".\" Trash\r\n\
+             * LIST () \"/\" \"[Gmail]/Papierkorb\"\r\n\
+             * LIST (\\Noselect) NIL \"a \\\"quote\\\" and \\\\\"\r\n\
+             * list (\\trash) \"/\" {{{}}}\r\n{name}\r\n\
+             * LIST (\\Sent) \"/\" [Gmail]/Sent]x\r\n\
+             * LIST (\\HasChildren) \"/\" \"INBOX\" (\"CHILDINFO\" (\"SUBSCRIBED\"))\r\n",
+            name.len()
+        );
+        let r = parse_all(input.as_bytes());
+        let list = |attributes: &[&str], name: &[u8]| {
+            Ok(Response::List(ListData {
+                attributes: attributes.iter().map(|a| a.to_string()).collect(),
+                name: name.to_vec(),
+            }))
+        };
+        assert_eq!(r[0], list(&["\\HASNOCHILDREN", "\\TRASH"], b"Trash"));
+        assert_eq!(r[1], list(&[], b"[Gmail]/Papierkorb"));
+        assert_eq!(r[2], list(&["\\NOSELECT"], b"a \"quote\" and \\"));
+        assert_eq!(r[3], list(&["\\TRASH"], name.as_bytes()));
+        assert_eq!(r[4], list(&["\\SENT"], b"[Gmail]/Sent]x"));
+        assert_eq!(r[5], list(&["\\HASCHILDREN"], b"INBOX"));
+    }
+
+    #[test]
+    fn a_broken_list_line_is_a_protocol_error() {
+        for junk in [
+            &b"* LIST \\Trash \"/\" x\r\n"[..],
+            b"* LIST (\\Trash \"/\" x\r\n",
+            b"* LIST (\\Trash) \"/\"\r\n",
+            b"* LIST (\\Trash) \"/\" \r\n",
+            b"* LIST (\\Trash) \"/\" (x)\r\n",
+            b"* LIST (\\Trash) \"/\" \"open\r\n",
+        ] {
+            assert!(parse_all(junk)[0].is_err(), "{junk:?}");
+        }
     }
 
     #[test]

@@ -1,11 +1,13 @@
 //! Flags and removal: `\Seen` for bodies read with a peek, `\Deleted` and
-//! EXPUNGE for exactly the messages the POP3 client deleted, and the UID
-//! sets these commands name, split so that no command line grows too long.
-//! It owns the promises that another client's `\Deleted` messages are never
-//! expunged and that our flags are taken back when an expunge is refused;
-//! nothing may expunge by another path (never CLOSE).
+//! EXPUNGE for exactly the messages the POP3 client deleted, or their move
+//! (`UID MOVE`, RFC 6851) or copy (`UID COPY`) to another mailbox, and the
+//! UID sets these commands name, split so that no command line grows too
+//! long. It owns the promises that another client's `\Deleted` messages are
+//! never expunged and that our flags are taken back when an expunge is
+//! refused; nothing may expunge by another path (never CLOSE).
 
-use super::encode::Arg;
+use super::encode::{Arg, astring};
+use super::mailboxes::MailboxName;
 use super::response::Response;
 use super::{Client, ImapError};
 use crate::limits::MAX_UID_SET;
@@ -16,6 +18,15 @@ pub enum Expunged {
     /// Without UIDPLUS another client's `\Deleted` messages were present:
     /// ours stay flagged rather than expunging theirs.
     LeftFlagged,
+}
+
+/// How far a move of several UID sets got.
+#[derive(Debug)]
+pub enum Moved {
+    Done,
+    /// The first sets were moved, then this error stopped the rest: some
+    /// messages are in the other mailbox, the others perhaps not.
+    Partly(ImapError),
 }
 
 impl Client {
@@ -66,6 +77,56 @@ impl Client {
             Err(e) => Err(ImapError::Unconfirmed(Box::new(e))),
             done => done,
         }
+    }
+
+    /// Moves exactly these messages to `to` (`UID MOVE`, RFC 6851), split
+    /// like the expunge's sets. A UID that is no longer in the folder is
+    /// skipped by the server without an error (RFC 3501 6.4.8), so a repeat
+    /// after a lost connection moves what is left and nothing twice. `Err`
+    /// on the first set: a refusal moved nothing; without an answer (the
+    /// connection broke) the set may have been moved or not.
+    pub fn move_to(&mut self, uids: &[u32], to: &MailboxName) -> Result<Moved, ImapError> {
+        for (i, set) in uid_sets(uids, MAX_UID_SET).iter().enumerate() {
+            let command = format!("UID MOVE {set} ");
+            let args = [Arg::Text(command.as_bytes()), astring(to.as_bytes())];
+            match self
+                .run("UID MOVE", &args, |_| Ok(()))
+                .and_then(|done| done.ok("UID MOVE"))
+            {
+                Ok(_) => {}
+                Err(e) if i == 0 => return Err(e),
+                Err(e) => return Ok(Moved::Partly(e)),
+            }
+        }
+        Ok(Moved::Done)
+    }
+
+    /// Copies exactly these messages to `to` (`UID COPY`), set by set, and
+    /// changes nothing in the folder; UIDs no longer there are skipped.
+    /// After an error the sets copied before it stay copied in `to`.
+    pub fn copy_to(&mut self, uids: &[u32], to: &MailboxName) -> Result<(), ImapError> {
+        for set in uid_sets(uids, MAX_UID_SET) {
+            let command = format!("UID COPY {set} ");
+            let args = [Arg::Text(command.as_bytes()), astring(to.as_bytes())];
+            self.run("UID COPY", &args, |_| Ok(()))?.ok("UID COPY")?;
+        }
+        Ok(())
+    }
+
+    /// Which of `uids` carry `\Deleted` now (`UID SEARCH UID set DELETED`).
+    pub fn flagged_deleted(&mut self, uids: &[u32]) -> Result<Vec<u32>, ImapError> {
+        let mut flagged = Vec::new();
+        for set in uid_sets(uids, MAX_UID_SET) {
+            let search = format!("UID SEARCH UID {set} DELETED");
+            self.run("UID SEARCH", &[Arg::Text(search.as_bytes())], |r| {
+                if let Response::Search(found) = r {
+                    flagged.extend(found);
+                }
+                Ok(())
+            })?
+            .ok("UID SEARCH")?;
+        }
+        Ok(flagged)
     }
 
     fn unflag(&mut self, sets: &[String]) {
@@ -197,6 +258,74 @@ mod tests {
         ));
         assert_eq!(c.expunge(&[3, 4]).expect("expunge"), Expunged::LeftFlagged);
         assert!(!sent(&out).contains("EXPUNGE"));
+    }
+
+    #[test]
+    fn a_move_names_exactly_our_uids_and_the_mailbox_as_listed() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* OK [COPYUID 9 3:4 1:2] moved\r\n* 1 EXPUNGE\r\n* 1 EXPUNGE\r\n\
+             A0001 OK done\r\nA0002 OK No messages found\r\n"
+        ));
+        let trash = MailboxName::of_folder("Gelöschte Elemente");
+        assert!(matches!(c.move_to(&[4, 3], &trash), Ok(Moved::Done)));
+        // Again, after a lost answer: the server skips the UIDs now gone.
+        assert!(matches!(c.move_to(&[4, 3], &trash), Ok(Moved::Done)));
+        assert_eq!(
+            sent(&out),
+            "A0001 UID MOVE 3:4 \"Gel&APY-schte Elemente\"\r\n\
+             A0002 UID MOVE 3:4 \"Gel&APY-schte Elemente\"\r\n"
+        );
+    }
+
+    #[test]
+    fn a_move_refused_first_is_an_error_and_later_a_partial_move() {
+        let (mut c, _) = scripted(&format!("{GREETING}A0001 NO [TRYCREATE] no such\r\n"));
+        let trash = MailboxName::of_folder("Trash");
+        assert!(matches!(
+            c.move_to(&[1], &trash),
+            Err(ImapError::Refused { .. })
+        ));
+        let uids: Vec<u32> = (1..4000).step_by(2).collect();
+        assert!(uid_sets(&uids, MAX_UID_SET).len() >= 2);
+        let (mut c, _) = scripted(&format!(
+            "{GREETING}A0001 OK moved\r\nA0002 NO over quota\r\n"
+        ));
+        assert!(matches!(
+            c.move_to(&uids, &trash),
+            Ok(Moved::Partly(ImapError::Refused { .. }))
+        ));
+        // No answer at all: an error, the caller cannot know.
+        let (mut c, _) = scripted(GREETING);
+        assert!(matches!(c.move_to(&[1], &trash), Err(ImapError::Closed)));
+    }
+
+    #[test]
+    fn a_copy_then_the_search_of_what_is_flagged_name_our_uids() {
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}A0001 OK copied\r\n* SEARCH 5\r\nA0002 OK done\r\n"
+        ));
+        c.copy_to(&[5, 6, 7], &MailboxName::of_folder("Trash"))
+            .expect("copy");
+        assert_eq!(c.flagged_deleted(&[5, 7]).expect("search"), vec![5]);
+        assert_eq!(
+            sent(&out),
+            "A0001 UID COPY 5:7 \"Trash\"\r\nA0002 UID SEARCH UID 5,7 DELETED\r\n"
+        );
+    }
+
+    #[test]
+    fn a_listed_name_no_quoted_string_may_carry_goes_back_as_a_literal() {
+        // 8-bit bytes (a server that sends UTF-8 names): never inside quotes.
+        let (mut c, out) = scripted(&format!(
+            "{GREETING}* LIST (\\Trash) \"/\" {{5}}\r\nMüll\r\nA0001 OK listed\r\n\
+             + go ahead\r\nA0002 OK moved\r\n"
+        ));
+        let trash = c
+            .special_use(super::super::mailboxes::TRASH)
+            .expect("list")
+            .expect("a trash");
+        assert!(matches!(c.move_to(&[1], &trash), Ok(Moved::Done)));
+        assert!(sent(&out).ends_with("A0002 UID MOVE 1 {5}\r\nMüll\r\n"));
     }
 
     #[test]

@@ -645,6 +645,19 @@ impl Session {
                     ),
                 )
             }
+            Ok(ExpungeAnswer::NoTrash) => {
+                let earlier = if done == 0 {
+                    ""
+                } else {
+                    " (those of earlier folders were deleted)"
+                };
+                self.close(
+                    RespCode::SysPerm,
+                    format!(
+                        "The messages marked with DELE were not deleted{earlier}: the mail server has no Trash folder to move them to; tell the mail administrator"
+                    ),
+                )
+            }
             Ok(ExpungeAnswer::FolderChanged) | Err(_) => {
                 let text = if done == 0 {
                     "Backend failed to delete the messages"
@@ -1234,6 +1247,24 @@ mod tests {
         );
         let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::FolderChanged)));
         assert!(wire(&r.reply).contains("(those of earlier folders were deleted)"));
+    }
+
+    #[test]
+    fn no_trash_folder_is_sys_perm_and_says_nothing_was_deleted() {
+        let mut s = logged_in();
+        say(&mut s, "DELE 2");
+        let _ = line(&mut s, "QUIT");
+        let r = reply_of(s.on_expunge(Ok(ExpungeAnswer::NoTrash)));
+        let text = wire(&r.reply);
+        assert!(
+            r.close
+                && text.starts_with(
+                    "-ERR [SYS/PERM] The messages marked with DELE were not deleted: "
+                ),
+            "{text}"
+        );
+        assert!(text.contains("no Trash folder"), "{text}");
+        assert_eq!(s.stats().deleted, 0);
     }
 
     #[test]

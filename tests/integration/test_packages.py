@@ -64,6 +64,7 @@ COMMON_FILES = {
     "/usr/share/doc/pop3server/docs/old-tls-devices.md",
     "/usr/share/doc/pop3server/docs/uidl-migration.md",
     "/usr/share/doc/pop3server/docs/behaviour.md",
+    "/usr/share/doc/pop3server/docs/providers.md",
     "/usr/share/doc/pop3server/docs/troubleshooting.md",
     "/usr/share/doc/pop3server/inetd.conf.example",
     "/usr/share/doc/pop3server/xinetd.example",
