@@ -10,7 +10,7 @@
 //! ignores keys it does not know, so that a newer session can talk to an
 //! older aggregator. Values are percent-encoded: every byte outside
 //! `A-Z a-z 0-9 . _ - : / +` is `%XX`, so a value never holds a space,
-//! an `=` or a line break. Numbers are decimal; durations are seconds with
+//! an `=` or a line break; the line ends with `\n`. Numbers are decimal; durations are seconds with
 //! a fraction (`0.0123`). The events and their keys are documented in
 //! `docs/monitoring.md`. Nothing here sends or receives a byte.
 
@@ -203,8 +203,10 @@ impl Event {
             Event::Throttled { backend } => pair("backend", backend),
             Event::LockConflict { kind } => pair("kind", kind),
         }
+        // A line, for whoever watches with socat; cut, it still ends one.
         let mut bytes = out.into_bytes();
-        bytes.truncate(MAX_STATS_DATAGRAM);
+        bytes.truncate(MAX_STATS_DATAGRAM - 1);
+        bytes.push(b'\n');
         bytes
     }
 
@@ -423,10 +425,8 @@ mod tests {
     fn every_event_round_trips_through_its_datagram() {
         for event in all() {
             let datagram = event.encode();
-            assert!(
-                datagram.is_ascii() && !datagram.contains(&b'\n'),
-                "{event:?}"
-            );
+            let line = datagram.strip_suffix(b"\n").expect("one line");
+            assert!(line.is_ascii() && !line.contains(&b'\n'), "{event:?}");
             assert_eq!(Event::parse(&datagram), Ok(event.clone()), "{event:?}");
         }
     }
@@ -444,7 +444,7 @@ mod tests {
         assert_eq!(
             String::from_utf8(end.encode()).expect("ASCII"),
             "pop3server-stats 1 session-end end=quit tls=TLSv1%20via%20balancer retrieved=3 \
-             retrieved_bytes=4096 deleted=2 seconds=1.500000"
+             retrieved_bytes=4096 deleted=2 seconds=1.500000\n"
         );
         assert_eq!(
             Event::parse(b"pop3server-stats 1 session-start\n"),
