@@ -327,3 +327,18 @@ pub const MAX_COOLDOWN_RECORD: usize = 200;
 /// numbers (about 150 bytes); a bound keeps the aggregator's reads and a
 /// stray sender's garbage small.
 pub const MAX_STATS_DATAGRAM: usize = 1024;
+
+/// Distinct label sets one metric of the statistics aggregator keeps
+/// (`pop3server_logins_total{method,result}`, ...); a new set beyond them
+/// is counted under `other`. Label values come from our code and from
+/// configuration names (backends, token sources), so a real deployment has
+/// a few dozen sets per metric; anyone who can write to the socket could
+/// otherwise make the aggregator's memory and every scrape grow without
+/// end. 1,000 is forty times what a large routing table needs, and its
+/// worst case, every metric full, is a few MiB.
+pub const MAX_STATS_LABEL_SETS: usize = 1000;
+
+/// Longest label value the aggregator keeps; a longer one (or one with a
+/// byte outside printable ASCII) becomes `other`. Configuration names and
+/// our own words are far shorter.
+pub const MAX_STATS_LABEL_VALUE: usize = 64;
