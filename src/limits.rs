@@ -342,3 +342,25 @@ pub const MAX_STATS_LABEL_SETS: usize = 1000;
 /// byte outside printable ASCII) becomes `other`. Configuration names and
 /// our own words are far shorter.
 pub const MAX_STATS_LABEL_VALUE: usize = 64;
+
+/// Longest HTTP request head (request line and headers) the metrics
+/// endpoint reads: Prometheus sends a few hundred bytes; more is not a
+/// scraper.
+pub const MAX_METRICS_REQUEST_HEAD: usize = 8 * 1024;
+
+/// How long a connection to the metrics endpoint may take to send its
+/// request head and to take the answer: Prometheus sends at once and reads
+/// at once (its own scrape timeout defaults to 10 s); a connection that
+/// sends nothing is closed rather than holding one of the few handlers.
+pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections the metrics endpoint serves at once, each in a thread of its
+/// own: one scraper or two, and room for a `curl`; more are answered 503
+/// at once, so that silent connections cannot starve the scraper for
+/// longer than `METRICS_REQUEST_TIMEOUT`.
+pub const MAX_METRICS_CONNECTIONS: usize = 4;
+
+/// Pause before the aggregator reads again after the kernel was short of
+/// memory for a datagram (ENOMEM, ENOBUFS): long enough not to spin, short
+/// enough that the senders' queue does not fill meanwhile.
+pub const STATS_RETRY_DELAY: Duration = Duration::from_millis(100);

@@ -38,7 +38,8 @@ MAX_EXPOSURE = 2.0
 
 # Long options of pop3server that are not configuration file keys.
 NOT_KEYS = {"config", "inetd", "check", "user", "password-file", "help", "version",
-            "backend_address", "hash-password", "oauth-consent", "oauth-status", "route"}
+            "backend_address", "hash-password", "oauth-consent", "oauth-status", "route",
+            "stats"}
 
 
 def need(tool: str) -> str:
