@@ -38,6 +38,13 @@ Also printed: pop3server's binary size, and the peak RSS (sampled VmHWM) and
 CPU time of its session process in extra, untimed sessions (big RETR, cold
 10,000-message index, download), where sampling cannot disturb the timing.
 
+And the statistics aggregator (`pop3server --stats`, no Dovecot needed):
+its resident memory at start and after 100,000 sessions' worth of
+synthetic events (start, login, backend login, end: 400,000 datagrams, and
+a token request every 100 sessions) sent from here to its socket, and
+how fast it took them in. `--only aggregator` measures that alone, in
+seconds.
+
 Usage: scripts/bench.py [--quick] [--rounds N] [--only W[,W..]] [--binary PATH]
                         [--keep]   (as root; scripts/bench.sh installs and builds)
 """
@@ -74,6 +81,14 @@ IP_BIND_ADDRESS_NO_PORT = getattr(socket, "IP_BIND_ADDRESS_NO_PORT", 24)
 
 WORKLOADS = ["greeting", "index-cold", "index-warm", "download", "big",
              "churn", "churn-rtt", "parallel"]
+# Measured beside the table, not in it.
+AGGREGATOR = "aggregator"
+AGGREGATOR_SESSIONS = 100_000
+# The events of one session: as many backends, ends and TLS versions as a
+# site with a few routes has.
+AGGREGATOR_BACKENDS = ["default", "east", "m365"]
+AGGREGATOR_ENDS = ["quit", "quit", "quit", "timeout", "disconnect", "refused"]
+AGGREGATOR_TIME_LIMIT = 120.0
 # Per-run sizes; the full run takes about 8 minutes on 2 cores, --quick
 # under 2 (see the report printed at the end for this machine's numbers).
 FULL = dict(rounds=7, greetings=10, churn=300, churn_rtt=40, cell_budget=75.0)
@@ -771,6 +786,121 @@ def make_workloads(sizes, deadline):
     return workloads, relays
 
 
+# ----- the statistics aggregator -------------------------------------------------------
+
+def rss_kib(pid, field="VmRSS"):
+    with open("/proc/%d/status" % pid) as f:
+        for ln in f:
+            if ln.startswith(field + ":"):
+                return int(ln.split()[1])
+    raise RuntimeError("no %s for pid %d" % (field, pid))
+
+
+def aggregator_events(i):
+    """The datagrams of synthetic session i."""
+    backend = AGGREGATOR_BACKENDS[i % len(AGGREGATOR_BACKENDS)]
+    end = AGGREGATOR_ENDS[i % len(AGGREGATOR_ENDS)]
+    login = "failed" if i % 20 == 0 else "ok"
+    tls = " tls=TLSv1.3" if i % 2 else ""
+    out = [b"pop3server-stats 1 session-start",
+           b"pop3server-stats 1 login method=USER result=" + login.encode(),
+           b"pop3server-stats 1 backend-login backend=%s seconds=0.%06d"
+           % (backend.encode(), (i * 7919) % 1000000),
+           b"pop3server-stats 1 session-end end=%s%s retrieved=%d retrieved_bytes=%d deleted=%d "
+           b"seconds=%d.250000" % (end.encode(), tls.encode(), i % 5, (i % 5) * 20000, i % 3,
+                                   i % 700)]
+    if i % 100 == 0:
+        out.append(b"pop3server-stats 1 token source=m365 grant=client_credentials result=ok "
+                   b"seconds=0.150000 expires=%d" % (1800000000 + i))
+    return out
+
+
+def scrape(port):
+    sock = socket.create_connection(("127.0.0.1", port), timeout=IO_TIMEOUT)
+    try:
+        sock.sendall(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+        data = b""
+        while True:
+            chunk = sock.recv(1 << 16)
+            if not chunk:
+                break
+            data += chunk
+    finally:
+        sock.close()
+    head, _, body = data.partition(b"\r\n\r\n")
+    if not head.startswith(b"HTTP/1.1 200 "):
+        raise RuntimeError("scrape: %r" % head[:80])
+    return body.decode()
+
+
+def sessions_counted(port):
+    m = re.search(r"^pop3server_sessions_started_total (\d+)$", scrape(port), re.M)
+    return int(m.group(1)) if m else -1
+
+
+def measure_aggregator(binary, work):
+    """The aggregator's RSS at start and after AGGREGATOR_SESSIONS
+    sessions' events; returns the lines to print."""
+    sock_path = os.path.join(work, "stats.sock")
+    port = testbed.free_port()
+    logf = open(os.path.join(work, "aggregator.log"), "ab")
+    proc = subprocess.Popen([binary, "--stats", "--stats-socket", sock_path,
+                             "--metrics-listen", "127.0.0.1:%d" % port, "--config", "/dev/null",
+                             "--log", "stderr"],
+                            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf,
+                            start_new_session=True)
+    try:
+        deadline = time.monotonic() + AGGREGATOR_TIME_LIMIT
+        while True:
+            try:
+                if sessions_counted(port) == 0:
+                    break
+            except (OSError, RuntimeError):
+                pass
+            if proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("the aggregator did not come up (see %s)" % logf.name)
+            time.sleep(0.05)
+        rss_start = rss_kib(proc.pid)
+        sent = 0
+        t = time.perf_counter()
+        # Blocking sends: a full queue makes this wait for the aggregator
+        # instead of losing datagrams.
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+            s.settimeout(IO_TIMEOUT)
+            s.connect(sock_path)
+            for i in range(AGGREGATOR_SESSIONS):
+                for d in aggregator_events(i):
+                    s.send(d)
+                    sent += 1
+                if i % 1000 == 0 and time.monotonic() > deadline:
+                    raise RuntimeError("sending took over %.0f s" % AGGREGATOR_TIME_LIMIT)
+        while sessions_counted(port) != AGGREGATOR_SESSIONS:
+            if time.monotonic() > deadline:
+                raise RuntimeError("the aggregator counted %d of %d sessions"
+                                   % (sessions_counted(port), AGGREGATOR_SESSIONS))
+            time.sleep(0.05)
+        elapsed = time.perf_counter() - t
+        t = time.perf_counter()
+        page = scrape(port)
+        scrape_ms = (time.perf_counter() - t) * 1000
+        rss_end, hwm = rss_kib(proc.pid), rss_kib(proc.pid, "VmHWM")
+        return ["aggregator (pop3server --stats): RSS %.2f MiB at start, %.2f MiB after "
+                "%d sessions (%d datagrams), %.2f times; peak %.2f MiB"
+                % (rss_start / 1024.0, rss_end / 1024.0, AGGREGATOR_SESSIONS, sent,
+                   rss_end / float(rss_start), hwm / 1024.0),
+                "aggregator: took %d datagrams in %.1f s (%.0f/s, the sender in Python the "
+                "slower side); a scrape %.1f ms, %d bytes"
+                % (sent, elapsed, sent / elapsed, scrape_ms, len(page))]
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(10)
+        logf.close()
+
+
 # ----- the run -----------------------------------------------------------------------
 
 def fmt_ms(seconds):
@@ -811,7 +941,7 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="3 rounds, fewer churn sessions")
     ap.add_argument("--rounds", type=int, help="rounds per workload (default 7, --quick 3)")
-    ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS))
+    ap.add_argument("--only", help="comma-separated workloads: " + ",".join(WORKLOADS + [AGGREGATOR]))
     ap.add_argument("--binary", default=os.path.join(ROOT, "target", "release", "pop3server"),
                     help="the pop3server to measure (scripts/bench.sh passes its static release build)")
     ap.add_argument("--keep", action="store_true", help="keep the work dir (logs, mail)")
@@ -821,9 +951,11 @@ def main():
     selected = WORKLOADS
     if args.only:
         selected = [w.strip() for w in args.only.split(",") if w.strip()]
-        unknown = [w for w in selected if w not in WORKLOADS]
+        unknown = [w for w in selected if w not in WORKLOADS + [AGGREGATOR]]
         if unknown:
             ap.error("unknown workload(s): %s" % ", ".join(unknown))
+    aggregator = AGGREGATOR in selected or not args.only
+    selected = [w for w in selected if w != AGGREGATOR]
     binary = os.path.abspath(args.binary)
     if os.geteuid() != 0:
         print("bench.py must run as root (Dovecot drops privileges; see bench.sh)", file=sys.stderr)
@@ -835,6 +967,14 @@ def main():
         signal.signal(sig, lambda signum, _frame: sys.exit(128 + signum))
 
     t_start = time.monotonic()
+    if not selected:
+        work = tempfile.mkdtemp(prefix="pop3bench.")
+        try:
+            for line in measure_aggregator(binary, work):
+                print(line)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+        return 0
     # A hard stop far beyond the expected run time, so a hung peer cannot
     # keep the run going forever (each socket read also times out).
     deadline = t_start + (10 if args.quick else 30) * 60 * max(1.0, rounds / sizes["rounds"])
@@ -983,6 +1123,12 @@ def main():
         for label, kib, cpu in probed:
             print("A session, %s: peak RSS (VmHWM) %.1f MiB, CPU %.0f ms"
                   % (label, kib / 1024.0, cpu))
+        if aggregator:
+            try:
+                for line in measure_aggregator(binary, work):
+                    print(line)
+            except Exception as e:
+                print("aggregator measurement failed: %s" % e)
         print("sizes: churn %d, churn-rtt %d sessions per round; total run %.0f s"
               % (sizes["churn"], sizes["churn_rtt"], time.monotonic() - t_start))
         ok = True

@@ -55,6 +55,11 @@ command -v systemd-analyze >/dev/null 2>&1 || need_pkgs+=(systemd)
 # and ending TLS 1.0 for tests/integration/test_old_tls.py);
 # only run in the foreground by the tests, the package's service is not started.
 command -v haproxy >/dev/null 2>&1 || [ -x /usr/sbin/haproxy ] || need_pkgs+=(haproxy)
+# Prometheus scrapes the statistics aggregator, and promtool checks its page
+# and the example alert rules (tests/integration/test_stats_aggregator.py);
+# run in the foreground on loopback only, the package's service is not
+# started (lib.sh's policy-rc.d).
+{ command -v promtool >/dev/null 2>&1 && command -v prometheus >/dev/null 2>&1; } || need_pkgs+=(prometheus)
 # Debian's python3 comes without pip and, by PEP 668, without system-wide
 # installs from PyPI: pytest comes from Debian (python3-pytest, for
 # /usr/bin/python3). A python3 on PATH that already has pytest is used as

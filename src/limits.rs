@@ -333,3 +333,40 @@ pub const MAX_STATS_DATAGRAM: usize = 1024;
 /// (`TLSv1.3`, `SSLv3`); a longer value is no version name, and the name
 /// goes into every session's log line.
 pub const MAX_BALANCER_TLS_VERSION: usize = 32;
+
+/// Distinct label sets one metric of the statistics aggregator keeps
+/// (`pop3server_logins_total{method,result}`, ...); a new set beyond them
+/// is counted under `other`. Label values come from our code and from
+/// configuration names (backends, token sources), so a real deployment has
+/// a few dozen sets per metric; anyone who can write to the socket could
+/// otherwise make the aggregator's memory and every scrape grow without
+/// end. 1,000 is forty times what a large routing table needs, and its
+/// worst case, every metric full, is a few MiB.
+pub const MAX_STATS_LABEL_SETS: usize = 1000;
+
+/// Longest label value the aggregator keeps; a longer one (or one with a
+/// byte outside printable ASCII) becomes `other`. Configuration names and
+/// our own words are far shorter.
+pub const MAX_STATS_LABEL_VALUE: usize = 64;
+
+/// Longest HTTP request head (request line and headers) the metrics
+/// endpoint reads: Prometheus sends a few hundred bytes; more is not a
+/// scraper.
+pub const MAX_METRICS_REQUEST_HEAD: usize = 8 * 1024;
+
+/// How long a connection to the metrics endpoint may take to send its
+/// request head and to take the answer: Prometheus sends at once and reads
+/// at once (its own scrape timeout defaults to 10 s); a connection that
+/// sends nothing is closed rather than holding one of the few handlers.
+pub const METRICS_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Connections the metrics endpoint serves at once, each in a thread of its
+/// own: one scraper or two, and room for a `curl`; more are answered 503
+/// at once, so that silent connections cannot starve the scraper for
+/// longer than `METRICS_REQUEST_TIMEOUT`.
+pub const MAX_METRICS_CONNECTIONS: usize = 4;
+
+/// Pause before the aggregator reads again after the kernel was short of
+/// memory for a datagram (ENOMEM, ENOBUFS): long enough not to spin, short
+/// enough that the senders' queue does not fill meanwhile.
+pub const STATS_RETRY_DELAY: Duration = Duration::from_millis(100);

@@ -70,6 +70,12 @@ fn run() -> Result<ExitCode, String> {
             return pop3server::admin::oauth_consent(&config, name, &mut std::io::stdout())
                 .map(|_| ExitCode::SUCCESS);
         }
+        Some(Task::Stats) => {
+            logging::init(logging::resolve(config.log, false), config.debug);
+            return pop3server::stats::serve::run(&config.stats)
+                .map(|()| ExitCode::SUCCESS)
+                .map_err(|e| e.to_string());
+        }
         None => {}
     }
 

@@ -23,6 +23,7 @@ use crate::logging::LogTarget;
 use crate::maildrop::uidl::UidlFormat;
 use crate::pop3::session::SessionConfig;
 use crate::route::{self, BackendTls, DeleteAction, FileRoutes, Routes};
+use crate::stats;
 use crate::tls::TlsFiles;
 use crate::tls::fingerprint::Fingerprint;
 use crate::transport::proxy::parse_network;
@@ -75,7 +76,28 @@ pub fn config(layers: &Layers) -> Result<Config, ConfigError> {
         // File keys only: `--user` is the user of `--check`.
         user: layers.value_or("user", DEFAULT_USER.to_string())?,
         group: layers.value_or("group", None)?,
+        stats: stats_settings(layers)?,
     })
+}
+
+/// The statistics aggregator's socket and metrics address.
+fn stats_settings(layers: &Layers) -> Result<stats::Settings, ConfigError> {
+    let socket = layers
+        .path("stats_socket")?
+        .map_or_else(|| PathBuf::from(stats::DEFAULT_SOCKET), |p| p.value);
+    let listen = match layers.get::<String>("metrics_listen")? {
+        Some(text) => text.value.parse::<SocketAddr>().map_err(|e| {
+            text.fail(
+                "metrics_listen",
+                format!(
+                    "{:?} is not ADDRESS:PORT ({e}), e.g. \"127.0.0.1:11110\" or \"[::1]:11110\"",
+                    text.value
+                ),
+            )
+        })?,
+        None => stats::DEFAULT_LISTEN,
+    };
+    Ok(stats::Settings { socket, listen })
 }
 
 /// What the backend adapter needs.
@@ -560,6 +582,9 @@ fn task(
     }
     if flags.set("oauth_status") {
         return Ok(Some(Task::OAuthStatus));
+    }
+    if flags.set("stats") {
+        return Ok(Some(Task::Stats));
     }
     let Some(name) = flags.string("oauth_consent") else {
         return Ok(None);

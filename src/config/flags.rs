@@ -27,6 +27,7 @@ const PYTHON: &str = "Options of the original python-pop3server";
 const CHECKING: &str = "Checking the backend";
 const DEVICES: &str = "Devices and OAuth2";
 const SERVICE: &str = "Service and logging";
+const STATS: &str = "Statistics for Prometheus";
 
 /// The parsed command line.
 #[derive(Debug)]
@@ -226,5 +227,11 @@ fn other_args() -> Vec<Arg> {
             .conflicts_with_all(["check", "oauth_consent", "hash_password"])
             .help_heading(DEVICES)
             .help("Print the health of every token source (token expiry, last request, refresh token age, certificate and secret expiry) and exit: 0 all well, 1 something expires within 14 days, 2 something is broken"),
+        Arg::new("stats")
+            .long("stats")
+            .action(ArgAction::SetTrue)
+            .conflicts_with_all(["check", "oauth_consent", "oauth_status", "hash_password", "inetd"])
+            .help_heading(STATS)
+            .help("Run the statistics aggregator: receive the sessions' events on stats_socket and serve them to Prometheus on metrics_listen (GET /metrics) until SIGTERM"),
     ]
 }

@@ -33,6 +33,7 @@ use crate::logging::LogTarget;
 use crate::pop3::session::SessionConfig;
 use crate::preload::Wanted;
 use crate::privilege::Account;
+use crate::stats::Settings as StatsSettings;
 use crate::tls::TlsFiles;
 
 pub use file::locate;
@@ -89,6 +90,9 @@ pub struct Config {
     pub task: Option<Task>,
     /// How long `--oauth-consent` waits for a browser sign-in.
     pub consent_timeout: Duration,
+    /// The statistics aggregator's sockets (`--stats`; the sessions send
+    /// to `stats.socket`).
+    pub stats: StatsSettings,
 }
 
 /// A one-off task of the command line.
@@ -101,6 +105,8 @@ pub enum Task {
     OAuthConsent(String),
     /// Print the health of every token source and exit 0, 1 or 2.
     OAuthStatus,
+    /// Run the statistics aggregator until SIGTERM.
+    Stats,
 }
 
 /// What `--check` should try beyond connecting.
@@ -373,6 +379,35 @@ mod tests {
         let c = config("", &["--backend-prefetch=false", "--snapshot-cache"]).expect("flags");
         assert!(!c.session.prefetch && c.backend.snapshot_cache);
         assert!(config("", &["--read-only", "maybe"]).is_err());
+    }
+
+    #[test]
+    fn the_statistics_sockets_default_and_their_mistakes() {
+        let c = config("", &[]).expect("defaults");
+        assert_eq!(c.stats.socket, PathBuf::from("/run/pop3server/stats.sock"));
+        assert_eq!(c.stats.listen.to_string(), "127.0.0.1:11110");
+        assert_eq!(c.task, None);
+        let c = config(
+            "metrics_listen = \"[::1]:9110\"\nstats_socket = \"/x/file.sock\"\n",
+            &["--stats", "--stats-socket", "/tmp/s.sock"],
+        )
+        .expect("set");
+        assert_eq!(c.task, Some(Task::Stats));
+        assert_eq!(c.stats.socket, PathBuf::from("/tmp/s.sock"));
+        assert_eq!(c.stats.listen.to_string(), "[::1]:9110");
+        let e = config("\nmetrics_listen = \"localhost\"\n", &[]).expect_err("no port");
+        assert_eq!(
+            e.to_string(),
+            "test.toml:2: metrics_listen: \"localhost\" is not ADDRESS:PORT (invalid socket \
+             address syntax), e.g. \"127.0.0.1:11110\" or \"[::1]:11110\""
+        );
+        let e = config("", &["--metrics-listen", "1.2.3.4"]).expect_err("flag");
+        assert!(
+            e.to_string()
+                .starts_with("command line: --metrics-listen: \"1.2.3.4\" is not ADDRESS:PORT"),
+            "{e}"
+        );
+        assert!(config("", &["--stats", "--check"]).is_err());
     }
 
     #[test]

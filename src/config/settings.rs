@@ -64,6 +64,7 @@ const LIMITS: &str = "Limits";
 const SERVICE: &str = "Service and logging";
 const CLIENTS: &str = "TLS and logins of clients";
 const DEVICES: &str = "Devices and OAuth2";
+const STATS: &str = "Statistics for Prometheus";
 /// For `user` and `group`, which have no flag.
 const ACCOUNT: &str = "Session account";
 
@@ -448,6 +449,21 @@ pub const SETTINGS: &[Setting] = &[
         DEVICES,
         "Seconds --oauth-consent waits for the browser sign-in of a grant authorization_code \
          source [default: 600]",
+    ),
+    setting(
+        "stats_socket",
+        Kind::Path,
+        "PATH",
+        STATS,
+        "UNIX datagram socket of the statistics aggregator (pop3server --stats); sessions send \
+         their events there when it exists [default: /run/pop3server/stats.sock]",
+    ),
+    setting(
+        "metrics_listen",
+        Kind::Text,
+        "ADDR:PORT",
+        STATS,
+        "Where pop3server --stats serves GET /metrics to Prometheus [default: 127.0.0.1:11110]",
     ),
     Setting {
         flag: false,

@@ -52,6 +52,7 @@ COMMON_FILES = {
     "/usr/lib/systemd/system/pop3s@.service",
     "/usr/lib/systemd/system/pop3server-listener.socket",
     "/usr/lib/systemd/system/pop3server-listener.service",
+    "/usr/lib/systemd/system/pop3server-stats.service",
     "/usr/lib/sysusers.d/pop3server.conf",
     "/usr/lib/tmpfiles.d/pop3server.conf",
     "/etc/pop3server/pop3server.toml",
@@ -66,6 +67,8 @@ COMMON_FILES = {
     "/usr/share/doc/pop3server/docs/behaviour.md",
     "/usr/share/doc/pop3server/docs/providers.md",
     "/usr/share/doc/pop3server/docs/troubleshooting.md",
+    "/usr/share/doc/pop3server/docs/monitoring.md",
+    "/usr/share/doc/pop3server/examples/pop3server-rules.yml",
     "/usr/share/doc/pop3server/inetd.conf.example",
     "/usr/share/doc/pop3server/xinetd.example",
 }
@@ -77,7 +80,7 @@ DEB_ONLY = {
     "/usr/share/lintian/overrides/pop3server",
 }
 UNITS = ["pop3server.socket", "pop3server@.service", "pop3s.socket", "pop3s@.service",
-         "pop3server-listener.socket", "pop3server-listener.service"]
+         "pop3server-listener.socket", "pop3server-listener.service", "pop3server-stats.service"]
 
 
 def dpkg(args: List[str], timeout: float = 300) -> subprocess.CompletedProcess:

@@ -32,13 +32,16 @@ pytestmark = pytest.mark.service
 
 SYSTEMD_DIR = os.path.join(REPO, "systemd")
 PACKAGING_DIR = os.path.join(REPO, "packaging")
-SERVICE_UNITS = ["pop3server@.service", "pop3s@.service", "pop3server-listener.service"]
+STATS_UNIT = "pop3server-stats.service"
+SERVICE_UNITS = ["pop3server@.service", "pop3s@.service", "pop3server-listener.service",
+                 STATS_UNIT]
 SOCKET_UNITS = ["pop3server.socket", "pop3s.socket", "pop3server-listener.socket"]
 MAX_EXPOSURE = 2.0
 
 # Long options of pop3server that are not configuration file keys.
 NOT_KEYS = {"config", "inetd", "check", "user", "password-file", "help", "version",
-            "backend_address", "hash-password", "oauth-consent", "oauth-status", "route"}
+            "backend_address", "hash-password", "oauth-consent", "oauth-status", "route",
+            "stats"}
 
 
 def need(tool: str) -> str:
@@ -403,6 +406,22 @@ def test_unit_contract():
         assert "@system-service" in unit_values(p, "SystemCallFilter")
         assert not unit_values(p, "IPAddressDeny"), "the backend must stay reachable"
         assert not unit_values(p, "PrivateNetwork")
+        # Stopping one unit must not take the lock files of live sessions.
+        assert unit_value(p, "RuntimeDirectoryPreserve") == "yes"
+
+
+def test_stats_unit_contract():
+    """The aggregator's unit: readiness once both sockets are bound, a
+    restart when it fails, sockets of its own kinds only; the packages
+    enable it nowhere (test_packages.py, test_systemd_package.py)."""
+    p = os.path.join(SYSTEMD_DIR, STATS_UNIT)
+    assert unit_value(p, "Type") == "notify"
+    assert unit_value(p, "ExecStart") == "/usr/sbin/pop3server --stats"
+    assert unit_value(p, "Restart") == "on-failure"
+    assert unit_value(p, "User") == "pop3server"
+    assert unit_value(p, "WantedBy") == "multi-user.target"
+    # It binds metrics_listen, a port the configuration chooses.
+    assert not unit_values(p, "SocketBindDeny")
 
 
 def systemd_root(tmp: str, with_binary: bool = True) -> str:

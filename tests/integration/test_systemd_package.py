@@ -9,6 +9,9 @@ network (loopback only), a Dovecot inside it, then:
 - pop3server.socket, pop3s.socket and the listener socket are enabled in
   turn; each serves a full POP3 session from a client on 127.0.0.1 that must
   log in (the loopback rule) and be logged as 127.0.0.1 in the journal;
+- pop3server-stats.service starts (Type=notify), counts a datagram and
+  serves it on /metrics, and stops without taking /run/pop3server or the
+  lock files in it;
 - ``apt-get remove`` keeps the conffile and the state, ``apt-get purge``
   removes them and every unit link.
 
@@ -53,7 +56,7 @@ BOOT_TIMEOUT = 120
 # How long systemd-nspawn may take to clean up once the container is killed.
 HALT_TIMEOUT = 20
 UNITS = ["pop3server.socket", "pop3s.socket", "pop3server-listener.socket",
-         "pop3server-listener.service"]
+         "pop3server-listener.service", "pop3server-stats.service"]
 
 CLIENT = r'''
 import poplib, ssl, sys
@@ -407,6 +410,46 @@ def test_listener_socket_serves(box):
     print(log)
     assert SESSION_LINE.search(log), log
     assert "::ffff:" not in log
+
+
+# Sends one event to the aggregator's socket and prints its page, as the
+# user the sessions run as.
+STATS_CLIENT = r'''
+import socket, sys, urllib.request
+with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+    s.sendto(b"pop3server-stats 1 session-start", "/run/pop3server/stats.sock")
+print(urllib.request.urlopen("http://127.0.0.1:11110/metrics", timeout=10).read().decode())
+'''
+
+
+def test_stats_service_serves_and_leaves_the_lock_dir(box):
+    c = box
+    c.put("/root/statsclient.py", STATS_CLIENT)
+    assert c.sh("systemctl is-enabled pop3server-stats.service", check=False).stdout.strip() \
+        == "disabled"
+    # A stand-in for a live session's lock file.
+    c.sh("install -d -o pop3server -g pop3server -m 0750 /run/pop3server; "
+         "install -o pop3server -g pop3server -m 0600 /dev/null /run/pop3server/probe.lock")
+    c.sh("systemctl start pop3server-stats.service", timeout=60)
+    assert c.sh("systemctl is-active pop3server-stats.service", check=False).stdout.strip() \
+        == "active"
+    assert c.sh("stat -c '%a %U' /run/pop3server/stats.sock").stdout.split() == \
+        ["660", "pop3server"]
+    page = ""
+    for _ in range(50):
+        page = c.sh("setpriv --reuid=pop3server --regid=pop3server --clear-groups "
+                    "python3 /root/statsclient.py", check=False, timeout=30).stdout
+        if "pop3server_sessions_started_total 1" in page:
+            break
+        time.sleep(0.2)
+    print(page[:2000])
+    assert "pop3server_sessions_started_total 1" in page, page
+    c.sh("systemctl stop pop3server-stats.service", timeout=60)
+    assert c.sh("systemctl is-active pop3server-stats.service", check=False).stdout.strip() \
+        == "inactive"
+    left = c.sh("ls -A /run/pop3server").stdout.split()
+    assert "probe.lock" in left and "stats.sock" not in left, left
+    c.sh("rm -f /run/pop3server/probe.lock")
 
 
 def test_remove_keeps_state_purge_removes_it(box):
