@@ -186,6 +186,8 @@ fn serve_one(config: &Config, mut client: ClientConn) -> ExitCode {
         }
         return ExitCode::from(2);
     }
+    // The aggregator's socket, if it runs: this session's events go there.
+    pop3server::stats::emit::to(&config.stats.socket);
     // Only now, as the session's user: the header is the first client byte.
     if let Err(e) = transport::proxy::accept(
         &mut client,
