@@ -12,6 +12,7 @@ the test that needs it. Every bind is on 127.0.0.1, every wait bounded.
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import signal
@@ -21,7 +22,6 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-import json
 from typing import Dict, List, Optional, Tuple
 
 import pytest
@@ -232,7 +232,7 @@ def version() -> str:
     return out.split()[1]
 
 
-def test_http_answers(aggregators, tmp_path):
+def test_http_answers(aggregators):
     a = aggregators()
     status, headers, body = get(a.port, "/metrics")
     assert status == 200

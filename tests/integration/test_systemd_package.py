@@ -412,19 +412,22 @@ def test_listener_socket_serves(box):
     assert "::ffff:" not in log
 
 
-# Sends one event to the aggregator's socket and prints its page, as the
-# user the sessions run as.
+# With "send", sends one event to the aggregator's socket; prints its page.
+# Run as the user the sessions run as.
 STATS_CLIENT = r'''
 import socket, sys, urllib.request
-with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-    s.sendto(b"pop3server-stats 1 session-start", "/run/pop3server/stats.sock")
+if sys.argv[1:] == ["send"]:
+    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
+        s.sendto(b"pop3server-stats 1 session-start", "/run/pop3server/stats.sock")
 print(urllib.request.urlopen("http://127.0.0.1:11110/metrics", timeout=10).read().decode())
 '''
+AS_SESSION_USER = "setpriv --reuid=pop3server --regid=pop3server --clear-groups "
 
 
 def test_stats_service_serves_and_leaves_the_lock_dir(box):
     c = box
-    c.put("/root/statsclient.py", STATS_CLIENT)
+    # Not in /root: the session user could not read it there.
+    c.put("/srv/statsclient.py", STATS_CLIENT)
     assert c.sh("systemctl is-enabled pop3server-stats.service", check=False).stdout.strip() \
         == "disabled"
     # A stand-in for a live session's lock file.
@@ -435,13 +438,12 @@ def test_stats_service_serves_and_leaves_the_lock_dir(box):
         == "active"
     assert c.sh("stat -c '%a %U' /run/pop3server/stats.sock").stdout.split() == \
         ["660", "pop3server"]
-    page = ""
+    page = c.sh(AS_SESSION_USER + "python3 /srv/statsclient.py send", timeout=30).stdout
     for _ in range(50):
-        page = c.sh("setpriv --reuid=pop3server --regid=pop3server --clear-groups "
-                    "python3 /root/statsclient.py", check=False, timeout=30).stdout
         if "pop3server_sessions_started_total 1" in page:
             break
         time.sleep(0.2)
+        page = c.sh(AS_SESSION_USER + "python3 /srv/statsclient.py", timeout=30).stdout
     print(page[:2000])
     assert "pop3server_sessions_started_total 1" in page, page
     c.sh("systemctl stop pop3server-stats.service", timeout=60)
