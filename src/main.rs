@@ -72,7 +72,16 @@ fn run() -> Result<ExitCode, String> {
         }
         Some(Task::Stats) => {
             logging::init(logging::resolve(config.log, false), config.debug);
-            return pop3server::stats::serve::run(&config.stats)
+            // Started as root (by hand, say): the socket is made the
+            // session user's, whose processes send to it.
+            let owner = if privilege::is_root() {
+                let id = privilege::resolve(&config.user, config.group.as_deref())
+                    .map_err(|e| e.to_string())?;
+                Some((id.uid.as_raw(), id.gid.as_raw()))
+            } else {
+                None
+            };
+            return pop3server::stats::serve::run(&config.stats, owner)
                 .map(|()| ExitCode::SUCCESS)
                 .map_err(|e| e.to_string());
         }

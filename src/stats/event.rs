@@ -203,9 +203,19 @@ impl Event {
             Event::Throttled { backend } => pair("backend", backend),
             Event::LockConflict { kind } => pair("kind", kind),
         }
-        // A line, for whoever watches with socat; cut, it still ends one.
+        // A line, for whoever watches with socat; cut, it still ends one,
+        // and never inside an escape (`%XX` whole or not at all).
         let mut bytes = out.into_bytes();
-        bytes.truncate(MAX_STATS_DATAGRAM - 1);
+        if bytes.len() > MAX_STATS_DATAGRAM - 1 {
+            let mut cut = MAX_STATS_DATAGRAM - 1;
+            if let Some(at) = bytes[cut.saturating_sub(2)..cut]
+                .iter()
+                .position(|&b| b == b'%')
+            {
+                cut = cut - 2 + at;
+            }
+            bytes.truncate(cut);
+        }
         bytes.push(b'\n');
         bytes
     }
@@ -505,10 +515,21 @@ mod tests {
     }
 
     #[test]
-    fn a_value_too_long_is_cut_to_a_datagram() {
-        let event = Event::Throttled {
-            backend: "\u{e4}".repeat(MAX_STATS_DATAGRAM),
-        };
-        assert_eq!(event.encode().len(), MAX_STATS_DATAGRAM);
+    fn a_value_too_long_is_cut_to_a_datagram_between_escapes() {
+        for pad in 0..3 {
+            let event = Event::Throttled {
+                backend: "b".repeat(pad) + &"\u{e4}".repeat(MAX_STATS_DATAGRAM),
+            };
+            let datagram = event.encode();
+            assert!(datagram.len() <= MAX_STATS_DATAGRAM, "{pad}");
+            assert!(datagram.len() >= MAX_STATS_DATAGRAM - 3, "{pad}");
+            // Cut between escapes: the value is its plain bytes, then
+            // whole `%XX` escapes.
+            let line = datagram.strip_suffix(b"\n").expect("a line");
+            let value = line.rsplit(|&b| b == b'=').next().expect("value");
+            let escaped = &value[pad..];
+            assert!(escaped.len() % 3 == 0, "{pad}");
+            assert!(escaped.chunks(3).all(|c| c[0] == b'%'), "{pad}");
+        }
     }
 }

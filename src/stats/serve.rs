@@ -112,7 +112,9 @@ impl OwnSocket {
 }
 
 /// Runs the aggregator until SIGTERM or SIGINT.
-pub fn run(settings: &Settings) -> Result<(), ServeError> {
+/// `owner` (uid, gid): whose the socket is made, for an aggregator started
+/// as root, so that sessions running as the service's user may send.
+pub fn run(settings: &Settings, owner: Option<(u32, u32)>) -> Result<(), ServeError> {
     // Blocked before any thread starts, so that every thread inherits the
     // mask and the signals wait for `wait` below.
     let mut stop = SigSet::empty();
@@ -120,7 +122,7 @@ pub fn run(settings: &Settings) -> Result<(), ServeError> {
     stop.add(Signal::SIGINT);
     stop.thread_block().map_err(ServeError::Signals)?;
 
-    let (events, own) = bind_events(&settings.socket)?;
+    let (events, own) = bind_events(&settings.socket, owner)?;
     let own = Arc::new(own);
     let metrics = match TcpListener::bind(settings.listen) {
         Ok(l) => l,
@@ -169,7 +171,10 @@ pub fn run(settings: &Settings) -> Result<(), ServeError> {
 }
 
 /// The datagram socket at `path`, after a stale one left there is removed.
-fn bind_events(path: &Path) -> Result<(UnixDatagram, OwnSocket), ServeError> {
+fn bind_events(
+    path: &Path,
+    owner: Option<(u32, u32)>,
+) -> Result<(UnixDatagram, OwnSocket), ServeError> {
     match fs::symlink_metadata(path) {
         Ok(meta) if meta.file_type().is_socket() => {
             // Connecting sends nothing: it is refused when nothing is bound.
@@ -197,6 +202,12 @@ fn bind_events(path: &Path) -> Result<(UnixDatagram, OwnSocket), ServeError> {
         })?;
     // The units' UMask=0077 would leave it to the owner alone.
     if let Err(e) = fs::set_permissions(path, fs::Permissions::from_mode(SOCKET_MODE)) {
+        own.remove();
+        return Err(bind(e));
+    }
+    if let Some((uid, gid)) = owner
+        && let Err(e) = std::os::unix::fs::lchown(path, Some(uid), Some(gid))
+    {
         own.remove();
         return Err(bind(e));
     }
@@ -333,10 +344,10 @@ mod tests {
         let path = dir.join("stats.sock");
         // What a killed aggregator leaves: the file, nobody bound to it.
         drop(UnixDatagram::bind(&path).expect("bind"));
-        let (socket, own) = bind_events(&path).expect("stale socket replaced");
+        let (socket, own) = bind_events(&path, None).expect("stale socket replaced");
         let mode = fs::metadata(&path).expect("socket").permissions().mode();
         assert_eq!(mode & 0o777, SOCKET_MODE);
-        match bind_events(&path) {
+        match bind_events(&path, None) {
             Err(ServeError::InUse(p)) => assert_eq!(p, path),
             other => panic!("a live socket was not refused: {other:?}"),
         }
@@ -355,7 +366,7 @@ mod tests {
         let dir = temp_dir("file");
         let path = dir.join("stats.sock");
         fs::write(&path, "precious").expect("write");
-        let e = bind_events(&path).expect_err("not a socket");
+        let e = bind_events(&path, None).expect_err("not a socket");
         assert!(matches!(e, ServeError::NotASocket(_)), "{e:?}");
         assert!(e.to_string().contains("is left alone"), "{e}");
         assert_eq!(fs::read_to_string(&path).expect("still there"), "precious");
@@ -366,7 +377,7 @@ mod tests {
     fn only_its_own_socket_is_removed() {
         let dir = temp_dir("own");
         let path = dir.join("stats.sock");
-        let (_socket, own) = bind_events(&path).expect("bind");
+        let (_socket, own) = bind_events(&path, None).expect("bind");
         // Another aggregator's socket now at the same path.
         fs::remove_file(&path).expect("remove");
         let _other = UnixDatagram::bind(&path).expect("bind other");

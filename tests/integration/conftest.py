@@ -6,6 +6,7 @@ from __future__ import annotations
 import itertools
 import os
 import shutil
+import signal
 import sys
 import tempfile
 import time
@@ -19,6 +20,7 @@ sys.path.insert(0, os.path.join(os.path.dirname(os.path.dirname(HERE)), "scripts
 import testbed  # noqa: E402
 from helpers import (BUILD_HINT, InetdServer, ImapView, NetNs, RedisServer,  # noqa: E402
                      RefusingRelay, StandaloneServer, imap_login, server_bin, wait_for)
+from stats_support import Aggregator  # noqa: E402
 
 PASSWORDS = {
     "alice": "secret",
@@ -326,3 +328,19 @@ def redis(workdir):
     yield make
     for r in servers:
         r.stop()
+
+
+@pytest.fixture
+def aggregators(tmp_path):
+    """Factory: aggregators(port=None, env=None) -> a running Aggregator on
+    tmp_path/stats.sock; all are stopped afterwards."""
+    started = []
+
+    def make(port=None, env=None):
+        a = Aggregator(str(tmp_path), port, env)
+        started.append(a)
+        return a
+    yield make
+    for a in started:
+        if a.proc.poll() is None:
+            a.stop(signal.SIGKILL)

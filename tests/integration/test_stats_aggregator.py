@@ -12,152 +12,24 @@ the test that needs it. Every bind is on 127.0.0.1, every wait bounded.
 
 from __future__ import annotations
 
-import json
 import os
 import re
 import signal
 import socket
 import subprocess
 import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import List
 
 import pytest
 
-from helpers import BUILD_HINT, REPO, need, server_bin, wait_for
-from testbed import free_port
+from helpers import REPO, need, wait_for
+from stats_support import Aggregator, Prometheus, binary, event, get, send
 
 RULES_DIR = os.path.join(REPO, "packaging", "prometheus")
 # From src/limits.rs.
 MAX_STATS_DATAGRAM = 1024
 MAX_STATS_LABEL_SETS = 1000
 MAX_METRICS_CONNECTIONS = 4
-
-
-def binary() -> str:
-    b = server_bin()
-    if not os.access(b, os.X_OK):
-        pytest.fail("server binary %s missing: %s (or set POP3SERVER_BIN)" % (b, BUILD_HINT))
-    return b
-
-
-class Aggregator:
-    """``pop3server --stats`` on a socket in ``directory`` and a loopback
-    port, its output in a log file; stop() ends it (SIGTERM, then
-    SIGKILL) and returns its exit status."""
-
-    def __init__(self, directory: str, port: Optional[int] = None,
-                 env: Optional[dict] = None, wait: bool = True):
-        self.socket_path = os.path.join(directory, "stats.sock")
-        self.port = port or free_port()
-        self.log_path = os.path.join(directory, "aggregator-%d.log" % self.port)
-        self.logf = open(self.log_path, "ab")
-        self.proc = subprocess.Popen(
-            [binary(), "--stats", "--stats-socket", self.socket_path,
-             "--metrics-listen", "127.0.0.1:%d" % self.port, "--config", "/dev/null",
-             "--log", "stderr"],
-            stdin=subprocess.DEVNULL, stdout=self.logf, stderr=self.logf,
-            start_new_session=True, env=env)
-        if wait:
-            assert wait_for(self.answers, 10), "the aggregator did not come up:\n" + self.log()
-
-    def log(self) -> str:
-        with open(self.log_path, "rb") as f:
-            return f.read().decode("utf-8", "replace")
-
-    def answers(self) -> bool:
-        assert self.proc.poll() is None, "the aggregator exited:\n" + self.log()
-        try:
-            status, _, _ = get(self.port, "/metrics")
-            return status == 200
-        except OSError:
-            return False
-
-    def page(self) -> str:
-        status, _, body = get(self.port, "/metrics")
-        assert status == 200, status
-        return body
-
-    def samples(self) -> Dict[str, float]:
-        return parse(self.page())
-
-    def wait_value(self, sample: str, value: float, timeout: float = 10) -> Dict[str, float]:
-        """The samples once ``sample`` has ``value`` (datagrams are read in a
-        thread of their own: a scrape right after a send may be early)."""
-        seen = {}
-
-        def there():
-            seen.update(self.samples())
-            return seen.get(sample) == value
-        assert wait_for(there, timeout), "%s is %s, not %s" % (sample, seen.get(sample), value)
-        return seen
-
-    def kill(self, sig: int) -> None:
-        if self.proc.poll() is None:
-            os.kill(self.proc.pid, sig)
-
-    def stop(self, sig: int = signal.SIGTERM) -> int:
-        self.kill(sig)
-        try:
-            rc = self.proc.wait(10)
-        except subprocess.TimeoutExpired:
-            self.kill(signal.SIGKILL)
-            rc = self.proc.wait(10)
-        self.logf.close()
-        return rc
-
-
-@pytest.fixture
-def aggregators(tmp_path):
-    """Factory: aggregators(port=None, env=None) -> a running Aggregator on
-    tmp_path/stats.sock; all are stopped afterwards."""
-    started: List[Aggregator] = []
-
-    def make(port: Optional[int] = None, env: Optional[dict] = None) -> Aggregator:
-        a = Aggregator(str(tmp_path), port, env)
-        started.append(a)
-        return a
-    yield make
-    for a in started:
-        if a.proc.poll() is None:
-            a.stop(signal.SIGKILL)
-
-
-def get(port: int, path: str, method: str = "GET") -> Tuple[int, Dict[str, str], str]:
-    req = urllib.request.Request("http://127.0.0.1:%d%s" % (port, path), method=method)
-    try:
-        with urllib.request.urlopen(req, timeout=10) as r:
-            return r.status, dict(r.headers), r.read().decode()
-    except urllib.error.HTTPError as e:
-        return e.code, dict(e.headers), e.read().decode()
-
-
-def send(path: str, *datagrams: bytes) -> None:
-    # A blocking socket: when the aggregator's queue is full, the send
-    # waits for it instead of losing the datagram.
-    with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as s:
-        s.settimeout(10)
-        for d in datagrams:
-            s.sendto(d, path)
-
-
-def parse(page: str) -> Dict[str, float]:
-    """Sample name with its labels -> value."""
-    out = {}
-    for ln in page.splitlines():
-        if ln and not ln.startswith("#"):
-            name, value = ln.rsplit(" ", 1)
-            out[name] = float(value)
-    return out
-
-
-def event(name: str, **fields: str) -> bytes:
-    text = "pop3server-stats 1 " + name
-    for k, v in fields.items():
-        text += " %s=%s" % (k, urllib.parse.quote(str(v), safe="._-:/+"))
-    return text.encode()
 
 
 def a_day_of_events() -> List[bytes]:
@@ -290,43 +162,15 @@ def test_promtool_accepts_the_page_without_warnings(aggregators):
 def test_prometheus_scrapes_it(aggregators, tmp_path):
     """Debian's Prometheus scrapes the aggregator every second and has the
     values; it also loads the example rules."""
-    prometheus = need("prometheus", "prometheus")
     a = aggregators()
     send(a.socket_path, *a_day_of_events())
     a.wait_value("pop3server_sessions_started_total", 3)
-    port = free_port()
-    config = tmp_path / "prometheus.yml"
-    config.write_text(
-        "global:\n  scrape_interval: 1s\n  evaluation_interval: 1s\n"
-        "rule_files:\n  - %s\n"
-        "scrape_configs:\n  - job_name: pop3server\n    static_configs:\n"
-        "      - targets: ['127.0.0.1:%d']\n"
-        % (os.path.join(RULES_DIR, "pop3server-rules.yml"), a.port))
-    log_path = tmp_path / "prometheus.log"
-    with open(log_path, "wb") as logf:
-        prom = subprocess.Popen(
-            [prometheus, "--config.file=%s" % config,
-             "--storage.tsdb.path=%s" % (tmp_path / "data"),
-             "--web.listen-address=127.0.0.1:%d" % port],
-            stdin=subprocess.DEVNULL, stdout=logf, stderr=logf, start_new_session=True)
+    prom = Prometheus(str(tmp_path / "prometheus"), ["127.0.0.1:%d" % a.port],
+                      [os.path.join(RULES_DIR, "pop3server-rules.yml")])
     try:
-        def query(q: str) -> List[dict]:
-            url = "http://127.0.0.1:%d/api/v1/query?%s" % (port, urllib.parse.urlencode({"query": q}))
-            try:
-                with urllib.request.urlopen(url, timeout=5) as r:
-                    answer = json.load(r)
-            except (OSError, ValueError):
-                return []
-            return answer.get("data", {}).get("result", [])
-
-        def value(q: str) -> Optional[float]:
-            result = query(q)
-            return float(result[0]["value"][1]) if result else None
-
-        def scraped() -> bool:
-            assert prom.poll() is None, "prometheus exited:\n" + log_path.read_text()
-            return value("pop3server_sessions_started_total") == 3
-        assert wait_for(scraped, 60, 0.5), log_path.read_text()[-3000:]
+        value = prom.value
+        assert wait_for(lambda: value("pop3server_sessions_started_total") == 3, 60, 0.5), \
+            prom.log()[-3000:]
         assert value('up{job="pop3server"}') == 1
         assert value('pop3server_logins_total{method="USER",result="ok"}') == 2
         assert value("pop3server_retrieved_bytes_total") == 4196
@@ -336,21 +180,11 @@ def test_prometheus_scrapes_it(aggregators, tmp_path):
         assert wait_for(lambda: value("pop3server_sessions_started_total") == 4, 30, 0.5)
 
         def rules_loaded() -> bool:
-            try:
-                with urllib.request.urlopen("http://127.0.0.1:%d/api/v1/rules" % port,
-                                            timeout=5) as r:
-                    groups = json.load(r)["data"]["groups"]
-            except (OSError, ValueError, KeyError):
-                return False
-            return sum(len(g["rules"]) for g in groups) == 7
+            groups = ((prom.api("/api/v1/rules") or {}).get("data") or {}).get("groups") or []
+            return sum(len(g.get("rules", [])) for g in groups) == 7
         assert wait_for(rules_loaded, 30, 0.5)
     finally:
-        prom.terminate()
-        try:
-            prom.wait(20)
-        except subprocess.TimeoutExpired:
-            prom.kill()
-            prom.wait(10)
+        prom.stop()
 
 
 # --------------------------------------------------------------------------
