@@ -12,6 +12,9 @@ Every system serves the same maildirs of one private Dovecot:
      the floor for any design that serves POP3 from IMAP
   E  a second Dovecot whose POP3 reads the first one over IMAP (imapc):
      Dovecot's own POP3-to-IMAP translator
+  S  A with `stats_socket` set and the aggregator (`pop3server --stats`)
+     running: A/S is what the statistics cost a session (within the noise,
+     it should be 1.00)
 
 Workloads (the same client code for every POP3 system):
 
@@ -64,6 +67,7 @@ import sys
 import tempfile
 import threading
 import time
+import urllib.request
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 import testbed  # noqa: E402
@@ -460,15 +464,16 @@ def wait_listening(port, proc=None, seconds=10.0):
     return testbed.wait_for_port(port, tries=int(seconds / 0.05), delay=0.05, proc=proc)
 
 
-def start_pop3server(system, work, binary, imap_port):
+def start_pop3server(system, work, binary, imap_port, stats=False):
     if not os.access(binary, os.X_OK):
         system.why = "no binary at %s (cargo build --release)" % binary
         return
     if not os.access(SOCKET_ACTIVATE, os.X_OK):
         system.why = "no %s (apt-get install systemd)" % SOCKET_ACTIVATE
         return
-    cache = os.path.join(work, "pop3server-cache")
-    locks = os.path.join(work, "pop3server-locks")
+    name = "pop3server-" + system.key
+    cache = os.path.join(work, name + "-cache")
+    locks = os.path.join(work, name + "-locks")
     # As deployed: the units start sessions as the user pop3server, so the
     # sessions never have root to drop (that path has tests of its own).
     as_user = []
@@ -484,19 +489,48 @@ def start_pop3server(system, work, binary, imap_port):
         as_user = ["setpriv", "--reuid", "pop3server", "--regid", "pop3server",
                    "--clear-groups", "--"]
     port = testbed.free_port()
-    logf = open(os.path.join(work, "pop3server.log"), "ab")
+    # Where the sessions send their events: a socket that exists (S, the
+    # aggregator's) or one that does not (A: no aggregator runs).
+    stats_socket = os.path.join(work, name + "-stats", "stats.sock")
+    aggregator = None
+    if stats:
+        os.makedirs(os.path.dirname(stats_socket), exist_ok=True)
+        if as_user:
+            os.chown(os.path.dirname(stats_socket), account.pw_uid, account.pw_gid)
+        alog = open(os.path.join(work, name + "-aggregator.log"), "ab")
+        system.metrics_port = testbed.free_port()
+        aggregator = subprocess.Popen(
+            as_user + [binary, "--stats", "--config", "/dev/null", "--log", "stderr",
+                       "--stats-socket", stats_socket,
+                       "--metrics-listen", "127.0.0.1:%d" % system.metrics_port],
+            stdin=subprocess.DEVNULL, stdout=alog, stderr=alog)
+        alog.close()
+        for _ in range(200):  # 10 s
+            if os.path.exists(stats_socket) or aggregator.poll() is not None:
+                break
+            time.sleep(0.05)
+        if not os.path.exists(stats_socket):
+            system.why = "the aggregator did not start (see %s-aggregator.log)" % name
+            stop_process(aggregator)
+            return
+    logf = open(os.path.join(work, name + ".log"), "ab")
     proc = subprocess.Popen(
         as_user + [SOCKET_ACTIVATE, "--accept", "--inetd", "-l", "127.0.0.1:%d" % port, binary,
          "--config", "/dev/null", "--backend-host", "127.0.0.1",
          "--backend-port", str(imap_port), "--backend-tls", "none",
-         "--lock-dir", locks, "--cache-dir", cache,
+         "--lock-dir", locks, "--cache-dir", cache, "--stats-socket", stats_socket,
          "--log", "stderr"],
         stdin=subprocess.DEVNULL, stdout=logf, stderr=logf)
     logf.close()
-    system.stop = lambda: stop_process(proc)
+
+    def stop():
+        stop_process(proc)
+        if aggregator:
+            stop_process(aggregator)
+    system.stop = stop
     # The probe connection starts (and ends) one session: harmless.
     if not wait_listening(port, proc):
-        system.why = "systemd-socket-activate did not listen (see pop3server.log)"
+        system.why = "systemd-socket-activate did not listen (see %s.log)" % name
         system.stop()
         return
     system.port, system.proc = port, proc
@@ -980,12 +1014,15 @@ def main():
     deadline = t_start + (10 if args.quick else 30) * 60 * max(1.0, rounds / sizes["rounds"])
     work = tempfile.mkdtemp(prefix="pop3bench.")
     os.chmod(work, 0o755)
+    # S takes its turn right after A, so that both meet the same machine
+    # (a peer's leftovers, E's imapc logouts say, would fall on S alone).
     systems = [System("A", "pop3server (per connection, systemd-socket-activate)", "pop3"),
+               System("S", "A with stats_socket set, the aggregator running", "pop3"),
                System("B", "Dovecot POP3 (native)", "pop3"),
                System("C", "perdition -> B", "pop3"),
                System("D", "direct IMAP client (Python) -> Dovecot IMAP", "imap"),
                System("E", "Dovecot POP3 imapc -> Dovecot IMAP", "pop3")]
-    A, B, C, D, E = systems
+    A, S, B, C, D, E = systems
     dc = testbed.Dovecot(os.path.join(work, "dovecot"), tls=False)
     ok = False
     relays = {}
@@ -1020,6 +1057,7 @@ def main():
             else:
                 B.why = "Dovecot's POP3 listener did not come up"
         for s, start in ((A, lambda: start_pop3server(A, work, binary, dc.port)),
+                         (S, lambda: start_pop3server(S, work, binary, dc.port, stats=True)),
                          (C, lambda: start_perdition(C, work, B.port)),
                          (E, lambda: start_imapc(E, work, dc))):
             try:
@@ -1123,6 +1161,17 @@ def main():
         for label, kib, cpu in probed:
             print("A session, %s: peak RSS (VmHWM) %.1f MiB, CPU %.0f ms"
                   % (label, kib / 1024.0, cpu))
+        if S.port:
+            # The proof that S's sessions did send: the aggregator's count.
+            try:
+                url = "http://127.0.0.1:%d/metrics" % S.metrics_port
+                with urllib.request.urlopen(url, timeout=10) as r:
+                    page = r.read().decode()
+                counted = re.search(r"^pop3server_sessions_started_total (\S+)$", page, re.M)
+                print("S: the aggregator counted %s sessions"
+                      % (counted.group(1) if counted else "no"))
+            except OSError as e:
+                print("S: the aggregator's page could not be read: %s" % e)
         if aggregator:
             try:
                 for line in measure_aggregator(binary, work):
