@@ -457,24 +457,30 @@ fn parse_host(text: &str, default_port: u16) -> Result<Host, String> {
     })
 }
 
+/// A plaintext backend of one host on 127.0.0.1, for the unit tests.
+#[cfg(test)]
+pub fn test_backend(name: &str, port: u16) -> Backend {
+    Backend {
+        name: name.into(),
+        hosts: vec![Host {
+            host: "127.0.0.1".into(),
+            port,
+        }],
+        tls: BackendTls::None,
+        ca_file: None,
+        fingerprint: None,
+        verify: true,
+        delete_action: DeleteAction::Expunge,
+        trash_folder: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn backend(name: &str) -> Backend {
-        Backend {
-            name: name.into(),
-            hosts: vec![Host {
-                host: "127.0.0.1".into(),
-                port: 143,
-            }],
-            tls: BackendTls::None,
-            ca_file: None,
-            fingerprint: None,
-            verify: true,
-            delete_action: DeleteAction::Expunge,
-            trash_folder: None,
-        }
+        test_backend(name, 143)
     }
 
     fn table(text: &str) -> Result<Routes, (String, String)> {

@@ -207,7 +207,7 @@ fn expunge(
 mod tests {
     use super::*;
     use crate::imap::{scripted, sent};
-    use crate::route::{Backend, BackendTls, Host};
+    use crate::route::{Backend, test_backend};
 
     const WITH_MOVE: &str =
         "* OK [CAPABILITY IMAP4rev1 UIDPLUS MOVE SPECIAL-USE LIST-EXTENDED] ready\r\n";
@@ -367,17 +367,9 @@ mod tests {
     #[test]
     fn each_backend_removes_as_its_settings_say() {
         let backend = |name: &str, action, trash: Option<&str>| Backend {
-            name: name.into(),
-            hosts: vec![Host {
-                host: "127.0.0.1".into(),
-                port: 143,
-            }],
-            tls: BackendTls::None,
-            ca_file: None,
-            fingerprint: None,
-            verify: true,
             delete_action: action,
             trash_folder: trash.map(str::to_string),
+            ..test_backend(name, 143)
         };
         let routes = Routes {
             backends: vec![

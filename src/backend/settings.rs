@@ -49,20 +49,7 @@ impl Settings {
     /// One backend (`default`, 127.0.0.1:1, never reached), INBOX, short
     /// timeouts, the lock, cache and state directories in `dir`.
     pub fn for_tests(dir: &std::path::Path) -> Settings {
-        use crate::route::{Backend, BackendTls, DeleteAction, Host};
-        let backend = Backend {
-            name: "default".into(),
-            hosts: vec![Host {
-                host: "127.0.0.1".into(),
-                port: 1,
-            }],
-            tls: BackendTls::None,
-            ca_file: None,
-            fingerprint: None,
-            verify: true,
-            delete_action: DeleteAction::Expunge,
-            trash_folder: None,
-        };
+        let backend = crate::route::test_backend("default", 1);
         Settings {
             routes: Routes {
                 backends: vec![backend],
