@@ -1327,7 +1327,36 @@ class RefusingRelay(_Relay):
         return command
 
 
-class GmailRelay(RefusingRelay):
+class EditingRelay(RefusingRelay):
+    """A RefusingRelay that passes the server's lines through ``_edit``
+    (which returns the line to pass on, or None to cut the connection
+    there), literals whole after their line."""
+
+    def _edit(self, up: socket.socket, line: bytes) -> Optional[bytes]:
+        return line
+
+    def _down(self, up: socket.socket, c: socket.socket) -> None:
+        f = up.makefile("rb")
+        try:
+            for _ in range(10_000_000):
+                line = f.readline(1 << 20)
+                if not line:
+                    break
+                out = self._edit(up, line)
+                if out is None:
+                    break
+                m = re.search(rb"\{(\d+)\}\r\n$", line)
+                if m:
+                    out += f.read(int(m.group(1)))
+                with self.lock:
+                    c.sendall(out)
+        except OSError:
+            pass
+        finally:
+            self._close_both(c, up)
+
+
+class GmailRelay(EditingRelay):
     """A RefusingRelay that makes the testbed's Dovecot look like Gmail as
     far as X-GM-MSGID goes (Gmail itself cannot run here): it adds
     ``X-GM-EXT-1`` to every capability list, takes ``X-GM-MSGID`` out of
@@ -1372,25 +1401,6 @@ class GmailRelay(RefusingRelay):
         if m:
             return m.group(1) + b"X-GM-MSGID %d " % self.msgid(int(m.group(3))) + m.group(2)
         return line
-
-    def _down(self, up: socket.socket, c: socket.socket) -> None:
-        f = up.makefile("rb")
-        try:
-            for _ in range(10_000_000):
-                line = f.readline(1 << 20)
-                if not line:
-                    break
-                out = self._edit(up, line)
-                m = re.search(rb"\{(\d+)\}\r\n$", line)
-                if m:
-                    out += f.read(int(m.group(1)))
-                with self.lock:
-                    c.sendall(out)
-        except OSError:
-            pass
-        finally:
-            self._close_both(c, up)
-
 
 class EstimatingRelay(RefusingRelay):
     """A RefusingRelay that makes the testbed's Dovecot report sizes as

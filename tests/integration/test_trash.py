@@ -16,7 +16,7 @@ import subprocess
 import pytest
 
 import testbed
-from helpers import Pop3, RefusingRelay, err, imap_login, ok, server_bin
+from helpers import EditingRelay, Pop3, err, imap_login, ok, server_bin
 
 USERS = 40
 MESSAGES = 4
@@ -60,7 +60,7 @@ def relay(trashbed):
         r.stop()
 
 
-class TrashRelay(RefusingRelay):
+class TrashRelay(EditingRelay):
     """A recording relay (``forwarded``: every command, without its tag)
     that reads the server's lines one by one, literals passed through
     untouched, and can
@@ -100,26 +100,6 @@ class TrashRelay(RefusingRelay):
             for cap in self.hide:
                 line = re.sub(rb" " + re.escape(cap) + rb"(?=[ \]\r])", b"", line)
         return line
-
-    def _down(self, up, c):
-        f = up.makefile("rb")
-        try:
-            for _ in range(1_000_000):
-                line = f.readline(1 << 20)
-                if not line:
-                    break
-                out = self._edit(up, line)
-                if out is None:
-                    break
-                m = re.search(rb"\{(\d+)\}\r\n$", line)
-                if m:
-                    out += f.read(int(m.group(1)))
-                with self.lock:
-                    c.sendall(out)
-        except OSError:
-            pass
-        finally:
-            self._close_both(c, up)
 
     def commands(self, verb: bytes):
         """The forwarded commands that start with ``verb`` (any case)."""
