@@ -286,7 +286,7 @@ fn throttling_in(answer: &Result<Login, ImapError>) -> Option<(String, Throttle)
 
 /// A login the provider throttled: the mailbox's rest begins (when the
 /// mailbox is known: a client's token that names no user has none).
-pub fn throttled_login(
+fn throttled_login(
     context: &Context<'_>,
     mailbox: Option<&Mailbox>,
     words: String,
