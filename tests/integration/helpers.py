@@ -1402,7 +1402,8 @@ class GmailRelay(EditingRelay):
             return m.group(1) + b"X-GM-MSGID %d " % self.msgid(int(m.group(3))) + m.group(2)
         return line
 
-class EstimatingRelay(RefusingRelay):
+
+class EstimatingRelay(EditingRelay):
     """A RefusingRelay that makes the testbed's Dovecot report sizes as
     Exchange does when it does not know a message's RFC 5322 size: every
     ``RFC822.SIZE n`` in a FETCH answer becomes ``factor * n``, while the
@@ -1414,27 +1415,11 @@ class EstimatingRelay(RefusingRelay):
         self.factor = factor
         super().__init__(upstream_port, lambda command: None, max_conns)
 
-    def _down(self, up: socket.socket, c: socket.socket) -> None:
-        f = up.makefile("rb")
-        try:
-            for _ in range(10_000_000):
-                line = f.readline(1 << 20)
-                if not line:
-                    break
-                out = line
-                if re.match(rb"^\* \d+ FETCH \(", line):
-                    out = re.sub(rb"RFC822\.SIZE (\d+)",
-                                 lambda m: b"RFC822.SIZE %d" % (int(m.group(1)) * self.factor),
-                                 line)
-                m = re.search(rb"\{(\d+)\}\r\n$", line)
-                if m:
-                    out += f.read(int(m.group(1)))
-                with self.lock:
-                    c.sendall(out)
-        except OSError:
-            pass
-        finally:
-            self._close_both(c, up)
+    def _edit(self, up: socket.socket, line: bytes) -> bytes:
+        if not re.match(rb"^\* \d+ FETCH \(", line):
+            return line
+        return re.sub(rb"RFC822\.SIZE (\d+)",
+                      lambda m: b"RFC822.SIZE %d" % (int(m.group(1)) * self.factor), line)
 
 
 class TricklingRelay(_Relay):
